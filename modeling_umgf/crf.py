@@ -1,0 +1,123 @@
+"""Linear-chain conditional random field over words (UMGF paper, eq 9-11).
+
+Written by hand because the maintained options do not fit: ``pytorch-crf`` has had no release since
+2019 and offers no marginals, and transformers ships no CRF layer. This one is small, batched and
+vectorised over the batch: the forward algorithm gives the log-partition (eq 9-10), Viterbi the best
+path (eq 11), and forward-backward the per-word marginals used as calibrated entity scores.
+
+Masks must be left-aligned: ``mask[b, :n_b]`` is True for the ``n_b`` real words of sequence ``b``
+and False after them. Every sequence must hold at least one word; an empty one has no label sequence
+to score and is skipped by the model before it reaches the CRF.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CRF(nn.Module):
+    """Linear-chain CRF with start, end and transition scores.
+
+    ``S_i(y_{i-1}, y_i, X) = exp(emission[i, y_i] + transition[y_{i-1}, y_i])`` (eq 9); the first word
+    uses ``start_transitions`` in place of a previous tag and the last adds ``end_transitions``.
+    """
+
+    def __init__(self, num_tags: int) -> None:
+        super().__init__()
+        if num_tags < 1:
+            raise ValueError(f"CRF needs at least one tag, got num_tags={num_tags}")
+        self.num_tags = num_tags
+        self.start_transitions = nn.Parameter(torch.zeros(num_tags))
+        self.end_transitions = nn.Parameter(torch.zeros(num_tags))
+        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
+
+    def reset_parameters(self) -> None:
+        """Small uniform initialisation, as in common CRF implementations."""
+        for p in (self.start_transitions, self.end_transitions, self.transitions):
+            nn.init.uniform_(p, -0.1, 0.1)
+
+    @staticmethod
+    def _check(emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if emissions.dim() != 3:
+            raise ValueError(f"emissions must be [batch, words, tags], got shape {tuple(emissions.shape)}")
+        if mask.shape != emissions.shape[:2]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match emissions {tuple(emissions.shape[:2])}")
+        mask = mask.bool()
+        if emissions.shape[1] == 0 or not bool(mask[:, 0].all()):
+            raise ValueError("every sequence given to the CRF needs at least one word (mask[:, 0] must be True)")
+        return mask
+
+    def score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log-score of ``tags`` (the numerator of eq 9, in log space): [batch]."""
+        mask = self._check(emissions, mask)
+        tags = tags.masked_fill(~mask, 0)
+        maskf = mask.to(emissions.dtype)
+        emit = emissions.gather(2, tags.unsqueeze(-1)).squeeze(-1)  # [B, W]
+        trans = self.transitions[tags[:, :-1], tags[:, 1:]]  # [B, W-1]
+        total = self.start_transitions[tags[:, 0]] + (emit * maskf).sum(1) + (trans * maskf[:, 1:]).sum(1)
+        last = tags.gather(1, (mask.sum(1) - 1).unsqueeze(1)).squeeze(1)
+        return total + self.end_transitions[last]
+
+    def _forward_alphas(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Forward variables log alpha_i(y): [batch, words, tags]; frozen after a sequence ends."""
+        alpha = self.start_transitions + emissions[:, 0]
+        alphas = [alpha]
+        for i in range(1, emissions.shape[1]):
+            nxt = torch.logsumexp(alpha.unsqueeze(2) + self.transitions, dim=1) + emissions[:, i]
+            alpha = torch.where(mask[:, i : i + 1], nxt, alpha)
+            alphas.append(alpha)
+        return torch.stack(alphas, 1)
+
+    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log Z(X): the log of the denominator of eq 9, by the forward algorithm: [batch]."""
+        mask = self._check(emissions, mask)
+        alpha_last = self._forward_alphas(emissions, mask)[:, -1]
+        return torch.logsumexp(alpha_last + self.end_transitions, dim=1)
+
+    def log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log p(y | X) of each sequence (eq 9-10): [batch]."""
+        return self.score(emissions, tags, mask) - self.log_partition(emissions, mask)
+
+    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """p(y_i = k | X) for every word, by forward-backward: [batch, words, tags] (0 at padding)."""
+        mask = self._check(emissions, mask)
+        alphas = self._forward_alphas(emissions, mask)
+        lengths = mask.sum(1)
+        # Backward variables, computed right to left; positions past a sequence's end stay at the end score.
+        beta = self.end_transitions.expand(emissions.shape[0], -1)
+        betas = [beta]
+        for i in range(emissions.shape[1] - 2, -1, -1):
+            prev = torch.logsumexp(self.transitions + (emissions[:, i + 1] + beta).unsqueeze(1), dim=2)
+            beta = torch.where(mask[:, i + 1 : i + 2], prev, beta)
+            betas.append(beta)
+        betas = torch.stack(betas[::-1], 1)
+        log_z = torch.logsumexp(alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, self.num_tags)).squeeze(1)
+                                + self.end_transitions, dim=1)
+        probs = torch.exp(alphas + betas - log_z.view(-1, 1, 1))
+        return probs * mask.unsqueeze(-1).to(probs.dtype)
+
+    @torch.no_grad()
+    def decode(self, emissions: torch.Tensor, mask: torch.Tensor, pad_value: int = -100) -> torch.Tensor:
+        """Viterbi best tag sequence (eq 11): [batch, words] long, ``pad_value`` after each sequence."""
+        mask = self._check(emissions, mask)
+        batch, words, _ = emissions.shape
+        score = self.start_transitions + emissions[:, 0]
+        history = []
+        for i in range(1, words):
+            best, idx = (score.unsqueeze(2) + self.transitions).max(dim=1)
+            nxt = best + emissions[:, i]
+            history.append(idx)
+            score = torch.where(mask[:, i : i + 1], nxt, score)
+        score = score + self.end_transitions
+        lengths = mask.sum(1)
+        best_last = score.argmax(1)
+        path = torch.full((batch, words), pad_value, dtype=torch.long, device=emissions.device)
+        tag = best_last
+        for i in range(words - 1, -1, -1):
+            # A sequence whose last word is i takes its best final tag here; shorter ones are still padding.
+            tag = torch.where(lengths - 1 == i, best_last, tag)
+            path[:, i] = torch.where(i < lengths, tag, path[:, i])
+            if i > 0:
+                tag = history[i - 1].gather(1, tag.unsqueeze(1)).squeeze(1)
+        return path

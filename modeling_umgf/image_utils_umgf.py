@@ -1,0 +1,104 @@
+"""Loading tweet images as upright RGB pictures, and keeping boxes inside them.
+
+Hand-written on purpose: `transformers.image_utils.load_image` converts with ``Image.convert("RGB")``, which
+drops the alpha channel (transparent pixels come out as whatever colour they stored, often black) and clips
+16-bit grayscale at 255 (a 16-bit PNG comes out white). Tweet images include transparent PNG stickers and
+scans, so here transparent pixels are composited onto white and high-bit-depth grayscale is rescaled.
+Everything else (decoding, EXIF rotation, CMYK/palette conversion) is Pillow's own code.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageInput = Union[Image.Image, str, os.PathLike, bytes, np.ndarray, dict, None]
+"""What the processor accepts as an image: a PIL image, a file path, encoded bytes, an HxW[xC] uint8 array,
+a `datasets.Image` dict (``{"bytes": ..., "path": ...}``), or None for a tweet without an image."""
+
+_HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+class UnreadableImageError(ValueError):
+    """An image that is missing, undecodable or of an unsupported kind."""
+
+
+def _open(source: Any) -> Image.Image:
+    """Open ``source`` (see `ImageInput`) as a PIL image without converting it."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, dict):
+        if source.get("bytes") is not None:
+            return _open(source["bytes"])
+        if source.get("path"):
+            return _open(source["path"])
+        raise UnreadableImageError("image dict has neither 'bytes' nor 'path'")
+    if isinstance(source, (bytes, bytearray)):
+        return Image.open(io.BytesIO(source))
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise UnreadableImageError(f"image file not found: {os.fspath(source)}")
+        return Image.open(source)
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3):
+            raise UnreadableImageError(f"expected an HxW or HxWxC uint8 array, got {source.dtype} {source.shape}")
+        return Image.fromarray(source)
+    raise UnreadableImageError(f"unsupported image type {type(source).__name__}")
+
+
+def load_rgb_image(source: ImageInput) -> Image.Image:
+    """Decode ``source`` into an upright 8-bit RGB image.
+
+    EXIF orientation is applied, palette/CMYK/grayscale images are converted, transparent pixels are put on a
+    white background and 16-bit/float grayscale is rescaled to 0-255 by its own range.
+
+    Raises:
+        UnreadableImageError: when ``source`` is None, missing, corrupt, or empty (zero width or height).
+    """
+    if source is None:
+        raise UnreadableImageError("no image")
+    try:
+        image = _open(source)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:  # Pillow raises these for corrupt files
+        raise UnreadableImageError(f"cannot decode image: {error}") from error
+    if image.width == 0 or image.height == 0:
+        raise UnreadableImageError(f"empty image of size {image.size}")
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def clip_box(box: list[float], width: int, height: int) -> list[float] | None:
+    """Clip an ``[x0, y0, x1, y1]`` pixel box to a ``width`` x ``height`` image.
+
+    Returns None for a degenerate box: not finite, or less than one pixel wide or high once clipped.
+    """
+    if len(box) != 4 or not all(np.isfinite(box)):
+        return None
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, x1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
+    y0, y1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
+    if x1 - x0 < 1.0 or y1 - y0 < 1.0:
+        return None
+    return [x0, y0, x1, y1]
+
+
+def crop_box(image: Image.Image, box: list[float]) -> Image.Image:
+    """Crop the pixels covered by ``box`` (a clipped box from `clip_box`), rounding outwards to whole pixels."""
+    x0, y0, x1, y1 = box
+    return image.crop((int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))))

