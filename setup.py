@@ -14,6 +14,7 @@ setup(
     python_requires=">=3.10",
     packages=["modeling_umgf", "datasets_scripts"],
     py_modules=["train_umgf"],
+    package_data={"datasets_scripts": ["dataset_card_template.md"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
@@ -26,6 +27,7 @@ setup(
         "safetensors>=0.4",
         "pillow>=10.0",
         "tqdm>=4.60",
+        "jinja2>=3.0",
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -240,6 +240,19 @@ class UMGFPreTrainedModel(PreTrainedModel):
         }
         super().save_pretrained(save_directory, *args, **kwargs)
 
+    def _set_gradient_checkpointing(self, enable: bool = True, *args: Any, **kwargs: Any) -> None:
+        """transformers' switch (the BERT layers and the fusion layers), plus timm's own switch for the vision
+        backbone, which transformers does not reach. timm checkpoints the backbone block by block.
+
+        With the backbone checkpointed, its BatchNorm layers run twice in training and so update their
+        running statistics twice per step; outputs and gradients of the step are unchanged.
+        """
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        for module in self.modules():
+            backbone = getattr(module, "vision_backbone", None) if isinstance(module, UMGFModel) else None
+            if backbone is not None and hasattr(backbone, "set_grad_checkpointing"):
+                backbone.set_grad_checkpointing(enable)
+
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
@@ -574,7 +587,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         if self.crf is None:
             return F.cross_entropy(logits.reshape(-1, self.num_labels), labels.masked_fill(~word_mask, -100).reshape(-1))
-        rows = word_mask[:, 0]  # sequences with at least one word (a sequence without words has nothing to score)
+        rows = word_mask.any(1)  # sequences with at least one word (a sequence without words has nothing to score)
         if not bool(rows.any()):
             return logits.sum() * 0.0
         nll = -self.crf.log_likelihood(logits[rows], labels[rows], word_mask[rows])  # eq 10
@@ -586,7 +599,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         predictions = torch.full(word_mask.shape, -100, dtype=torch.long, device=logits.device)
         if self.crf is None:
             return torch.where(word_mask, logits.argmax(-1), predictions)
-        rows = word_mask[:, 0]
+        rows = word_mask.any(1)
         if bool(rows.any()):
             predictions[rows] = self.crf.decode(logits[rows], word_mask[rows])
         return predictions
@@ -596,7 +609,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         if self.crf is None:
             return logits.softmax(-1) * word_mask.unsqueeze(-1).to(logits.dtype)
         probs = logits.new_zeros(logits.shape)
-        rows = word_mask[:, 0]
+        rows = word_mask.any(1)
         if bool(rows.any()):
             probs[rows] = self.crf.marginals(logits[rows], word_mask[rows])
         return probs

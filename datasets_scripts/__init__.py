@@ -1,0 +1,11 @@
+"""Twitter-2015 / Twitter-2017 / Twitter-2017c multimodal NER datasets for umgf.
+
+Modules: :mod:`.umt_format` (strict reader of the UMT release text), :mod:`.twitter_mner` (the
+``datasets`` builder and image checks), :mod:`.statistics` (the paper's Table 1), :mod:`.hub_layout`
+(Parquet + dataset card + Hub upload) and :mod:`.cli` (``python -m datasets_scripts build|stats``).
+"""
+
+from .twitter_mner import FEATURES, ImageReport, TwitterMNER, build_dataset
+from .umt_format import LABELS, TwitterFormatError
+
+__all__ = ["FEATURES", "LABELS", "ImageReport", "TwitterFormatError", "TwitterMNER", "build_dataset"]

@@ -1,0 +1,122 @@
+"""Command line (``python -m datasets_scripts``): build the configs to Parquet + card, or print Table 1.
+
+python -m datasets_scripts build --output_dir DIR [--data_dir UMT_DATA] [--image_dir_2015 D]
+    [--image_dir_2017 D] [--configs ...] [--overwrite] [--max_shard_size 500MB]
+    [--push_to_hub USER/REPO [--private]]
+python -m datasets_scripts stats FOLDER_OR_REPO [--configs ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+
+from .hub_layout import push_folder_to_hub, write_config, write_dataset_card
+from .statistics import config_statistics, format_table1
+from .twitter_mner import IMAGE_INSTRUCTIONS, UMT_DATA_URL, TwitterMNER, build_dataset
+from .umt_format import TwitterFormatError
+
+CONFIG_NAMES = [config.name for config in TwitterMNER.BUILDER_CONFIGS]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m datasets_scripts", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build configs, write Parquet shards and README.md")
+    build.add_argument("--output_dir", type=Path, required=True, help="export folder (Hub layout)")
+    build.add_argument("--data_dir", type=Path, help="UMT data/ folder; default: download from GitHub")
+    build.add_argument("--image_dir_2015", type=Path, help="folder of Twitter-2015 <IMGID>.jpg files")
+    build.add_argument("--image_dir_2017", type=Path, help="folder of Twitter-2017 <IMGID>.jpg files")
+    build.add_argument(
+        "--configs", nargs="+", choices=CONFIG_NAMES, help="default: all (twitter2017c only with --image_dir_2017)"
+    )
+    build.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    build.add_argument("--max_shard_size", default="500MB", help="largest Parquet shard (default 500MB)")
+    build.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the folder as this Hub dataset")
+    build.add_argument("--private", action="store_true", help="create the Hub repo as private")
+
+    stats = commands.add_parser("stats", help="print Table 1 (entities per type, tweets) of built configs")
+    stats.add_argument("path", help="export folder or Hub dataset repo")
+    stats.add_argument("--configs", nargs="+", help="default: every config of the dataset card")
+    return parser
+
+
+def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    image_dirs = {"twitter2015": args.image_dir_2015, "twitter2017": args.image_dir_2017}
+    configs = args.configs or CONFIG_NAMES
+    if "twitter2017c" in configs and args.image_dir_2017 is None:
+        message = (
+            "twitter2017c cannot be built without --image_dir_2017: it is Twitter-2017 minus the tweets "
+            f"whose image is missing, unreadable or blank.\n{IMAGE_INSTRUCTIONS}"
+        )
+        if args.configs:
+            parser.error(message)
+        print(f"SKIPPED {message}\n", file=sys.stderr)
+        configs = [name for name in configs if name != "twitter2017c"]
+    _clear_previous_export(args.output_dir, args.overwrite, parser)
+
+    built, data_files, statistics, reports = {}, {}, {}, {}
+    with tempfile.TemporaryDirectory() as cache_dir:
+        for name in configs:
+            image_dir = image_dirs[TwitterMNER.builder_configs[name].source]
+            built[name], reports[name] = build_dataset(name, args.data_dir, image_dir, cache_dir)
+            for split, report in reports[name].items():
+                print(f"{name} {split}: {report.summary()}")
+            data_files[name] = write_config(built[name], args.output_dir, name, args.max_shard_size)
+            statistics.update(config_statistics(name, built[name]))
+        source = str(args.data_dir) if args.data_dir else f"{UMT_DATA_URL}/<dataset>/<split>.txt"
+        card = write_dataset_card(args.output_dir, built, data_files, statistics, reports, source)
+    print(f"\n{format_table1(statistics)}\n\nwrote {args.output_dir} ({card.name} + Parquet shards)")
+    if args.push_to_hub:
+        print(f"pushed: {push_folder_to_hub(args.output_dir, args.push_to_hub, args.private)}")
+
+
+def _clear_previous_export(folder: Path, overwrite: bool, parser: argparse.ArgumentParser) -> None:
+    """Create ``folder``, or empty the previous export in it when ``overwrite`` is set.
+
+    Hidden entries (``.git``, ``.gitattributes`` of a Hub clone) stay; an entry that no build writes
+    makes it refuse rather than delete the user's files.
+    """
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")] if folder.exists() else []
+    if entries and not overwrite:
+        parser.error(f"{folder} is not empty (use --overwrite to replace a previous export)")
+    unexpected = sorted(entry.name for entry in entries if entry.name not in {"README.md", *CONFIG_NAMES})
+    if unexpected:
+        parser.error(f"refusing to overwrite {folder}: it holds {unexpected}, which no build writes")
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _stats(args: argparse.Namespace) -> None:
+    columns = {}
+    for name in args.configs or datasets.get_dataset_config_names(args.path):
+        columns.update(config_statistics(name, datasets.load_dataset(args.path, name)))
+    print(format_table1(columns))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            _build(args, parser)
+        else:
+            _stats(args)
+    except (TwitterFormatError, FileNotFoundError) as error:
+        parser.exit(1, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Strict reader for the UMT release text format of Twitter-2015 / Twitter-2017.
+
+The format (Yu et al. 2020, github.com/jefferyYu/UMT, ``data/<dataset>/{train,valid,test}.txt``)::
+
+    IMGID:<image id>
+    <word>\\t<TAG>
+    <word>\\t<TAG>
+    <blank line>
+
+Tags are BIO over PER/LOC/ORG and OTHER (Twitter-2015) or MISC (Twitter-2017); OTHER is normalised to
+MISC. Tags are kept as released: an entity that starts with an ``I-`` tag is not repaired (see the
+dataset card for how such entities are counted).
+
+Why hand-written: no maintained library reads this format. ``datasets``' CoNLL readers were loading
+scripts (gone in ``datasets`` >= 4) and know neither the ``IMGID:`` line nor per-line error reporting.
+
+Rules (anything else raises :class:`TwitterFormatError` naming the file and the 1-based line):
+
+* every tweet starts with an ``IMGID:<id>`` line with a non-empty id;
+* a token line is exactly ``word<TAB>TAG`` with a non-empty word (the word is kept verbatim, even when
+  it is only whitespace such as a no-break space) and a known tag;
+* a tweet ends at a blank line, at the next ``IMGID:`` line or at the end of the file, and has at least
+  one token; several blank lines in a row are allowed;
+* the file is UTF-8; a trailing ``\\r`` (Windows line ending) is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
+LABELS: tuple[str, ...] = ("O",) + tuple(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I"))
+"""BIO2 tag names in ClassLabel order (the order fixed by the model contract)."""
+
+_TYPE_ALIASES = {"OTHER": "MISC"}
+IMGID_PREFIX = "IMGID:"
+
+
+class TwitterFormatError(ValueError):
+    """A line of a UMT-format file breaks the format.
+
+    Attributes:
+        path: the file.
+        line: 1-based line number.
+        reason: what is wrong.
+    """
+
+    def __init__(self, path: str | Path, line: int, reason: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        super().__init__(f"{self.path}, line {line}: {reason}")
+
+
+@dataclass
+class RawTweet:
+    """One tweet as read from the file: its position, image id, words and normalised tag names."""
+
+    index: int
+    image_id: str
+    line: int
+    tokens: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+def normalise_tag(tag: str) -> str | None:
+    """Map a released tag to its name in :data:`LABELS` (``B-OTHER`` -> ``B-MISC``); None if unknown."""
+    prefix, sep, entity_type = tag.partition("-")
+    if not sep:
+        return tag if tag == "O" else None
+    normalised = f"{prefix}-{_TYPE_ALIASES.get(entity_type, entity_type)}"
+    return normalised if normalised in LABELS else None
+
+
+def read_umt_file(path: str | Path) -> Iterator[RawTweet]:
+    """Yield the tweets of one UMT-format file in order.
+
+    Args:
+        path: a ``train.txt`` / ``valid.txt`` / ``test.txt`` file of the UMT release.
+
+    Raises:
+        TwitterFormatError: on the first line that breaks the format (see the module docstring).
+    """
+    tweet: RawTweet | None = None
+    index = 0
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\n").removesuffix("\r")
+            except UnicodeDecodeError as error:
+                raise TwitterFormatError(
+                    path, line_number, f"invalid UTF-8 byte 0x{raw[error.start]:02x} at column {error.start + 1}"
+                ) from None
+            if line.startswith(IMGID_PREFIX):
+                if tweet is not None:
+                    yield _finished(tweet, path)
+                    index += 1
+                image_id = line[len(IMGID_PREFIX) :].strip()
+                if not image_id:
+                    raise TwitterFormatError(path, line_number, "empty image id after 'IMGID:'")
+                tweet = RawTweet(index=index, image_id=image_id, line=line_number)
+            elif not line.strip():
+                if tweet is not None:
+                    yield _finished(tweet, path)
+                    index += 1
+                    tweet = None
+            else:
+                if tweet is None:
+                    raise TwitterFormatError(
+                        path, line_number, f"token line {line!r} is not preceded by an 'IMGID:<id>' line"
+                    )
+                word, tag = _split_token_line(line, path, line_number)
+                tweet.tokens.append(word)
+                tweet.tags.append(tag)
+    if tweet is not None:
+        yield _finished(tweet, path)
+
+
+def _split_token_line(line: str, path: str | Path, line_number: int) -> tuple[str, str]:
+    fields = line.split("\t")
+    if len(fields) != 2 or not fields[0]:
+        raise TwitterFormatError(path, line_number, f"expected 'word<TAB>TAG', got {line!r}")
+    tag = normalise_tag(fields[1])
+    if tag is None:
+        raise TwitterFormatError(
+            path, line_number, f"unknown tag {fields[1]!r} (known: O, B-/I- + PER, LOC, ORG, MISC, OTHER)"
+        )
+    return fields[0], tag
+
+
+def _finished(tweet: RawTweet, path: str | Path) -> RawTweet:
+    if not tweet.tokens:
+        raise TwitterFormatError(path, tweet.line, f"tweet with image id {tweet.image_id!r} has no tokens")
+    return tweet

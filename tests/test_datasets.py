@@ -1,0 +1,529 @@
+"""Tests of datasets_scripts: UMT reader, builder configs, images, Parquet/Hub export, Table 1, CLI.
+
+Expected values come from the fixtures through a separate minimal parser and entity counter written
+here, and from the image plan below, never from the code under test. Offline: the download path is
+exercised with a patched DownloadManager.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+from PIL import Image
+
+from datasets_scripts import cli, hub_layout
+from datasets_scripts.statistics import dataset_statistics, tag_statistics
+from datasets_scripts.twitter_mner import FEATURES, build_dataset
+from datasets_scripts.umt_format import TwitterFormatError, normalise_tag, read_umt_file
+
+FIXTURES = Path(__file__).parent / "fixtures" / "twitter"
+SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+CONTRACT_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+CONTRACT_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "image_id": datasets.Value("string"),
+        "tokens": datasets.List(datasets.Value("string")),
+        "ner_tags": datasets.List(datasets.ClassLabel(names=CONTRACT_LABELS)),
+        "image": datasets.Image(),
+        "object_boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+        "object_scores": datasets.List(datasets.Value("float32")),
+        "object_phrases": datasets.List(datasets.Value("string")),
+        "object_word_start": datasets.List(datasets.Value("int32")),
+        "object_word_end": datasets.List(datasets.Value("int32")),
+        "grounder": datasets.Value("string"),
+    }
+)
+NO_GROUNDING = {
+    "object_boxes": [],
+    "object_scores": [],
+    "object_phrases": [],
+    "object_word_start": [],
+    "object_word_end": [],
+    "grounder": "",
+}
+# Twitter-2017 fixture images: what the test writes for each IMGID (absent = no file).
+IMAGE_PLAN = {
+    "17_01_1": "good",
+    "17_01_2": "garbage",
+    "17_01_4": "blank",
+    "17_02_5": "good",
+    "17_02_6": "truncated",
+    "O_7": "good",
+    "O_8": "good",
+}
+
+
+def parse_fixture(path: Path) -> list[dict]:
+    """Independent reading of a well-formed fixture: blocks split on blank lines."""
+    blocks = [block for block in path.read_text(encoding="utf-8").split("\n\n") if block.strip()]
+    rows = []
+    for index, block in enumerate(blocks):
+        imgid_line, *token_lines = block.strip("\n").split("\n")
+        words, tags = zip(*(line.split("\t") for line in token_lines), strict=True)
+        rows.append(
+            {
+                "id": str(index),
+                "image_id": imgid_line.removeprefix("IMGID:"),
+                "tokens": list(words),
+                "tags": [tag.replace("OTHER", "MISC") for tag in tags],
+            }
+        )
+    return rows
+
+
+def expected_split(config: str, split: str) -> list[dict]:
+    return parse_fixture(FIXTURES / config.removesuffix("c") / SPLIT_FILES[split])
+
+
+def count_entities(tag_sequences: list[list[str]]) -> tuple[Counter, int]:
+    """Count conlleval chunk starts: B-, or I- after O / another type. Returns (per type, started with I-)."""
+    per_type: Counter = Counter()
+    starting_with_i = 0
+    for tags in tag_sequences:
+        previous = "O"
+        for tag in tags:
+            new_type = tag != "O" and (previous == "O" or previous[2:] != tag[2:])
+            if tag.startswith("B-") or new_type:
+                per_type[tag[2:]] += 1
+                starting_with_i += tag.startswith("I-") and new_type
+            previous = tag
+    return per_type, starting_with_i
+
+
+def write_image(path: Path, kind: str) -> None:
+    if kind == "garbage":
+        path.write_bytes(b"this is not an image")
+        return
+    image = Image.new("RGB", (24, 16), (40, 120, 200))
+    if kind != "blank":
+        image.putdata([(x * 10, y * 15, (x + y) * 5) for y in range(16) for x in range(24)])
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    path.write_bytes(data[: len(data) // 2] if kind == "truncated" else data)
+
+
+def expected_image(image_dir: Path | None, image_id: str) -> dict | None:
+    if image_dir is None or IMAGE_PLAN.get(image_id) != "good":
+        return None
+    return {"bytes": (image_dir / f"{image_id}.jpg").read_bytes(), "path": f"{image_id}.jpg"}
+
+
+def expected_rows(config: str, split: str, image_dir: Path | None) -> list[dict]:
+    rows = []
+    for row in expected_split(config, split):
+        image = expected_image(image_dir, row["image_id"])
+        if config == "twitter2017c" and image is None:
+            continue
+        rows.append(
+            {
+                "id": row["id"],
+                "image_id": row["image_id"],
+                "tokens": row["tokens"],
+                "ner_tags": [CONTRACT_LABELS.index(tag) for tag in row["tags"]],
+                "image": image,
+                **NO_GROUNDING,
+            }
+        )
+    return rows
+
+
+def undecoded_rows(dataset: datasets.Dataset) -> list[dict]:
+    return dataset.cast_column("image", datasets.Image(decode=False)).to_list()
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("twitter2017_images")
+    for image_id, kind in IMAGE_PLAN.items():
+        write_image(folder / f"{image_id}.jpg", kind)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cache = tmp_path_factory.mktemp("cache")
+    return {
+        "twitter2015": build_dataset("twitter2015", FIXTURES, None, cache),
+        "twitter2017": build_dataset("twitter2017", FIXTURES, image_dir, cache),
+        "twitter2017c": build_dataset("twitter2017c", FIXTURES, image_dir, cache),
+    }
+
+
+# --- reader -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*/*.txt")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_reader_matches_independent_parse(path: Path) -> None:
+    got = [
+        {"id": str(t.index), "image_id": t.image_id, "tokens": t.tokens, "tags": t.tags} for t in read_umt_file(path)
+    ]
+    assert got == parse_fixture(path)
+
+
+def test_reader_keeps_no_break_space_token_and_marks_other_as_misc() -> None:
+    tweets = list(read_umt_file(FIXTURES / "twitter2015" / "valid.txt"))
+    assert tweets[1].tokens == ["Morning", "in", "Old", "Harbour", "\u00a0", "#sunrise"]
+    train = list(read_umt_file(FIXTURES / "twitter2015" / "train.txt"))
+    assert train[1].tags == ["B-ORG", "I-ORG", "O", "B-MISC", "I-MISC"]
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ("O", "O"),
+        ("B-OTHER", "B-MISC"),
+        ("I-OTHER", "I-MISC"),
+        ("B-MISC", "B-MISC"),
+        ("I-LOC", "I-LOC"),
+        ("B-FOO", None),
+        ("X", None),
+        ("E-PER", None),
+        ("o", None),
+        ("B-", None),
+    ],
+)
+def test_normalise_tag(tag: str, expected: str | None) -> None:
+    assert normalise_tag(tag) == expected
+
+
+def test_reader_accepts_crlf_repeated_blanks_and_imgid_without_blank(tmp_path: Path) -> None:
+    path = tmp_path / "train.txt"
+    path.write_bytes(b"IMGID:1\r\na\tB-PER\r\n\r\n\r\n\r\nIMGID:2\nb\tO\nIMGID:3\nc\tI-ORG\n")
+    got = [(t.index, t.image_id, t.tokens, t.tags, t.line) for t in read_umt_file(path)]
+    assert got == [(0, "1", ["a"], ["B-PER"], 1), (1, "2", ["b"], ["O"], 6), (2, "3", ["c"], ["I-ORG"], 8)]
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "reason"),
+    [
+        (b"IMGID:1\nword O\n", 2, "expected 'word<TAB>TAG', got 'word O'"),
+        (b"IMGID:1\nx\tO\ty\n", 2, "expected 'word<TAB>TAG'"),
+        (b"IMGID:1\n\tO\n", 2, "expected 'word<TAB>TAG'"),
+        (b"IMGID:1\nword\tB-FOO\n", 2, "unknown tag 'B-FOO'"),
+        (b"IMGID:1\n\nIMGID:2\nx\tO\n", 1, "image id '1' has no tokens"),
+        (b"IMGID:1\nx\tO\nIMGID:2\n", 3, "image id '2' has no tokens"),
+        (b"x\tO\n", 1, "not preceded by an 'IMGID:<id>' line"),
+        (b"IMGID:1\nx\tO\n\ny\tO\n", 4, "not preceded by an 'IMGID:<id>' line"),
+        (b"IMGID:1\nx\tO\ncaf\xe9\tO\n", 3, "invalid UTF-8 byte 0xe9 at column 4"),
+        (b"IMGID:  \nx\tO\n", 1, "empty image id"),
+    ],
+    ids=[
+        "no-tab",
+        "three-fields",
+        "empty-word",
+        "unknown-tag",
+        "no-tokens",
+        "no-tokens-at-eof",
+        "missing-imgid-at-start",
+        "missing-imgid-after-blank",
+        "non-utf8",
+        "empty-imgid",
+    ],
+)
+def test_bad_input_names_file_and_line(tmp_path: Path, content: bytes, line: int, reason: str) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(TwitterFormatError) as caught:
+        list(read_umt_file(path))
+    error = caught.value
+    assert isinstance(error, ValueError)
+    assert (error.path, error.line) == (str(path), line)
+    assert reason in error.reason
+    assert str(error).startswith(f"{path}, line {line}: ")
+
+
+def test_builder_reraises_format_error_with_file_and_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / "twitter2015").mkdir(parents=True)
+    for name in SPLIT_FILES.values():
+        (data_dir / "twitter2015" / name).write_bytes((FIXTURES / "twitter2015" / name).read_bytes())
+    (data_dir / "twitter2015" / "test.txt").write_bytes(b"IMGID:9\nok\tO\nbad\tB-XYZ\n")
+    with pytest.raises(TwitterFormatError, match=r"test\.txt, line 3: unknown tag 'B-XYZ'"):
+        build_dataset("twitter2015", data_dir, None, tmp_path / "cache")
+
+
+# --- builder ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", ["twitter2015", "twitter2017", "twitter2017c"])
+def test_builder_rows_and_features(built: dict, image_dir: Path, config: str) -> None:
+    dataset_dict, _ = built[config]
+    assert FEATURES == CONTRACT_FEATURES
+    assert list(dataset_dict) == ["train", "validation", "test"]
+    for split, dataset in dataset_dict.items():
+        assert dataset.features == CONTRACT_FEATURES
+        images = None if config == "twitter2015" else image_dir
+        assert undecoded_rows(dataset) == expected_rows(config, split, images)
+
+
+def test_image_reports_count_each_case_per_split(built: dict) -> None:
+    plan_ids = {split: [row["image_id"] for row in expected_split("twitter2017", split)] for split in SPLIT_FILES}
+    for config in ("twitter2017", "twitter2017c"):
+        reports = built[config][1]
+        assert list(reports) == list(SPLIT_FILES)
+        for split, ids in plan_ids.items():
+            report = reports[split]
+            assert report.tweets == len(ids)
+            assert report.found == sum(IMAGE_PLAN.get(i) == "good" for i in ids)
+            assert report.missing_ids == [i for i in ids if i not in IMAGE_PLAN]
+            assert report.unreadable_ids == [i for i in ids if IMAGE_PLAN.get(i) in ("garbage", "truncated")]
+            assert report.blank_ids == [i for i in ids if IMAGE_PLAN.get(i) == "blank"]
+            dropped = sum(IMAGE_PLAN.get(i) != "good" for i in ids) if config == "twitter2017c" else 0
+            assert report.dropped == dropped
+    train = built["twitter2017"][1]["train"]
+    assert train.summary() == "4 tweets: 1 images found, 1 missing, 1 unreadable, 1 blank placeholders"
+    assert built["twitter2017c"][1]["train"].summary() == f"{train.summary()}; 3 tweets dropped"
+    no_folder = built["twitter2015"][1]["test"]
+    assert (no_folder.tweets, no_folder.found, no_folder.missing_ids) == (2, 0, [])
+    assert no_folder.summary() == "2 tweets, no image folder given: image is null for all"
+
+
+def test_decoded_image_matches_the_file(built: dict, image_dir: Path) -> None:
+    row = built["twitter2017"][0]["test"][0]
+    with Image.open(image_dir / "O_7.jpg") as original:
+        assert row["image"].size == original.size
+        assert list(row["image"].get_flattened_data()) == list(original.get_flattened_data())
+
+
+def test_2017c_requires_an_image_folder(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="twitter2017c cannot be built without an image folder"):
+        build_dataset("twitter2017c", FIXTURES, None, tmp_path)
+
+
+def test_missing_image_folder_is_an_error_with_instructions(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"(?s)does not exist.*download the archive"):
+        build_dataset("twitter2017", FIXTURES, tmp_path / "nowhere", tmp_path / "cache")
+
+
+def test_missing_release_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    expected = tmp_path / "twitter2015" / "train.txt"
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"{expected} not found: data_dir must be the UMT data/ folder")
+    ):
+        build_dataset("twitter2015", tmp_path, None, tmp_path / "cache")
+
+
+def test_download_path_requests_umt_github_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    requested: list[str] = []
+
+    def fake_download(self: datasets.DownloadManager, url_or_urls: dict[str, str]) -> dict[str, str]:
+        requested.extend(url_or_urls.values())
+        return {split: str(FIXTURES / url.split("/data/")[1]) for split, url in url_or_urls.items()}
+
+    monkeypatch.setattr(datasets.DownloadManager, "download", fake_download)
+    dataset_dict, _ = build_dataset("twitter2015", None, None, tmp_path)
+    base = "https://raw.githubusercontent.com/jefferyYu/UMT/master/data/twitter2015/"
+    assert requested == [base + "train.txt", base + "valid.txt", base + "test.txt"]
+    assert undecoded_rows(dataset_dict["validation"]) == expected_rows("twitter2015", "validation", None)
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", ["twitter2015", "twitter2017", "twitter2017c"])
+def test_statistics_match_independent_count(built: dict, image_dir: Path, config: str) -> None:
+    for split, dataset in built[config][0].items():
+        tags = [[CONTRACT_LABELS[i] for i in row["ner_tags"]] for row in expected_rows(config, split, image_dir)]
+        per_type, starting_with_i = count_entities(tags)
+        stats = dataset_statistics(dataset)
+        assert stats.entities == {t: per_type[t] for t in ("PER", "LOC", "ORG", "MISC")}
+        assert stats.total == sum(per_type.values())
+        assert (stats.tweets, stats.starting_with_i) == (len(tags), starting_with_i)
+
+
+def test_statistics_count_i_starts_as_entities() -> None:
+    stats = tag_statistics([["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"], ["O"]])
+    assert stats.entities == {"PER": 1, "LOC": 2, "ORG": 1, "MISC": 0}
+    assert (stats.tweets, stats.starting_with_i) == (2, 3)
+
+
+# --- export, load_dataset round trip, CLI -------------------------------------------------------
+
+
+def read_card_yaml(folder: Path) -> dict:
+    return yaml.safe_load((folder / "README.md").read_text(encoding="utf-8").split("---\n")[1])
+
+
+def test_cli_build_round_trip_and_stats(
+    built: dict, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "export"
+    cli.main(
+        [
+            "build",
+            "--data_dir",
+            str(FIXTURES),
+            "--image_dir_2017",
+            str(image_dir),
+            "--output_dir",
+            str(out),
+            "--max_shard_size",
+            "1KB",
+        ]
+    )
+    configs = ["twitter2015", "twitter2017", "twitter2017c"]
+    card = read_card_yaml(out)
+    assert [c["config_name"] for c in card["configs"]] == configs
+    assert card["configs"][2]["data_files"][1] == {"split": "validation", "path": "twitter2017c/validation-*.parquet"}
+    assert len(list((out / "twitter2017").glob("train-*.parquet"))) > 1  # 1KB shards: sharding exercised
+    for config in configs:
+        loaded = datasets.load_dataset(str(out), config, cache_dir=str(tmp_path / "hf_cache"))
+        assert list(loaded) == ["train", "validation", "test"]
+        for split, dataset in loaded.items():
+            assert dataset.features == CONTRACT_FEATURES
+            assert undecoded_rows(dataset) == undecoded_rows(built[config][0][split])
+            assert undecoded_rows(dataset) == expected_rows(
+                config, split, None if config == "twitter2015" else image_dir
+            )
+    build_output = capsys.readouterr().out
+    assert "twitter2017 train: 4 tweets: 1 images found, 1 missing, 1 unreadable, 1 blank placeholders" in build_output
+    card_text = (out / "README.md").read_text(encoding="utf-8")
+    assert (
+        "  - validation: 2 tweets: 1 images found, 0 missing, 1 unreadable, 0 blank placeholders; 1 tweets dropped"
+        in (card_text)
+    )
+
+    cli.main(["stats", str(out)])
+    table = capsys.readouterr().out.splitlines()
+    columns = [(c, s) for c in configs for s in SPLIT_FILES]
+    assert table[0] == "| Entity type | " + " | ".join(f"{c} {s}" for c, s in columns) + " |"
+    counts = []
+    for config, split in columns:
+        tags = [[CONTRACT_LABELS[i] for i in r["ner_tags"]] for r in expected_rows(config, split, image_dir)]
+        counts.append((count_entities(tags), len(tags)))
+    for row, key in (("Person", "PER"), ("Location", "LOC"), ("Organization", "ORG"), ("Misc.", "MISC")):
+        assert f"| {row} | " + " | ".join(str(c[0][0][key]) for c in counts) + " |" in table
+    assert "| Total | " + " | ".join(str(sum(c[0][0].values())) for c in counts) + " |" in table
+    assert "| of which start with I- | " + " | ".join(str(c[0][1]) for c in counts) + " |" in table
+    tweets_row = "| Tweets | " + " | ".join(str(c[1]) for c in counts) + " |"
+    assert tweets_row in table
+    assert tweets_row in card_text
+
+
+def test_cli_without_images_skips_2017c_loudly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "export"
+    cli.main(["build", "--data_dir", str(FIXTURES), "--output_dir", str(out)])
+    assert "SKIPPED twitter2017c cannot be built without --image_dir_2017" in capsys.readouterr().err
+    assert [c["config_name"] for c in read_card_yaml(out)["configs"]] == ["twitter2015", "twitter2017"]
+    assert not (out / "twitter2017c").exists()
+
+    with pytest.raises(SystemExit) as caught:
+        cli.main(
+            ["build", "--data_dir", str(FIXTURES), "--output_dir", str(tmp_path / "c"), "--configs", "twitter2017c"]
+        )
+    assert caught.value.code == 2
+    assert "twitter2017c cannot be built without --image_dir_2017" in capsys.readouterr().err
+
+
+def test_cli_overwrites_only_a_previous_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "export"
+    (out / "twitter2017").mkdir(parents=True)
+    (out / "twitter2017" / "train-00000-of-00001.parquet").write_bytes(b"stale")
+    (out / ".git").mkdir()
+    args = ["build", "--data_dir", str(FIXTURES), "--output_dir", str(out), "--configs", "twitter2015"]
+    with pytest.raises(SystemExit):
+        cli.main(args)
+    assert "is not empty (use --overwrite" in capsys.readouterr().err
+    cli.main([*args, "--overwrite"])
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        ".git",
+        "README.md",
+        "twitter2015",
+        "twitter2015/test-00000-of-00001.parquet",
+        "twitter2015/train-00000-of-00001.parquet",
+        "twitter2015/validation-00000-of-00001.parquet",
+    ]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--overwrite"])
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_cli_reports_format_error_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "data" / "twitter2015"
+    bad.mkdir(parents=True)
+    for name in SPLIT_FILES.values():
+        (bad / name).write_bytes(b"IMGID:1\nonly-a-word\n")
+    with pytest.raises(SystemExit) as caught:
+        cli.main(
+            [
+                "build",
+                "--data_dir",
+                str(tmp_path / "data"),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--configs",
+                "twitter2015",
+            ]
+        )
+    assert caught.value.code == 1
+    assert f"{bad / 'train.txt'}, line 2: expected 'word<TAB>TAG'" in capsys.readouterr().err
+
+
+def test_push_to_hub_uploads_the_export_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, dict]] = []
+
+    class Commit:
+        commit_url = "https://huggingface.co/datasets/me/twitter-mner/commit/abc"
+
+    def create_repo(self, repo_id: str, **kwargs) -> None:
+        calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs) -> Commit:
+        calls.append(("upload_folder", kwargs))
+        return Commit()
+
+    monkeypatch.setattr(hub_layout.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(hub_layout.HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "export"
+    cli.main(
+        [
+            "build",
+            "--data_dir",
+            str(FIXTURES),
+            "--output_dir",
+            str(out),
+            "--configs",
+            "twitter2015",
+            "--push_to_hub",
+            "me/twitter-mner",
+            "--private",
+        ]
+    )
+    assert calls[0] == (
+        "create_repo",
+        {"repo_id": "me/twitter-mner", "repo_type": "dataset", "private": True, "exist_ok": True},
+    )
+    name, upload = calls[1]
+    assert (name, upload["repo_id"], upload["repo_type"], Path(upload["folder_path"])) == (
+        "upload_folder",
+        "me/twitter-mner",
+        "dataset",
+        out,
+    )
+    assert upload["delete_patterns"] == ["*.parquet"]
+    assert len(calls) == 2
+
+
+def test_write_config_shards_are_complete_and_numbered(built: dict, tmp_path: Path) -> None:
+    dataset_dict = built["twitter2017"][0]
+    hub_layout.write_config(dataset_dict, tmp_path, "twitter2017", 2000)
+    for split, dataset in dataset_dict.items():
+        shards = sorted((tmp_path / "twitter2017").glob(f"{split}-*.parquet"))
+        count = len(shards)
+        assert [p.name for p in shards] == [f"{split}-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
+        rows = [
+            row
+            for p in shards
+            for row in undecoded_rows(datasets.Dataset.from_parquet(str(p), cache_dir=str(tmp_path / "cache")))
+        ]
+        assert rows == undecoded_rows(dataset)
