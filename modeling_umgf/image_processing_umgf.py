@@ -37,7 +37,9 @@ class UMGFImageProcessor(BaseImageProcessor):
             if pretrained_cfg is None:
                 raise ValueError(f"timm knows no pretrained config for vision backbone {vision_backbone!r}")
             data_config = timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict())
-        self.data_config = {key: list(value) if isinstance(value, tuple) else value for key, value in data_config.items()}
+        self.data_config = {
+            key: list(value) if isinstance(value, tuple) else value for key, value in data_config.items()
+        }
         self._transform = timm.data.create_transform(
             **{key: tuple(value) if isinstance(value, list) else value for key, value in self.data_config.items()},
             is_training=False,
@@ -49,7 +51,9 @@ class UMGFImageProcessor(BaseImageProcessor):
         _, height, width = self.data_config["input_size"]
         return height, width
 
-    def preprocess(self, images: Image.Image | Sequence[Image.Image], return_tensors: str | None = "pt") -> BatchFeature:
+    def preprocess(
+        self, images: Image.Image | Sequence[Image.Image], return_tensors: str | None = "pt"
+    ) -> BatchFeature:
         """Transform RGB crops into a ``pixel_values`` tensor of shape ``[N, 3, H, W]`` (N may be 0)."""
         if return_tensors not in ("pt", None):
             raise ValueError(f"UMGFImageProcessor returns torch tensors only, got return_tensors={return_tensors!r}")

@@ -1,0 +1,150 @@
+"""Ground a dataset split once and store the result in its CONTRACT.md grounding columns.
+
+python -m datasets_scripts.ground_dataset --dataset FOLDER_OR_REPO [--config twitter2017] --split train
+    --output_dir OUT [--grounder detector] [--grounder_kwargs '{"box_threshold": 0.3}'] [--chunk_size 256]
+Several processes / GPUs: ``accelerate launch -m datasets_scripts.ground_dataset ...`` (same arguments).
+
+The split is cut into chunks of ``chunk_size`` rows; chunk ``k`` is grounded by process ``k % processes``
+(batched inside the grounder) and written atomically to ``OUT/.chunks/<split>/``, so an interrupted run
+resumes where it stopped. Once every chunk exists, the main process joins them to the split and writes
+``OUT/<split>.parquet`` (load it with ``datasets.load_dataset("parquet", data_files=...)``). Tweets without a
+readable image keep grounder "" (not grounded); a grounded tweet with nothing found has its grounder's name
+and empty lists. Chunking, resuming and joining are the only hand-written parts; grounding is
+`modeling_umgf.grounding`, data parallelism is accelerate's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import datasets
+from tqdm.auto import tqdm
+
+from modeling_umgf.grounding import Grounder, Grounding, build_grounder
+from modeling_umgf.image_utils_umgf import UnreadableImageError, load_rgb_image
+
+from .twitter_mner import FEATURES
+
+logger = logging.getLogger(__name__)
+GROUNDING_FEATURES = datasets.Features(
+    {"id": FEATURES["id"], **{column: FEATURES[column] for column in Grounding.COLUMNS}}
+)
+
+
+def ground_rows(rows: dict[str, list[Any]], grounder: Grounder) -> dict[str, list[Any]]:
+    """Ground a batch of rows (``id``, ``tokens``, ``image``): ``id`` plus the grounding columns."""
+    groundings: list[Grounding] = [Grounding() for _ in rows["id"]]
+    images, todo = [], []
+    for i, (sample, image) in enumerate(zip(rows["id"], rows["image"])):
+        if image is None:
+            continue
+        try:
+            images.append(load_rgb_image(image))
+            todo.append(i)
+        except UnreadableImageError as error:
+            logger.warning("sample %r: %s; left ungrounded", sample, error)
+    if todo:
+        found = grounder.ground(images, [rows["tokens"][i] for i in todo], [rows["id"][i] for i in todo])
+        for i, grounding in zip(todo, found):
+            groundings[i] = grounding
+    columns = {"id": list(rows["id"])}
+    for column in Grounding.COLUMNS:
+        columns[column] = [g.to_columns()[column] for g in groundings]
+    return columns
+
+
+def ground_split(
+    split: datasets.Dataset,
+    grounder: Grounder,
+    work_dir: Path,
+    chunk_size: int = 256,
+    process_index: int = 0,
+    num_processes: int = 1,
+    show_progress: bool = True,
+) -> list[Path]:
+    """Ground this process's share of the chunks of ``split`` that ``work_dir`` does not hold yet.
+
+    Returns the paths of all chunk files of the split (in row order), done or not.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    starts = range(0, len(split), chunk_size)
+    paths = [work_dir / f"rows-{start:09d}-{min(start + chunk_size, len(split)):09d}.parquet" for start in starts]
+    mine = [(start, path) for k, (start, path) in enumerate(zip(starts, paths)) if k % num_processes == process_index]
+    todo = [(start, path) for start, path in mine if not path.exists()]
+    for start, path in tqdm(
+        todo, desc=f"grounding ({len(mine) - len(todo)} chunks already done)", disable=not show_progress
+    ):
+        rows = split.select_columns(["id", "tokens", "image"])[start : start + chunk_size]
+        partial = path.with_suffix(".partial")
+        datasets.Dataset.from_dict(ground_rows(rows, grounder), features=GROUNDING_FEATURES).to_parquet(str(partial))
+        os.replace(partial, path)  # atomic: a chunk file exists only once complete
+    return paths
+
+
+def join_grounding(split: datasets.Dataset, chunk_paths: Sequence[Path]) -> datasets.Dataset:
+    """``split`` with its grounding columns replaced by those of the chunk files (checked row by row)."""
+    grounding = datasets.concatenate_datasets([datasets.Dataset.from_parquet(str(path)) for path in chunk_paths])
+    if grounding["id"] != split["id"]:
+        raise ValueError("the grounding chunks do not match the split's ids: delete the chunk folder and re-run")
+    kept = split.remove_columns([column for column in Grounding.COLUMNS if column in split.column_names])
+    return datasets.concatenate_datasets([kept, grounding.remove_columns("id")], axis=1)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dataset", required=True, help="folder saved with save_to_disk, a Parquet/Hub-layout folder, or a Hub repo"
+    )
+    parser.add_argument("--config", help="dataset config (e.g. twitter2017)")
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--grounder", default="detector", help="detector, release, grid or precomputed")
+    parser.add_argument("--grounder_kwargs", type=json.loads, default={}, help="JSON keyword arguments of the grounder")
+    parser.add_argument("--chunk_size", type=int, default=256, help="rows per resumable chunk")
+    return parser
+
+
+def _load(dataset: str, config: str | None, split: str) -> datasets.Dataset:
+    if (Path(dataset) / "dataset_info.json").exists() or (Path(dataset) / "dataset_dict.json").exists():
+        loaded = datasets.load_from_disk(dataset)
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    return datasets.load_dataset(dataset, config, split=split)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the command; returns the written Parquet file."""
+    from accelerate import Accelerator
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    accelerator = Accelerator()
+    split = _load(args.dataset, args.config, args.split)
+    kwargs = dict(args.grounder_kwargs)
+    if args.grounder in ("detector", "release"):
+        kwargs.setdefault("device", str(accelerator.device))
+    grounder = build_grounder(args.grounder, **kwargs)
+    chunks = ground_split(
+        split,
+        grounder,
+        args.output_dir / ".chunks" / args.split,
+        args.chunk_size,
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.is_local_main_process,
+    )
+    accelerator.wait_for_everyone()
+    output = args.output_dir / f"{args.split}.parquet"
+    if accelerator.is_main_process:
+        join_grounding(split, chunks).to_parquet(str(output))
+        logger.info("wrote %s", output)
+    accelerator.wait_for_everyone()
+    return output
+
+
+if __name__ == "__main__":
+    main()

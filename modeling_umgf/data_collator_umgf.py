@@ -1,0 +1,107 @@
+"""Batching UMGF examples: dynamic padding of sub-tokens, words and visual objects.
+
+transformers' collators pad token sequences only; UMGF examples also carry a variable number of visual
+objects (crops or features) and a token x object adjacency, which must be padded in both dimensions
+together, so this collator is written here. Every pad value is one the model ignores: attention_mask 0,
+word_ids -1, labels -100, object_mask 0, no adjacency edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from transformers.feature_extraction_utils import BatchFeature
+
+TOKEN_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "word_ids": -1}
+LABEL_PAD_VALUE = -100
+METADATA_KEYS = (
+    "sample_id",
+    "words",
+    "num_words",
+    "truncated_words",
+    "object_boxes",
+    "object_scores",
+    "object_phrases",
+    "object_word_start",
+    "object_word_end",
+)
+"""Per-example information that is not a model input: kept (as lists) only with ``return_metadata=True``."""
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], length: int, value: int) -> torch.Tensor:
+    padded = torch.full((len(rows), length), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return padded
+
+
+@dataclass
+class UMGFDataCollator:
+    """Pads a list of `UMGFProcessor` examples (``return_tensors=None`` outputs) into model inputs.
+
+    Returns a `BatchFeature` with ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the examples
+    have them) and ``word_ids`` ``[B, T]``; ``labels`` ``[B, W]`` (when the examples have them);
+    ``pixel_values`` ``[B, O, 3, H, W]``, or ``object_features`` ``[B, O, F]`` when any example carries
+    cached features; ``object_mask`` ``[B, O]``; ``inter_modal_adjacency`` ``[B, T, O]`` bool. ``O`` is the
+    largest object count in the batch and may be 0. With ``return_metadata=True`` the `METADATA_KEYS` are
+    added as per-example lists; pop them before calling the model.
+
+    Args:
+        processor: the `UMGFProcessor` (for the pad token id and the crop size).
+        return_metadata: also return the `METADATA_KEYS`.
+        pad_to_multiple_of: round the token length up to a multiple of this.
+    """
+
+    processor: Any
+    return_metadata: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> BatchFeature:
+        if not examples:
+            raise ValueError("cannot collate an empty list of examples")
+        length = max(len(example["input_ids"]) for example in examples)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            "input_ids": _pad_rows([e["input_ids"] for e in examples], length, self.processor.tokenizer.pad_token_id)
+        }
+        for key, value in TOKEN_PAD_VALUES.items():
+            if key in examples[0]:
+                batch[key] = _pad_rows([e[key] for e in examples], length, value)
+        with_labels = ["labels" in example and example["labels"] is not None for example in examples]
+        if any(with_labels):
+            if not all(with_labels):
+                raise ValueError("some examples of the batch have labels and others do not")
+            batch["labels"] = _pad_rows(
+                [e["labels"] for e in examples], max(len(e["labels"]) for e in examples), LABEL_PAD_VALUE
+            )
+        batch.update(self._pad_objects(examples, length))
+        if self.return_metadata:
+            batch.update({key: [e.get(key) for e in examples] for key in METADATA_KEYS})
+        return BatchFeature(batch)
+
+    def _pad_objects(self, examples: Sequence[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
+        use_features = any(e.get("object_features") is not None for e in examples)
+        key = "object_features" if use_features else "pixel_values"
+        objects = [None if e.get(key) is None else torch.as_tensor(e[key], dtype=torch.float32) for e in examples]
+        if use_features:
+            feature_dims = {o.shape[1] for o in objects if o is not None and o.numel()}
+            if len(feature_dims) > 1:
+                raise ValueError(f"object_features of the batch differ in size: {sorted(feature_dims)}")
+            item_shape = (feature_dims.pop() if feature_dims else 0,)
+        else:
+            item_shape = (3, *self.processor.image_processor.image_size)
+        counts = [0 if o is None else o.shape[0] for o in objects]
+        num_objects = max(counts)
+        values = torch.zeros(len(examples), num_objects, *item_shape)
+        object_mask = torch.zeros(len(examples), num_objects, dtype=torch.long)
+        adjacency = torch.zeros(len(examples), length, num_objects, dtype=torch.bool)
+        for i, (example, count) in enumerate(zip(examples, counts)):
+            if count:
+                values[i, :count] = objects[i]
+                object_mask[i, :count] = 1
+                edges = torch.as_tensor(example["inter_modal_adjacency"], dtype=torch.bool)
+                adjacency[i, : edges.shape[0], :count] = edges
+        return {key: values, "object_mask": object_mask, "inter_modal_adjacency": adjacency}

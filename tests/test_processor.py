@@ -1,0 +1,336 @@
+"""UMGFProcessor and UMGFDataCollator: exact tensors on hand-made sentences, graphs and images (offline, CPU)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from processor_fixtures import VOCAB, tiny_processor
+
+from modeling_umgf.image_utils_umgf import UnreadableImageError, load_rgb_image
+
+KOHL = ["Photo", "of", "Helmut", "Kohl", "at", "the", "Brandenburg", "gate"]
+KOHL_TAGS = ["O", "O", "B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"]
+IDS = {token: i for i, token in enumerate(VOCAB)}
+QUADRANTS = {(0, 0): (255, 0, 0), (1, 0): (0, 255, 0), (0, 1): (0, 0, 255), (1, 1): (255, 255, 255)}
+
+
+def quadrant_image() -> Image.Image:
+    """40x20 image: red top-left, green top-right, blue bottom-left, white bottom-right."""
+    image = Image.new("RGB", (40, 20))
+    for (col, row), colour in QUADRANTS.items():
+        image.paste(colour, (col * 20, row * 10, col * 20 + 20, row * 10 + 10))
+    return image
+
+
+KOHL_GROUNDING = {  # objects: Helmut Kohl (red quadrant), person (green), the Brandenburg gate (blue)
+    "object_boxes": [[0, 0, 20, 10], [20, 0, 40, 10], [0, 10, 20, 20]],
+    "object_scores": [0.9, 0.8, 0.7],
+    "object_phrases": ["Helmut Kohl", "person", "the Brandenburg gate"],
+    "object_word_start": [2, -1, 5],
+    "object_word_end": [4, -1, 8],
+    "grounder": "detector",
+}
+
+
+def pixels(image: Image.Image) -> list[tuple[int, ...]]:
+    return [tuple(p) for p in np.asarray(image).reshape(-1, len(image.getbands())).tolist()]
+
+
+def ids(*tokens: str) -> list[int]:
+    return [IDS[token] for token in tokens]
+
+
+def test_graph_edges_follow_the_paper_and_sub_tokens_inherit() -> None:
+    out = tiny_processor()(images=quadrant_image(), words=KOHL, grounding=KOHL_GROUNDING, return_tensors="pt")
+    assert out["input_ids"].tolist() == [
+        ids("[CLS]", "Photo", "of", "Helmut", "Ko", "##hl", "at", "the", "Brandenburg", "gate", "[SEP]")
+    ]
+    assert out["word_ids"].tolist() == [[-1, 0, 1, 2, 3, 3, 4, 5, 6, 7, -1]]
+    # columns: Helmut Kohl, person (general word: every word), the Brandenburg gate
+    expected = [
+        [0, 0, 0],  # [CLS]
+        [0, 1, 0],  # Photo
+        [0, 1, 0],  # of
+        [1, 1, 0],  # Helmut
+        [1, 1, 0],  # Ko
+        [1, 1, 0],  # ##hl (inherits Kohl's edges)
+        [0, 1, 0],  # at
+        [0, 1, 1],  # the
+        [0, 1, 1],  # Brandenburg
+        [0, 1, 1],  # gate
+        [0, 0, 0],  # [SEP]
+    ]
+    assert out["inter_modal_adjacency"].int().tolist() == [expected]
+    assert out["object_mask"].tolist() == [[1, 1, 1]]
+    assert set(out) == {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "word_ids",
+        "pixel_values",
+        "object_mask",
+        "inter_modal_adjacency",
+    }
+
+
+def test_crops_are_the_boxes_through_the_backbone_transform() -> None:
+    out = tiny_processor()(images=quadrant_image(), words=KOHL, grounding=KOHL_GROUNDING, return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3, 3, 8, 8)
+    for j, colour in enumerate([QUADRANTS[(0, 0)], QUADRANTS[(1, 0)], QUADRANTS[(0, 1)]]):
+        expected = (torch.tensor(colour, dtype=torch.float32) / 255 - 0.5) / 0.5  # mean 0.5, std 0.5
+        torch.testing.assert_close(out["pixel_values"][0, j], expected[:, None, None].expand(3, 8, 8))
+
+
+def test_labels_align_to_words_and_truncation_is_reported(caplog) -> None:
+    processor = tiny_processor(max_length=8)
+    with caplog.at_level(logging.WARNING):
+        out = processor(
+            words=KOHL,
+            labels=KOHL_TAGS,
+            grounding=KOHL_GROUNDING,
+            images=quadrant_image(),
+            sample_ids="tweet-1",
+            return_tensors="pt",
+            return_metadata=True,
+        )
+    assert out["input_ids"].tolist() == [ids("[CLS]", "Photo", "of", "Helmut", "Ko", "##hl", "at", "[SEP]")]
+    assert out["word_ids"].tolist() == [[-1, 0, 1, 2, 3, 3, 4, -1]]
+    assert out["labels"].tolist() == [[0, 0, 1, 2, 0]]  # the 3 cut words get no loss
+    assert out["truncated_words"] == [3] and out["num_words"] == [8]
+    assert "'tweet-1' (3 words)" in caplog.text
+    # the Brandenburg gate's words are cut: its object keeps no edge; Helmut Kohl's and person's stay.
+    assert out["inter_modal_adjacency"][0].int().tolist() == [
+        [0, 0, 0],
+        [0, 1, 0],
+        [0, 1, 0],
+        [1, 1, 0],
+        [1, 1, 0],
+        [1, 1, 0],
+        [0, 1, 0],
+        [0, 0, 0],
+    ]
+    # A word cut in the middle keeps its first sub-token, so it stays (and keeps its label).
+    cut = tiny_processor(max_length=6)(words=KOHL, labels=KOHL_TAGS, return_tensors="pt", return_metadata=True)
+    assert cut["word_ids"].tolist() == [[-1, 0, 1, 2, 3, -1]] and cut["labels"].tolist() == [[0, 0, 1, 2]]
+    assert cut["truncated_words"] == [4]
+    assert processor.decode_word_predictions(torch.tensor([[0, 0, 1, 2, 0]]), [8]) == [
+        ["O", "O", "B-PER", "I-PER", "O", "O", "O", "O"]
+    ]
+
+
+def test_default_max_length_is_128_and_label_ids_or_names() -> None:
+    processor = tiny_processor()
+    assert processor.max_length == 128
+    long = processor(words=["gate"] * 200, return_tensors="pt", return_metadata=True)
+    assert long["input_ids"].shape == (1, 128) and long["truncated_words"] == [74]
+    by_name = processor(words=KOHL, labels=KOHL_TAGS, return_tensors="pt")["labels"]
+    by_id = processor(words=KOHL, labels=[0, 0, 1, 2, 0, 0, 3, 4], return_tensors="pt")["labels"]
+    assert by_name.tolist() == by_id.tolist() == [[0, 0, 1, 2, 0, 0, 3, 4]]
+
+
+def test_raw_text_equals_its_words_and_single_equals_batch() -> None:
+    processor = tiny_processor()
+    from_text = processor(
+        text="Photo of Helmut Kohl, at the Brandenburg gate!", return_tensors="pt", return_metadata=True
+    )
+    words = ["Photo", "of", "Helmut", "Kohl", ",", "at", "the", "Brandenburg", "gate", "!"]
+    assert from_text["words"] == [words]
+    from_words = processor(words=words, return_tensors="pt")
+    assert from_text["input_ids"].tolist() == from_words["input_ids"].tolist()
+    batch = processor(words=[KOHL, ["Berlin", "rocks"]], return_tensors="pt")
+    single = processor(words=["Berlin", "rocks"], return_tensors="pt")
+    assert batch["input_ids"][1, :4].tolist() == single["input_ids"][0].tolist()
+    unpadded = processor(words=["Berlin", "rocks"])
+    assert unpadded["input_ids"] == ids("[CLS]", "Berlin", "rocks", "[SEP]") and unpadded["word_ids"] == [-1, 0, 1, -1]
+
+
+def test_words_without_sub_tokens_become_unknown_not_lost() -> None:
+    out = tiny_processor()(words=["Photo", "\u200b", "", "gate"], labels=[0, 0, 0, 3], return_tensors="pt")
+    assert out["input_ids"].tolist() == [ids("[CLS]", "Photo", "[UNK]", "[UNK]", "gate", "[SEP]")]
+    assert out["word_ids"].tolist() == [[-1, 0, 1, 2, 3, -1]] and out["labels"].tolist() == [[0, 0, 0, 3]]
+
+
+def test_bad_text_and_labels_give_clear_errors() -> None:
+    processor = tiny_processor()
+    for bad in ({"text": ""}, {"text": "   "}, {"words": []}, {"words": [KOHL, []], "sample_ids": ["a", "b"]}):
+        with pytest.raises(ValueError, match="empty text"):
+            processor(**bad)
+    with pytest.raises(ValueError, match="'s9': 2 labels for 8 words"):
+        processor(words=KOHL, labels=[0, 0], sample_ids="s9")
+    with pytest.raises(ValueError, match="unknown label 'B-FOO'"):
+        processor(words=["gate"], labels=["B-FOO"])
+    with pytest.raises(ValueError, match="exactly one of"):
+        processor(text="a", words=["a"])
+    with pytest.raises(ValueError, match="2 entries for 1 samples"):
+        processor(words=[KOHL], images=[None, None])
+
+
+def test_missing_or_unreadable_images_give_text_only_inputs_with_a_warning(caplog, tmp_path: Path) -> None:
+    processor = tiny_processor()
+    with caplog.at_level(logging.WARNING):
+        out = processor(
+            images=[str(tmp_path / "gone.jpg"), b"not an image", None, quadrant_image()],
+            words=[KOHL, KOHL, KOHL, KOHL],
+            grounding=[KOHL_GROUNDING, None, KOHL_GROUNDING, None],
+            sample_ids=["missing", "corrupt", "no-image", "fine"],
+            return_tensors="pt",
+            return_metadata=True,
+        )
+    assert "'missing': image file not found" in caplog.text and "'corrupt': cannot decode image" in caplog.text
+    assert "'no-image': 3 grounded objects but no image" in caplog.text
+    assert out["object_mask"].tolist() == [[0] * 9, [0] * 9, [0] * 9, [1] * 9]  # "fine" gets the 3x3 grid
+    assert not out["inter_modal_adjacency"][:3].any()
+
+
+def test_boxes_are_clipped_and_degenerate_boxes_dropped() -> None:
+    grounding = {**KOHL_GROUNDING, "object_boxes": [[-10, -10, 20, 10], [30, 5, 30.5, 9], [35, 15, 400, 400]]}
+    out = tiny_processor()(
+        images=quadrant_image(), words=KOHL, grounding=grounding, return_tensors="pt", return_metadata=True
+    )
+    assert out["object_boxes"] == [[[0, 0, 20, 10], [35, 15, 40, 20]]]
+    assert out["object_phrases"] == [["Helmut Kohl", "the Brandenburg gate"]]
+    assert out["inter_modal_adjacency"][0, 7:10].int().tolist() == [[0, 1]] * 3
+
+
+def test_image_modes_exif_and_sizes_load_as_upright_rgb() -> None:
+    rgba = Image.new("RGBA", (2, 1), (255, 0, 0, 255))
+    rgba.putpixel((1, 0), (0, 0, 255, 0))  # fully transparent -> white
+    assert pixels(load_rgb_image(rgba)) == [(255, 0, 0), (255, 255, 255)]
+    assert pixels(load_rgb_image(Image.new("L", (1, 1), 77))) == [(77, 77, 77)]
+    assert load_rgb_image(Image.new("CMYK", (1, 1), (0, 255, 255, 0))).getpixel((0, 0)) == (255, 0, 0)
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([10, 20, 30, 40, 50, 60])
+    palette.putpixel((1, 0), 1)
+    palette.info["transparency"] = 0
+    assert pixels(load_rgb_image(palette)) == [(255, 255, 255), (40, 50, 60)]
+    sixteen = Image.fromarray(np.array([[0, 1000, 2000]], dtype=np.uint16))
+    assert [p[0] for p in pixels(load_rgb_image(sixteen))] == [0, 128, 255]
+    # EXIF orientation 6: the stored 4x2 picture is shown rotated 90 degrees clockwise.
+    stored = Image.new("RGB", (4, 2))
+    stored.putpixel((0, 0), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    encoded = io.BytesIO()
+    stored.save(encoded, "PNG", exif=exif)
+    upright = load_rgb_image({"bytes": encoded.getvalue(), "path": None})
+    assert upright.size == (2, 4) and upright.getpixel((1, 0)) == (255, 0, 0)
+    assert load_rgb_image(np.zeros((1, 1, 3), dtype=np.uint8)).size == (1, 1)
+    for bad in (None, b"", {"bytes": None, "path": None}, np.zeros((2, 2), dtype=np.float32)):
+        with pytest.raises(UnreadableImageError):
+            load_rgb_image(bad)
+
+
+def test_tiny_and_huge_images_work() -> None:
+    processor = tiny_processor(grounder_kwargs={"grid_size": 1})
+    tiny = processor(images=Image.new("RGB", (1, 1), (255, 0, 0)), words=KOHL, return_tensors="pt")
+    torch.testing.assert_close(tiny["pixel_values"][0, 0, 0], torch.ones(8, 8))
+    huge = processor(images=Image.new("RGB", (8000, 6000), (0, 0, 255)), words=KOHL, return_tensors="pt")
+    torch.testing.assert_close(huge["pixel_values"][0, 0, 2], torch.ones(8, 8))
+
+
+def test_collator_pads_tokens_words_and_objects_dynamically() -> None:
+    processor = tiny_processor()
+    examples = [
+        processor(words=["Berlin", "rocks"], labels=[3, 0]),
+        processor(
+            images=quadrant_image(),
+            words=KOHL[:4],
+            labels=KOHL_TAGS[:4],
+            grounding={column: values[:2] for column, values in KOHL_GROUNDING.items() if column != "grounder"}
+            | {"grounder": "detector"},
+        ),
+    ]
+    batch = processor.data_collator()(examples)
+    assert batch["input_ids"].tolist() == [
+        ids("[CLS]", "Berlin", "rocks", "[SEP]", "[PAD]", "[PAD]", "[PAD]"),
+        ids("[CLS]", "Photo", "of", "Helmut", "Ko", "##hl", "[SEP]"),
+    ]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0, 0], [1] * 7]
+    assert batch["word_ids"].tolist() == [[-1, 0, 1, -1, -1, -1, -1], [-1, 0, 1, 2, 3, 3, -1]]
+    assert batch["labels"].tolist() == [[3, 0, -100, -100], [0, 0, 1, 2]]
+    assert batch["object_mask"].tolist() == [[0, 0], [1, 1]]
+    assert batch["pixel_values"].shape == (2, 2, 3, 8, 8) and not batch["pixel_values"][0].any()
+    assert batch["inter_modal_adjacency"].int().tolist() == [
+        [[0, 0]] * 7,
+        [[0, 0], [0, 1], [0, 1], [1, 1], [1, 1], [1, 1], [0, 0]],
+    ]
+    assert "words" not in batch
+    wide = processor.data_collator(return_metadata=True, pad_to_multiple_of=16)(examples)
+    assert wide["input_ids"].shape == (2, 16) and wide["inter_modal_adjacency"].shape == (2, 16, 2)
+    assert wide["words"] == [["Berlin", "rocks"], KOHL[:4]] and wide["sample_id"] == ["0", "0"]
+    text_only = processor.data_collator()([examples[0], examples[0]])
+    assert text_only["pixel_values"].shape == (2, 0, 3, 8, 8) and text_only["inter_modal_adjacency"].shape == (2, 4, 0)
+
+
+def test_cached_object_features_replace_crops() -> None:
+    processor = tiny_processor()
+    features = torch.arange(12.0).reshape(3, 4)
+    example = processor(words=KOHL, grounding=KOHL_GROUNDING, object_features=features)
+    batch = processor.data_collator()([example, processor(words=["gate"])])
+    assert "pixel_values" not in batch
+    torch.testing.assert_close(batch["object_features"], torch.stack([features, torch.zeros(3, 4)]))
+    assert batch["object_mask"].tolist() == [[1, 1, 1], [0, 0, 0]]
+    with pytest.raises(ValueError, match="2 object features for 3 grounded objects"):
+        processor(words=KOHL, grounding=KOHL_GROUNDING, object_features=features[:2])
+
+
+def test_dataset_transform_reads_the_contract_columns() -> None:
+    from datasets import Dataset
+
+    processor = tiny_processor()
+    ungrounded = {column: [] for column in KOHL_GROUNDING} | {"grounder": ""}
+    columns = {
+        "id": ["t1", "t2"],
+        "tokens": [KOHL, ["Berlin", "rocks"]],
+        "ner_tags": [[0, 0, 1, 2, 0, 0, 3, 4], [3, 0]],
+        **{column: [KOHL_GROUNDING[column], ungrounded[column]] for column in KOHL_GROUNDING},
+    }
+    transformed = processor.process_examples({**columns, "image": [quadrant_image(), quadrant_image()]})
+    assert transformed["object_phrases"][0] == KOHL_GROUNDING["object_phrases"]
+    assert len(transformed["object_phrases"][1]) == 9  # not grounded yet: the configured grid grounder ran
+    dataset = Dataset.from_dict(columns).with_transform(processor.process_examples)
+    batch = processor.data_collator(return_metadata=True)([dataset[0], dataset[1]])
+    assert batch["sample_id"] == ["t1", "t2"] and batch["labels"].tolist() == [
+        [0, 0, 1, 2, 0, 0, 3, 4],
+        [3, 0] + [-100] * 6,
+    ]
+    assert batch["object_mask"].shape == (2, 0)  # no image column: the grounded boxes can't be cropped
+
+
+def test_save_and_load_in_a_process_where_the_package_is_not_importable(tmp_path: Path) -> None:
+    processor = tiny_processor(grounder_kwargs={"grid_size": 2}, max_length=12)
+    processor.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "processor_config.json").read_text())
+    assert config["auto_map"]["AutoProcessor"] == "processing_umgf.UMGFProcessor"
+    quadrant_image().save(tmp_path / "image.png")
+    expected = processor(images=quadrant_image(), words=KOHL, labels=KOHL_TAGS, return_tensors="pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["modeling_umgf"] = None  # the package must not be needed, even if installed
+        import torch
+        from transformers import AutoProcessor
+        processor = AutoProcessor.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True)
+        assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+        assert (processor.grounder, processor.grounder_kwargs, processor.max_length) == ("grid", {{"grid_size": 2}}, 12)
+        out = processor(images={str(tmp_path / "image.png")!r}, words={KOHL!r}, labels={KOHL_TAGS!r}, return_tensors="pt")
+        torch.save(dict(out), {str(tmp_path / "out.pt")!r})
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    loaded = torch.load(tmp_path / "out.pt")
+    assert set(loaded) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(loaded[key], expected[key])
