@@ -19,6 +19,7 @@ from tokenizers.pre_tokenizers import BertPreTokenizer
 from transformers import AutoTokenizer, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
+from .configuration_umgf import DEFAULT_LABELS
 from .data_collator_umgf import LABEL_PAD_VALUE, METADATA_KEYS, UMGFDataCollator
 from .grounding import GROUNDERS, Grounder, Grounding, build_grounder
 from .image_processing_umgf import UMGFImageProcessor
@@ -27,7 +28,6 @@ from .multimodal_graph import token_object_adjacency, word_object_adjacency
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LABEL_NAMES = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
 MODEL_INPUT_NAMES = (
     "input_ids",
     "attention_mask",
@@ -88,7 +88,7 @@ class UMGFProcessor(ProcessorMixin):
         self.grounder = grounder
         self.grounder_kwargs = dict(grounder_kwargs or {})
         self.max_length = max_length
-        self.label_names = list(label_names or DEFAULT_LABEL_NAMES)
+        self.label_names = list(label_names or DEFAULT_LABELS)
         super().__init__(image_processor, tokenizer, **kwargs)
         if not getattr(self.tokenizer, "is_fast", False):
             raise ValueError("UMGFProcessor needs a fast tokenizer (word_ids), got " + type(self.tokenizer).__name__)

@@ -10,6 +10,7 @@ import torch
 from modeling_umgf.crf import CRF
 
 
+@torch.no_grad()
 def brute_force(crf: CRF, emissions: torch.Tensor, length: int) -> dict[tuple[int, ...], float]:
     """Score of every tag sequence of the given length, computed directly from the definition (eq 9)."""
     scores = {}
