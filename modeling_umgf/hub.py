@@ -1,0 +1,234 @@
+"""Publishing a trained UMGF model: one folder with everything a Hub model repo needs, uploaded in one commit.
+
+The folder holds the model and processor with their remote code, the "multimodal-ner" pipeline (``custom_pipelines``
+in config.json), ``handler.py`` for Inference Endpoints, and ``README.md``: the ``model_card.md`` template rendered
+by huggingface_hub's `ModelCard.from_template` (YAML metadata with a ``model-index`` of the measured results, and
+widget examples whose static outputs are computed here by the pipeline, since the Hub does not run custom code
+serverlessly). Repo creation and upload are huggingface_hub's (`create_repo`, `upload_folder`).
+
+``model_card.md`` and ``handler.py`` live at the project root. They are found there in a source checkout or an
+editable install, else in ``<sys.prefix>/share/umgf/`` where setup.py's ``data_files`` installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
+
+from .pipeline_umgf import MultimodalNERPipeline
+
+DATASET_NAMES = {"twitter2015": "Twitter-2015", "twitter2017": "Twitter-2017", "twitter2017c": "Twitter-2017c"}
+"""Display names of the benchmark configurations."""
+
+WIDGET_TEXTS: tuple[str, ...] = (
+    "Kawhi Leonard wins the fan vote for Block of the Year ! # NBAAwards",
+    "Photo of Helmut Kohl at the Brandenburg Gate in Berlin",
+)
+"""Default widget examples (text only: the Hub widget sends no image)."""
+
+EVALUATION_NAMES = {"test": "test", "test_without_images": "images removed"}
+
+
+def asset_path(name: str) -> Path:
+    """Path of a project-root asset (``model_card.md``, ``handler.py``): the source tree, else ``share/umgf``."""
+    candidates = [Path(__file__).resolve().parent.parent / name, Path(sys.prefix) / "share" / "umgf" / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{name} not found in {' or '.join(map(str, candidates))}; reinstall umgf")
+
+
+def _eval_results(
+    results: Mapping[str, Any], dataset_type: str, dataset_name: str, config: str | None
+) -> list[EvalResult]:
+    """model-index entries: entity-level micro P/R/F1 (seqeval, in %) of every evaluation in ``results``.
+
+    The test set scored without images is the same dataset, so its metrics are told apart by name."""
+    entries = []
+    for key, scores in results.items():
+        if not isinstance(scores, Mapping) or "f1" not in scores:
+            continue
+        name, evaluated, suffix = dataset_name, config, ""
+        if key.startswith("cross_test_"):
+            evaluated = key[len("cross_test_") :]
+            name = DATASET_NAMES.get(evaluated, evaluated)
+        elif key != "test":
+            suffix = f", {EVALUATION_NAMES.get(key, key)}"
+        for metric in ("f1", "precision", "recall"):
+            entries.append(
+                EvalResult(
+                    task_type="token-classification",
+                    task_name="Multimodal named entity recognition",
+                    dataset_type=dataset_type,
+                    dataset_name=name,
+                    dataset_config=evaluated,
+                    dataset_split="test",
+                    metric_type=metric,
+                    metric_value=round(100 * float(scores[metric]), 2),
+                    metric_name=f"entity {metric} (seqeval, micro{suffix})",
+                )
+            )
+    return entries
+
+
+def _score_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One table row per evaluation: overall and per-type F1 in percent."""
+    rows = []
+    for key, scores in results.items():
+        if isinstance(scores, Mapping) and "f1" in scores:
+            per_type = {t: round(100 * s["f1"], 2) for t, s in scores.get("per_type", {}).items()}
+            rows.append(
+                {
+                    "name": EVALUATION_NAMES.get(key, key),
+                    "precision": round(100 * scores["precision"], 2),
+                    "recall": round(100 * scores["recall"], 2),
+                    "f1": round(100 * scores["f1"], 2),
+                    "per_type": per_type,
+                }
+            )
+    return rows
+
+
+def widget_examples(pipe: MultimodalNERPipeline, texts: Sequence[str] = WIDGET_TEXTS) -> list[dict[str, Any]]:
+    """Widget examples with the static ``output`` the pipeline gives for each text (text-only), in the
+    token-classification output format (entity_group, score, word, start, end)."""
+    examples = []
+    for text in texts:
+        entities = pipe(text)
+        output = [
+            {
+                key: (round(e[key], 4) if key == "score" else e[key])
+                for key in ("entity_group", "score", "word", "start", "end")
+            }
+            for e in entities
+        ]
+        examples.append({"text": text, "output": output})
+    return examples
+
+
+def write_model_card(
+    folder: str | os.PathLike,
+    results: Mapping[str, Any] | None = None,
+    *,
+    repo_id: str | None = None,
+    dataset_id: str | None = None,
+    dataset_config: str | None = None,
+    license: str = "apache-2.0",
+    widget_texts: Sequence[str] = WIDGET_TEXTS,
+    pipe: MultimodalNERPipeline | None = None,
+    template_path: str | os.PathLike | None = None,
+) -> Path:
+    """Render ``model_card.md`` into ``folder/README.md`` for the model saved in ``folder``.
+
+    Args:
+        folder: a folder written by `save_for_hub` (or `MultimodalNERPipeline.save_pretrained`).
+        results: the training script's results (``all_results.json``): evaluations such as ``"test"``,
+            ``"test_without_images"``, ``"cross_test_<config>"`` with ``precision``/``recall``/``f1`` fractions and
+            ``per_type``, plus run facts (``preset``, ``seed``, ``best_epoch``, ``dev_f1``, ``train_seconds``).
+        repo_id: the Hub repo the card describes (used in the snippets); default: the folder's name.
+        dataset_id: Hub id of the training dataset, for the ``datasets`` metadata.
+        dataset_config: its configuration (``twitter2015``, ``twitter2017``, ``twitter2017c``); default
+            ``results["dataset_config_name"]`` when present.
+        license: license of the weights.
+        widget_texts: widget examples; their outputs are computed with ``pipe``.
+        pipe: the pipeline of the saved model (default: loaded from ``folder``).
+        template_path: the Jinja template (default: the project's ``model_card.md``).
+    """
+    folder = Path(folder)
+    results = dict(results or {})
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    processor_config = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
+    repo_id = repo_id or folder.resolve().name
+    dataset_config = dataset_config or results.get("dataset_config_name")
+    dataset_name = DATASET_NAMES.get(dataset_config, dataset_config or "synthetic task")
+    if pipe is None:
+        from .modeling_umgf import UMGFForTokenClassification
+        from .processing_umgf import UMGFProcessor
+
+        pipe = MultimodalNERPipeline(
+            model=UMGFForTokenClassification.from_pretrained(folder),
+            processor=UMGFProcessor.from_pretrained(folder),
+            device=-1,
+        )
+    text_model = config.get("text_config", {}).get("_name_or_path") or None
+    card_data = ModelCardData(
+        model_name=repo_id.split("/")[-1],
+        language="en",
+        license=license,
+        library_name="transformers",
+        pipeline_tag="token-classification",
+        tags=["token-classification", "ner", "multimodal", "multimodal-ner", "umgf", "twitter", "custom_code"],
+        datasets=[dataset_id] if dataset_id else None,
+        metrics=["f1", "precision", "recall"],
+        base_model=text_model,
+        eval_results=_eval_results(results, dataset_id or dataset_config or "synthetic", dataset_name, dataset_config)
+        or None,
+        widget=widget_examples(pipe, widget_texts),
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path or asset_path("model_card.md")),
+        model_name=card_data.model_name,
+        repo_id=repo_id,
+        dataset_name=dataset_name,
+        dataset_id=dataset_id,
+        results=results,
+        score_rows=_score_rows(results),
+        model_config=config,
+        text_config=config.get("text_config", {}),
+        grounder=processor_config.get("grounder"),
+        max_length=processor_config.get("max_length"),
+        labels=[config["id2label"][str(i)] for i in range(len(config["id2label"]))],
+    )
+    path = folder / "README.md"
+    card.save(path)
+    return path
+
+
+def save_for_hub(
+    model: Any, processor: Any, folder: str | os.PathLike, results: Mapping[str, Any] | None = None, **card_kwargs: Any
+) -> Path:
+    """Write model + processor + pipeline code + ``handler.py`` + README.md (the model card) into ``folder``.
+
+    ``card_kwargs`` go to `write_model_card` (``repo_id``, ``dataset_id``, ``dataset_config``, ``license``, ...).
+    """
+    folder = Path(folder)
+    pipe = MultimodalNERPipeline(model=model, processor=processor, device=model.device)
+    pipe.save_pretrained(folder)
+    shutil.copyfile(asset_path("handler.py"), folder / "handler.py")
+    if results:
+        (folder / "all_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_model_card(folder, results, pipe=pipe, **card_kwargs)
+    return folder
+
+
+def push_to_hub(
+    model: Any,
+    processor: Any,
+    repo_id: str,
+    results: Mapping[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload UMGF model, processor, pipeline, handler and model card",
+    **card_kwargs: Any,
+) -> str:
+    """Create (if needed) the model repo ``repo_id`` and upload `save_for_hub`'s folder in one commit.
+
+    Returns the commit URL. ``card_kwargs`` go to `write_model_card` (e.g. ``dataset_id``, ``dataset_config``).
+    """
+    create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
+    with tempfile.TemporaryDirectory() as folder:
+        save_for_hub(model, processor, folder, results, repo_id=repo_id, **card_kwargs)
+        commit = upload_folder(repo_id=repo_id, folder_path=folder, token=token, commit_message=commit_message)
+    return str(commit)
+
+
+__all__ = ["asset_path", "push_to_hub", "save_for_hub", "widget_examples", "write_model_card"]

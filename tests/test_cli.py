@@ -1,0 +1,154 @@
+"""umgf-predict: every output format against the pipeline, the drawn boxes (pixels), one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline
+from PIL import Image
+from test_pipeline import TWEET, quadrant_image
+
+from modeling_umgf.cli import BOX_WIDTH, OTHER_COLOUR, TYPE_COLOURS, main
+
+TEXT = "Kawhi Leonard wins the fan vote"
+
+
+@pytest.fixture(scope="module")
+def tiny_ner_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return saved_tiny_ner_folder(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def local():
+    return tiny_ner_pipeline()
+
+
+@pytest.fixture
+def image_path(tmp_path) -> Path:
+    path = tmp_path / "tweet.png"
+    quadrant_image().save(path)
+    return path
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_jsonl_output_is_the_pipeline_output(tiny_ner_folder, tmp_path, image_path, capsys, local) -> None:
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(
+        json.dumps({"id": "a", "text": TWEET, "image": str(image_path)})
+        + "\n\n"
+        + json.dumps({"words": ["Berlin", "rocks"]})
+        + "\n",
+        encoding="utf-8",
+    )
+    code, out, err = run_cli(capsys, "--model", tiny_ner_folder, "--input", posts, "--format", "jsonl")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["id"] for line in lines] == ["a", f"{posts}:3"]
+    expected = [
+        local({"text": TWEET, "image": quadrant_image()}, return_words=True),
+        local({"words": ["Berlin", "rocks"]}, return_words=True),
+    ]
+    for line, want in zip(lines, expected):
+        assert [w["tag"] for w in line["words"]] == [w["tag"] for w in want["words"]]
+        assert [(e["entity_group"], e["start"], e["end"], e["word"]) for e in line["entities"]] == [
+            (e["entity_group"], e["start"], e["end"], e["word"]) for e in want["entities"]
+        ]
+        assert [e["score"] for e in line["entities"]] == pytest.approx([e["score"] for e in want["entities"]], abs=1e-5)
+
+
+def test_conll_and_table_outputs(tiny_ner_folder, capsys, local) -> None:
+    want = local(TEXT, return_words=True)
+    code, out, err = run_cli(capsys, "--model", tiny_ner_folder, "--text", TEXT, "--format", "conll")
+    assert code == 0, err
+    assert out == "".join(f"{w['word']}\t{w['tag']}\n" for w in want["words"]) + "\n"
+
+    code, out, err = run_cli(capsys, "--model", tiny_ner_folder, "--text", TEXT)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"# text: {TEXT}" and lines[1].split() == [
+        "TYPE",
+        "ENTITY",
+        "CHARS",
+        "SCORE",
+        "TOP",
+        "BOX",
+        "(alpha)",
+    ]
+    rows = [line.split("  ") for line in lines[2:] if line]
+    rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+    assert rows == [
+        [e["entity_group"], e["word"], f"{e['start']}-{e['end']}", f"{e['score']:.3f}", "-"] for e in want["entities"]
+    ]
+
+
+def test_draw_outlines_the_grounded_boxes_in_the_colour_of_their_entity(
+    tiny_ner_folder, tmp_path, image_path, capsys, local
+) -> None:
+    out_png = tmp_path / "drawn" / "boxes.png"
+    code, _, err = run_cli(
+        capsys,
+        "--model",
+        tiny_ner_folder,
+        "--text",
+        TEXT,
+        "--image",
+        image_path,
+        "--draw",
+        out_png,
+        "--format",
+        "jsonl",
+    )
+    assert code == 0, err
+    drawn = np.asarray(Image.open(out_png).convert("RGB"))
+    original = np.asarray(quadrant_image())
+    entities = local(TEXT, image=quadrant_image())
+    best: dict[tuple, tuple[float, str]] = {}
+    for entity in entities:
+        for box in entity["boxes"]:
+            key = tuple(box["box"])
+            if key not in best or box["alpha"] > best[key][0]:
+                best[key] = (box["alpha"], entity["entity_group"])
+    assert len(best) == 9  # the 3 x 3 grid cells, each linked to every word
+    for (x0, y0, x1, y1), (_, entity_type) in best.items():
+        x0, y0, x1, y1 = round(x0), round(y0), round(x1), round(y1)
+        colour = TYPE_COLOURS.get(entity_type, OTHER_COLOUR)
+        low = y1 - 5  # below the label, which sits in the box's top-left corner
+        for x in range(x0, x0 + BOX_WIDTH):  # left edge, BOX_WIDTH pixels wide
+            assert tuple(drawn[low, x]) == colour
+        assert tuple(drawn[y1 - 1, (x0 + x1) // 2]) == colour  # bottom edge
+        inside = (y0 + y1) // 2 + 5, (x0 + x1) // 2
+        assert tuple(drawn[inside]) == tuple(original[inside])  # the inside is untouched
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "{tmp}/missing-model", "--text", TEXT], "model folder not found"),
+        (["--model", "{model}", "--text", "  "], "--text is empty"),
+        (["--model", "{model}", "--text", TEXT, "--image", "{tmp}/nothing.png"], "cannot read image"),
+        (["--model", "{model}", "--text", TEXT, "--image", "{tmp}/corrupt.png"], "cannot read image"),
+        (["--model", "{model}", "--input", "{tmp}/bad.jsonl"], "bad.jsonl:2: not valid JSON"),
+        (["--model", "{model}", "--input", "{tmp}/empty_text.jsonl"], "empty_text.jsonl:1: empty text"),
+        (["--model", "{model}", "--text", TEXT, "--draw", "{tmp}/x.png"], "--draw needs --text and --image"),
+        (["--model", "{model}", "--text", TEXT, "--format", "xml"], "invalid choice"),
+        (["--text", TEXT], "--model"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_code_2(tiny_ner_folder, tmp_path, capfd, argv, message) -> None:
+    """Checked on the file descriptors, so that log records and progress bars would show up too."""
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n', encoding="utf-8")
+    (tmp_path / "empty_text.jsonl").write_text('{"text": ""}\n', encoding="utf-8")
+    argv = [a.format(tmp=tmp_path, model=tiny_ner_folder) for a in argv]
+    code = main(argv)
+    out, err = capfd.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("umgf-predict: error: ") and message in err

@@ -1,0 +1,73 @@
+"""The Inference Endpoints handler, called locally the way the Endpoints runtime calls it."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import pytest
+from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline
+from test_pipeline import TWEET, quadrant_image
+
+
+@pytest.fixture(scope="module")
+def tiny_ner_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return saved_tiny_ner_folder(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def handler(tiny_ner_folder):
+    spec = importlib.util.spec_from_file_location("umgf_endpoint_handler", Path(__file__).parent.parent / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EndpointHandler(str(tiny_ner_folder))
+
+
+def png_base64() -> str:
+    buffer = io.BytesIO()
+    quadrant_image().save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_round_trip_text_and_base64_image(handler) -> None:
+    local = tiny_ner_pipeline()
+    response = handler({"inputs": TWEET, "image": png_base64()})
+    json.dumps(response)  # JSON-serialisable, as the endpoint returns it
+    expected = local(TWEET, image=quadrant_image())
+    assert [(e["entity_group"], e["start"], e["end"]) for e in response] == [
+        (e["entity_group"], e["start"], e["end"]) for e in expected
+    ]
+    assert [e["score"] for e in response] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+    assert all(len(e["boxes"]) == 9 for e in response)
+    data_uri = handler({"inputs": TWEET, "image": "data:image/png;base64," + png_base64()})
+    assert [e["boxes"] for e in data_uri] == [e["boxes"] for e in response]
+
+
+def test_text_only_batch_and_parameters(handler) -> None:
+    local = tiny_ner_pipeline()
+    texts = ["Kawhi Leonard wins", "Berlin rocks !"]
+    response = handler({"inputs": texts, "image": [None, png_base64()], "parameters": {"batch_size": 2}})
+    assert len(response) == 2
+    assert [(e["entity_group"], e["start"], e["end"]) for e in response[0]] == [
+        (e["entity_group"], e["start"], e["end"]) for e in local(texts[0])
+    ]
+    assert all(not e["boxes"] for e in response[0]) and all(e["boxes"] for e in response[1])
+    detailed = handler({"inputs": texts[0], "parameters": {"return_words": True}})
+    assert [w["word"] for w in detailed["words"]] == ["Kawhi", "Leonard", "wins"]
+
+
+@pytest.mark.parametrize(
+    "request_body, message",
+    [
+        ({"text": "x"}, '"inputs"'),
+        ({"inputs": 3}, "string or a list of strings"),
+        ({"inputs": "Berlin", "image": "not base64!"}, "not valid base64"),
+        ({"inputs": ["a", "b"], "image": ["x"]}, "list of 2 images"),
+    ],
+)
+def test_bad_requests_are_rejected_clearly(handler, request_body, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        handler(request_body)

@@ -1,0 +1,246 @@
+"""The multimodal-ner pipeline: exact offsets, scores against brute force, explanations, batching, remote code."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+from inference_fixtures import QUADRANT_SIZE, tiny_ner_pipeline
+from PIL import Image
+from seqeval.metrics.sequence_labeling import get_entities
+from transformers import pipeline
+
+from modeling_umgf import CRF, DEFAULT_LABELS
+from modeling_umgf.pipeline_umgf import (
+    MultimodalNERPipeline,
+    entity_allowed_tags,
+    entity_probabilities,
+    register_pipeline,
+    word_offsets,
+)
+
+LABEL2ID = {label: i for i, label in enumerate(DEFAULT_LABELS)}
+TWEET = "🔥🔥 #NBA: Kawhi Leonard wins!! https://t.co/AbC 😀"
+# hand-counted code point offsets of the processor's words (emoji = 1 character each)
+TWEET_WORDS = [
+    ("🔥🔥", 0, 2),
+    ("#", 3, 4),
+    ("NBA", 4, 7),
+    (":", 7, 8),
+    ("Kawhi", 9, 14),
+    ("Leonard", 15, 22),
+    ("wins", 23, 27),
+    ("!", 27, 28),
+    ("!", 28, 29),
+    ("https", 30, 35),
+    (":", 35, 36),
+    ("/", 36, 37),
+    ("/", 37, 38),
+    ("t", 38, 39),
+    (".", 39, 40),
+    ("co", 40, 42),
+    ("/", 42, 43),
+    ("AbC", 43, 46),
+    ("😀", 47, 48),
+]
+
+
+@pytest.fixture(scope="module")
+def pipe() -> MultimodalNERPipeline:
+    return tiny_ner_pipeline()
+
+
+def quadrant_image() -> Image.Image:
+    """Red top-left, green top-right, blue bottom-left, white bottom-right."""
+    image = Image.new("RGB", QUADRANT_SIZE)
+    w, h = QUADRANT_SIZE[0] // 2, QUADRANT_SIZE[1] // 2
+    for (col, row), colour in {
+        (0, 0): (255, 0, 0),
+        (1, 0): (0, 255, 0),
+        (0, 1): (0, 0, 255),
+        (1, 1): (255,) * 3,
+    }.items():
+        image.paste(colour, (col * w, row * h, col * w + w, row * h + h))
+    return image
+
+
+def test_word_and_entity_offsets_are_exact_with_emoji_urls_and_hashtags(pipe) -> None:
+    result = pipe(TWEET, return_words=True)
+    assert [(w["word"], w["start"], w["end"]) for w in result["words"]] == TWEET_WORDS
+    assert result["entities"], "the tiny tagger never prefers O, so there must be entities"
+    tags = [w["tag"] for w in result["words"]]
+    assert [(e["entity_group"], e["word_start"], e["word_end"] - 1) for e in result["entities"]] == get_entities(tags)
+    for entity in result["entities"]:
+        start, end = TWEET_WORDS[entity["word_start"]][1], TWEET_WORDS[entity["word_end"] - 1][2]
+        assert (entity["start"], entity["end"], entity["word"]) == (start, end, TWEET[start:end])
+    assert pipe(TWEET) == result["entities"]
+
+
+def test_word_offsets_search_left_to_right() -> None:
+    text = "NBA  NBA\t#NBA\nNBA"
+    assert word_offsets(text, ["NBA", "NBA", "#", "NBA", "NBA"]) == [(0, 3), (5, 8), (9, 10), (10, 13), (14, 17)]
+    with pytest.raises(ValueError, match="word 1 .'Kohl'. not found"):
+        word_offsets("Helmut Kohl", ["Kohl", "Kohl"])
+
+
+def test_pre_tokenised_words_are_offset_in_the_joined_text(pipe) -> None:
+    result = pipe({"words": ["Helmut", "Kohl", "😀"]}, return_words=True)
+    assert result["text"] == "Helmut Kohl 😀"
+    assert [(w["start"], w["end"]) for w in result["words"]] == [(0, 6), (7, 11), (12, 13)]
+
+
+def brute_force_chunk_probabilities(log_joint: torch.Tensor, sequences: list[tuple[int, ...]]) -> dict:
+    """P(chunk) = sum of p(y) over the tag sequences y whose seqeval entities include the chunk."""
+    probabilities: dict[tuple[str, int, int], float] = {}
+    for p, sequence in zip(log_joint.exp().tolist(), sequences):
+        for chunk in get_entities([DEFAULT_LABELS[t] for t in sequence]):
+            probabilities[chunk] = probabilities.get(chunk, 0.0) + p
+    return probabilities
+
+
+def chunk_probability(model, logits, word_mask, row: int, chunk: tuple[str, int, int]) -> float:
+    entity_type, start, last = chunk
+    masks = entity_allowed_tags(LABEL2ID, entity_type, start, last + 1, int(word_mask[row].sum()), logits.shape[1])
+    rows = torch.full((len(masks),), row)
+    return float(entity_probabilities(model, logits, word_mask, rows, torch.stack(masks)).sum())
+
+
+@pytest.mark.parametrize("decoder", ["crf", "softmax"])
+def test_entity_probabilities_equal_brute_force_enumeration(decoder: str) -> None:
+    torch.manual_seed(1)
+    num_tags, lengths = len(DEFAULT_LABELS), (4, 3)  # the second sentence is padded to 4 words
+    logits = torch.randn(2, 4, num_tags) * 2
+    word_mask = torch.tensor([[True] * 4, [True, True, True, False]])
+    crf = CRF(num_tags)
+    crf.reset_parameters()
+    model = SimpleNamespace(crf=crf if decoder == "crf" else None)
+    for row, length in enumerate(lengths):
+        sequences = list(itertools.product(range(num_tags), repeat=length))
+        tags = torch.tensor(sequences)
+        emissions = logits[row, :length].expand(len(sequences), -1, -1)
+        if decoder == "crf":
+            mask = torch.ones(len(sequences), length, dtype=torch.bool)
+            log_joint = crf.log_likelihood(emissions, tags, mask)
+        else:
+            log_joint = logits[row, :length].log_softmax(-1).gather(1, tags.T).sum(0)
+        expected = brute_force_chunk_probabilities(log_joint, sequences)
+        assert len(expected) > 20
+        for chunk, probability in expected.items():
+            assert chunk_probability(model, logits, word_mask, row, chunk) == pytest.approx(probability, abs=1e-5)
+
+
+def test_pipeline_tags_and_scores_match_the_model_and_brute_force(pipe) -> None:
+    text = "Kawhi Leonard wins !"
+    entities = pipe(text)
+    inputs = pipe.processor(text=text, return_tensors="pt")
+    with torch.no_grad():
+        outputs = pipe.model(**inputs)
+    tags = [DEFAULT_LABELS[t] for t in outputs.predictions[0].tolist()]
+    assert [(e["entity_group"], e["word_start"], e["word_end"] - 1) for e in entities] == get_entities(tags)
+    sequences = list(itertools.product(range(len(DEFAULT_LABELS)), repeat=4))
+    emissions = outputs.logits[0].expand(len(sequences), -1, -1)
+    log_joint = pipe.model.crf.log_likelihood(
+        emissions, torch.tensor(sequences), torch.ones(len(sequences), 4, dtype=torch.bool)
+    )
+    expected = brute_force_chunk_probabilities(log_joint, sequences)
+    for entity in entities:
+        chunk = (entity["entity_group"], entity["word_start"], entity["word_end"] - 1)
+        assert entity["score"] == pytest.approx(expected[chunk], abs=1e-5)
+
+
+def test_boxes_are_the_linked_objects_with_their_mean_alpha(pipe) -> None:
+    words = ["Photo", "of", "Helmut", "Kohl", "at", "the", "Brandenburg", "Gate"]
+    grounding = {  # Helmut Kohl (red quadrant), person (general: every word), the Brandenburg Gate (blue)
+        "object_boxes": [[0, 0, 60, 45], [60, 0, 120, 45], [0, 45, 60, 90]],
+        "object_scores": [0.9, 0.8, 0.7],
+        "object_phrases": ["Helmut Kohl", "person", "the Brandenburg Gate"],
+        "object_word_start": [2, -1, 5],
+        "object_word_end": [4, -1, 8],
+        "grounder": "detector",
+    }
+    result = pipe({"words": words, "image": quadrant_image(), "grounding": grounding}, return_words=True)
+    assert [o["phrase"] for o in result["objects"]] == grounding["object_phrases"]
+
+    inputs = pipe.processor(images=quadrant_image(), words=words, grounding=grounding, return_tensors="pt")
+    with torch.no_grad():
+        gates = torch.stack(pipe.model(**inputs, output_gates=True).gates)[:, 0]  # [layers, tokens, objects]
+    first = {}
+    for position, word in enumerate(inputs["word_ids"][0].tolist()):
+        first.setdefault(word, position)
+    assert result["entities"]
+    for entity in result["entities"]:
+        span = range(entity["word_start"], entity["word_end"])
+        expected = {}
+        for o, (start, end) in enumerate(zip(grounding["object_word_start"], grounding["object_word_end"])):
+            linked = [w for w in span if (start, end) == (-1, -1) or start <= w < end]
+            if linked:
+                per_layer = [sum(float(gates[layer, first[w], o]) for w in linked) / len(linked) for layer in range(2)]
+                expected[grounding["object_phrases"][o]] = (grounding["object_boxes"][o], per_layer)
+        assert {b["phrase"] for b in entity["boxes"]} == set(expected)
+        assert [b["alpha"] for b in entity["boxes"]] == sorted((b["alpha"] for b in entity["boxes"]), reverse=True)
+        for box in entity["boxes"]:
+            coordinates, per_layer = expected[box["phrase"]]
+            assert box["box"] == coordinates
+            assert box["alpha_per_layer"] == pytest.approx(per_layer, abs=1e-6)
+            assert box["alpha"] == pytest.approx(sum(per_layer) / 2, abs=1e-6)
+
+
+def test_a_batch_gives_the_results_of_single_calls(pipe) -> None:
+    inputs = ["Kawhi Leonard wins", {"text": TWEET, "image": quadrant_image()}, {"words": ["Berlin", "rocks", "!"]}]
+    batched = pipe(inputs, batch_size=3)
+    for item, result in zip(inputs, batched):
+        single = pipe(item)
+        assert [(e["entity_group"], e["start"], e["end"]) for e in result] == [
+            (e["entity_group"], e["start"], e["end"]) for e in single
+        ]
+        for e, s in zip(result, single):
+            assert e["score"] == pytest.approx(s["score"], abs=1e-5)
+            assert [b["alpha"] for b in e["boxes"]] == pytest.approx([b["alpha"] for b in s["boxes"]], abs=1e-5)
+    assert all(not e["boxes"] for e in batched[0]) and all(len(e["boxes"]) == 9 for e in batched[1])
+
+
+def test_unreadable_image_falls_back_to_text_only_with_a_warning(pipe, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        result = pipe("Kawhi Leonard wins", image=b"not an image")
+    assert "using it text-only" in caplog.text
+    assert result == pipe("Kawhi Leonard wins")
+    with pytest.raises(ValueError, match="empty text"):
+        pipe("   ")
+
+
+def test_registered_task_builds_the_pipeline(pipe) -> None:
+    register_pipeline()
+    register_pipeline()  # idempotent
+    ner = pipeline("multimodal-ner", model=pipe.model, processor=pipe.processor, device=-1)
+    assert isinstance(ner, MultimodalNERPipeline)
+    assert ner("Berlin rocks") == pipe("Berlin rocks")
+
+
+def test_standard_token_classification_pipeline_tags_words_by_their_first_sub_token(pipe) -> None:
+    """transformers' own pipeline (text only): per word, the argmax of UMGF's emissions at its first sub-token.
+    (test_hub runs it from a saved folder as remote code, the way the model card shows.)"""
+    standard = pipeline(
+        "token-classification",
+        model=pipe.model,
+        tokenizer=pipe.processor.tokenizer,
+        aggregation_strategy="none",
+        device=-1,
+    )
+    text = "Photo of Helmut Kohl at the Brandenburg Gate"
+    tokens = standard(text)
+    inputs = pipe.processor(text=text, return_tensors="pt")
+    with torch.no_grad():
+        logits = pipe.model(**inputs).logits[0]
+    word_ids = inputs["word_ids"][0].tolist()
+    first_positions = {word_ids.index(w): w for w in range(len(logits))}
+    by_index = {token["index"]: token for token in tokens}
+    for position, word in first_positions.items():
+        label = DEFAULT_LABELS[int(logits[word].argmax())]
+        if label == "O":
+            assert position not in by_index
+        else:
+            assert by_index[position]["entity"] == label
+            assert float(by_index[position]["score"]) == pytest.approx(float(logits[word].softmax(-1).max()), abs=1e-5)

@@ -1,0 +1,71 @@
+"""The Gradio Space, served headless on 127.0.0.1 and called with gradio's own client (skipped without gradio)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")  # pandas 3 vs gradio
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline  # noqa: E402
+from test_pipeline import TWEET, quadrant_image  # noqa: E402
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="module")
+def tiny_ner_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return saved_tiny_ner_folder(tmp_path_factory)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_ner_folder):
+    spec = importlib.util.spec_from_file_location("umgf_space_app", Path(__file__).parent.parent / "spaces" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    demo = app.build_demo(str(tiny_ner_folder))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
+    try:
+        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def test_space_highlights_entities_and_draws_boxes(client, tmp_path) -> None:
+    image_path = tmp_path / "tweet.png"
+    quadrant_image().save(image_path)
+    highlighted, annotated, raw = client.predict(TWEET, gradio_client.handle_file(str(image_path)), api_name="/predict")
+    expected = tiny_ner_pipeline()(TWEET, image=quadrant_image())
+    spans = [(e["entity_group"], e["word"]) for e in expected]
+    assert [
+        (item["class_or_confidence"], item["token"]) for item in highlighted if item["class_or_confidence"]
+    ] == spans
+    assert "".join(item["token"] for item in highlighted) == TWEET
+    assert [(e["entity_group"], e["start"], e["end"]) for e in raw["entities"]] == [
+        (e["entity_group"], e["start"], e["end"]) for e in expected
+    ]
+    assert len(annotated["annotations"]) == 9  # the grid grounder's 3 x 3 cells, each supporting the entities
+    assert {a["label"] for a in annotated["annotations"]} <= {f"{t}: {w}" for t, w in spans}
+
+
+def test_space_runs_text_only_and_rejects_empty_posts(client) -> None:
+    highlighted, annotated, raw = client.predict("Kawhi Leonard wins", None, api_name="/predict")
+    assert annotated is None and all(not e["boxes"] for e in raw["entities"])
+    assert [item["token"] for item in highlighted if item["class_or_confidence"]] == [
+        e["word"] for e in tiny_ner_pipeline()("Kawhi Leonard wins")
+    ]
+    with pytest.raises(gradio_client.exceptions.AppError, match="Enter the text of a post"):
+        client.predict("  ", None, api_name="/predict")
