@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +20,24 @@ from transformers import BertConfig  # noqa: E402
 from modeling_umgf import UMGFConfig  # noqa: E402
 
 TINY_IMAGE = 32
+
+_BLOCK_PACKAGE = """
+import importlib.abc, sys
+class _NoUmgf(importlib.abc.MetaPathFinder):  # as if the umgf package were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_umgf", "datasets_scripts", "train_umgf"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, _NoUmgf())
+"""
+
+
+def run_without_package(script: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh, offline Python process where the umgf packages cannot be imported (even when
+    installed, e.g. editable): what a user who only has the saved folder and ``trust_remote_code`` sees."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(cwd) / "hf_modules"))
+    return subprocess.run([sys.executable, "-c", _BLOCK_PACKAGE + script], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def tiny_config(**overrides) -> UMGFConfig:

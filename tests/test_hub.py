@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
 from huggingface_hub import ModelCard
+from conftest import run_without_package
 from inference_fixtures import tiny_ner_pipeline
 from test_pipeline import TWEET, quadrant_image
 
@@ -37,14 +35,6 @@ RESULTS = {
     "test_without_images": {"precision": 0.84, "recall": 0.85, "f1": 0.845, "support": 1351, "per_type": {}},
 }
 REPO = "someone/umgf-twitter2017"
-BLOCK_PACKAGE = """
-import importlib.abc, sys
-class _NoUmgf(importlib.abc.MetaPathFinder):  # the umgf package is not installed here
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("modeling_umgf", "datasets_scripts"):
-            raise ModuleNotFoundError(f"No module named {name!r}")
-sys.meta_path.insert(0, _NoUmgf())
-"""
 
 
 @pytest.fixture(scope="module")
@@ -135,16 +125,7 @@ def test_model_card_snippets_and_remote_pipeline_run_in_a_clean_process(hub_fold
         assert type(ner).__module__.startswith("transformers_modules."), type(ner).__module__
         print("REMOTE", json.dumps([ner({TWEET!r}), ner({TWEET!r}, image="tweet.jpg")]))
     """)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run(
-        [sys.executable, "-c", BLOCK_PACKAGE + "\n".join(snippets) + check],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_without_package("\n".join(snippets) + check, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     local = tiny_ner_pipeline()
     entity = local("Kawhi Leonard wins the fan vote for Block of the Year ! #NBAAwards", image=quadrant_image())[0]

@@ -5,9 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import run_without_package
 from processor_fixtures import VOCAB, tiny_processor
 
 from modeling_umgf.image_utils_umgf import UnreadableImageError, load_rgb_image
@@ -317,8 +315,6 @@ def test_save_and_load_in_a_process_where_the_package_is_not_importable(tmp_path
     expected = processor(images=quadrant_image(), words=KOHL, labels=KOHL_TAGS, return_tensors="pt")
     script = textwrap.dedent(
         f"""
-        import sys
-        sys.modules["modeling_umgf"] = None  # the package must not be needed, even if installed
         import torch
         from transformers import AutoProcessor
         processor = AutoProcessor.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True)
@@ -328,8 +324,8 @@ def test_save_and_load_in_a_process_where_the_package_is_not_importable(tmp_path
         torch.save(dict(out), {str(tmp_path / "out.pt")!r})
         """
     )
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    done = run_without_package(script, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
     loaded = torch.load(tmp_path / "out.pt")
     assert set(loaded) == set(expected)
     for key in expected:
