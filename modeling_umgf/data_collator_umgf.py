@@ -85,6 +85,10 @@ class UMGFDataCollator:
     def _pad_objects(self, examples: Sequence[dict[str, Any]], length: int) -> dict[str, torch.Tensor]:
         use_features = any(e.get("object_features") is not None for e in examples)
         key = "object_features" if use_features else "pixel_values"
+        if use_features:
+            crops = [e.get("sample_id", i) for i, e in enumerate(examples) if e.get("pixel_values") is not None and len(e["pixel_values"])]
+            if crops:
+                raise ValueError(f"a batch cannot mix cached object_features with object crops (samples {crops})")
         objects = [None if e.get(key) is None else torch.as_tensor(e[key], dtype=torch.float32) for e in examples]
         if use_features:
             feature_dims = {o.shape[1] for o in objects if o is not None and o.numel()}

@@ -208,7 +208,8 @@ class UMGFProcessor(ProcessorMixin):
             return self.data_collator(return_metadata=return_metadata)(examples)
         if not batched:
             return BatchFeature(examples[0])
-        return BatchFeature({key: [example[key] for example in examples] for key in examples[0]})
+        keys = dict.fromkeys(key for example in examples for key in example)  # crops for some, features for others
+        return BatchFeature({key: [example.get(key) for example in examples] for key in keys})
 
     def process_examples(self, examples: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
         """Batched dataset transform (``dataset.with_transform``/``map``) over the CONTRACT.md columns.
@@ -284,9 +285,11 @@ class UMGFProcessor(ProcessorMixin):
             if grounding is not None:
                 grounding.check_spans(len(sentence), sample)
             if feature is not None:
-                if grounding is None or len(grounding) != len(feature):
-                    found = 0 if grounding is None else len(grounding)
+                found = 0 if grounding is None else len(grounding)
+                if found != len(feature):
                     raise ValueError(f"sample {sample!r}: {len(feature)} object features for {found} grounded objects")
+                if grounding is None:
+                    grounding = Grounding()  # zero features, zero objects: nothing to ground
             elif grounding is not None and image is not None:
                 grounding = grounding.clipped(*image.size)
             elif grounding is not None and len(grounding):
@@ -337,7 +340,8 @@ class UMGFProcessor(ProcessorMixin):
         if labels is not None:
             example["labels"] = labels[:kept_words]
         if features is not None:
-            example["object_features"] = torch.as_tensor(features, dtype=torch.float32).reshape(len(grounding), -1)
+            features = torch.as_tensor(features, dtype=torch.float32)
+            example["object_features"] = features.reshape(len(grounding), -1) if len(grounding) else features.reshape(0, 0)
         else:
             crops = [crop_box(image, box) for box in grounding.boxes]
             example["pixel_values"] = self.image_processor(crops)["pixel_values"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import TINY_IMAGE, tiny_config
 from PIL import Image
-from processor_fixtures import tiny_tokenizer
+from processor_fixtures import tiny_processor, tiny_tokenizer
 
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.image_processing_umgf import UMGFImageProcessor
@@ -66,3 +66,17 @@ def test_collated_batches_give_each_sample_its_unbatched_outputs() -> None:
             assert (together.predictions[i, words:] == -100).all()
             losses.append(alone.loss)
         torch.testing.assert_close(together.loss, torch.stack(losses).mean(), atol=1e-5, rtol=1e-5)  # mean over samples
+
+
+def test_a_batch_may_mix_cached_features_and_samples_without_objects() -> None:
+    """Rows with cached features next to rows with no objects (e.g. no image) process and collate as one batch."""
+    processor = tiny_processor(grounder="precomputed")
+    grounding = {"object_boxes": [[0.0, 0.0, 4.0, 4.0]], "object_scores": [0.9], "object_phrases": ["person"],
+                 "object_word_start": [-1], "object_word_end": [-1], "grounder": "precomputed"}
+    features = torch.arange(6, dtype=torch.float32).reshape(1, 6)
+    out = processor(words=[["a", "b"], ["c"]], grounding=[grounding, None], object_features=[features, []],
+                    return_tensors="pt")
+    assert out["object_features"].shape == (2, 1, 6)
+    assert out["object_mask"].tolist() == [[1], [0]]
+    assert torch.equal(out["object_features"][0, 0], features[0])
+    assert not out["inter_modal_adjacency"][1].any()

@@ -1,0 +1,237 @@
+"""Tests of train_umgf.py and modeling_umgf.metrics (CPU, offline, tiny models on the synthetic task).
+
+Expected scores are counted by hand from small handmade tag sequences; the end-to-end run is checked by
+reloading what it saved and predicting again, and resumption by comparing a resumed run with an
+uninterrupted one weight by weight.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from seqeval.metrics import f1_score
+
+import train_umgf
+from modeling_umgf import UMGFForTokenClassification
+from modeling_umgf.metrics import entity_scores, format_table2, mean_std, paired_bootstrap
+from modeling_umgf.processing_umgf import UMGFProcessor
+from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset
+
+# ------------------------------------------------------------------------------------------------ metrics
+# Gold entities: PER(0-1), LOC(3) | ORG(0), MISC(2-3) | PER(1), which starts with I- and still counts (conlleval).
+GOLD = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "B-MISC", "I-MISC"], ["O", "I-PER", "O"]]
+# Predicted: PER(0-1) right, ORG(3) wrong type | ORG(0) right, MISC(2) wrong boundary | PER(1) right.
+PRED = [["B-PER", "I-PER", "O", "B-ORG", "O"], ["B-ORG", "O", "B-MISC", "O"], ["O", "B-PER", "O"]]
+
+
+def test_entity_scores_match_hand_counts():
+    scores = entity_scores(GOLD, PRED)
+    # 5 gold, 5 predicted, 3 correct entities.
+    assert scores["precision"] == pytest.approx(3 / 5)
+    assert scores["recall"] == pytest.approx(3 / 5)
+    assert scores["f1"] == pytest.approx(3 / 5)
+    assert scores["support"] == 5
+    per_type = scores["per_type"]
+    assert per_type["PER"] == pytest.approx({"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2})
+    assert per_type["LOC"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
+    org_p, org_r = 1 / 2, 1 / 1
+    assert per_type["ORG"] == pytest.approx({"precision": org_p, "recall": org_r, "f1": 2 * org_p * org_r / (org_p + org_r), "support": 1})
+    assert per_type["MISC"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
+
+
+def test_entity_scores_rejects_misaligned_sentences():
+    with pytest.raises(ValueError, match="sentence 1"):
+        entity_scores(GOLD, [PRED[0], PRED[1][:2], PRED[2]])
+
+
+def test_table2_layout():
+    table = format_table2({"UMGF": entity_scores(GOLD, PRED)}, title="T")
+    lines = table.splitlines()
+    assert lines[0] == "T" and "Single Type (F1)" in lines[1] and "Overall" in lines[1]
+    assert lines[2].split() == ["Model", "PER", "LOC", "ORG", "MISC", "|", "Pre.", "Rec.", "F1"]
+    assert lines[4].split() == ["UMGF", "100.00", "0.00", "66.67", "0.00", "|", "60.00", "60.00", "60.00"]
+
+
+def test_mean_std_matches_numpy():
+    runs = [entity_scores(GOLD, PRED), entity_scores(GOLD, GOLD), entity_scores(GOLD, [["O"] * len(s) for s in GOLD])]
+    summary = mean_std(runs)
+    f1s = [0.6, 1.0, 0.0]
+    assert summary["f1"]["mean"] == pytest.approx(np.mean(f1s))
+    assert summary["f1"]["std"] == pytest.approx(np.std(f1s, ddof=1))
+    assert summary["per_type"]["PER"]["f1"]["mean"] == pytest.approx(np.mean([1.0, 1.0, 0.0]))
+
+
+def test_paired_bootstrap_against_resampled_seqeval():
+    gold = GOLD * 4
+    pred_a, pred_b = GOLD * 4, PRED * 4
+    result = paired_bootstrap(gold, pred_a, pred_b, samples=200, seed=3)
+    # Same resamples, scored independently with seqeval's own f1_score.
+    draws = np.random.default_rng(3).integers(0, len(gold), size=(200, len(gold)))
+    worse = 0
+    for draw in draws:
+        g = [gold[i] for i in draw]
+        worse += f1_score(g, [pred_a[i] for i in draw]) <= f1_score(g, [pred_b[i] for i in draw])
+    assert result["p_value"] == pytest.approx(worse / 200)
+    assert result["f1_a"] == pytest.approx(1.0) and result["f1_b"] == pytest.approx(0.6)
+    assert paired_bootstrap(gold, pred_b, pred_b, samples=50)["p_value"] == 1.0  # a tie never beats
+
+
+# ------------------------------------------------------------------------------------------ script runs
+def run(tmp: Path, *extra: str) -> dict:
+    return train_umgf.main(["--output_dir", str(tmp), *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One short synthetic run: 320 training sentences, 3 epochs, a raised learning rate."""
+    out = tmp_path_factory.mktemp("run")
+    run(out, "--synthetic_sizes", "320", "40", "80", "--num_train_epochs", "3", "--learning_rate", "5e-3")
+    return out
+
+
+def test_synthetic_task_learns_from_images(trained):
+    results = json.loads((trained / "all_results.json").read_text())
+    with_images, without = results["test"]["f1"], results["test_without_images"]["f1"]
+    assert with_images > 0.4
+    assert with_images > without + 0.2, (with_images, without)
+
+
+def test_results_score_every_gold_entity(trained):
+    results = json.loads((trained / "all_results.json").read_text())
+    test = build_synthetic_dataset(SyntheticMNERConfig(train_size=320, validation_size=40, test_size=80))["test"]
+    names = test.features["ner_tags"].feature.names
+    gold = [[names[t] for t in tags] for tags in test["ner_tags"]]
+    records = [json.loads(line) for line in (trained / "predictions_test.jsonl").read_text().splitlines()]
+    assert [r["gold"] for r in records] == gold
+    assert results["test"]["support"] == sum(r["gold_entities"] for r in records) == sum(
+        tag.startswith("B-") for sentence in gold for tag in sentence)
+    assert results["test"]["f1"] == pytest.approx(f1_score(gold, [r["pred"] for r in records]))
+    assert results["best_epoch"] in (0, 1, 2) and "conlleval" in results["scoring"]
+
+
+def test_saved_model_reloads_with_same_predictions(trained):
+    model = UMGFForTokenClassification.from_pretrained(trained).eval()
+    processor = UMGFProcessor.from_pretrained(trained)
+    test = build_synthetic_dataset(SyntheticMNERConfig(train_size=320, validation_size=40, test_size=80))["test"]
+    records = [json.loads(line) for line in (trained / "predictions_test.jsonl").read_text().splitlines()]
+    collate = processor.data_collator(return_metadata=True)
+    predicted = []
+    for start in range(0, len(test), 16):
+        batch = collate(_examples(processor, test[start:start + 16]))
+        with torch.no_grad():
+            outputs = model(**train_umgf.model_inputs(batch, use_objects=True))
+        predicted += processor.decode_word_predictions(outputs.predictions, batch["num_words"])
+    assert predicted == [r["pred"] for r in records]
+
+
+def _examples(processor: UMGFProcessor, columns: dict) -> list[dict]:
+    processed = processor.process_examples(columns)
+    return [{key: values[i] for key, values in processed.items()} for i in range(len(columns["tokens"]))]
+
+
+def test_truncated_words_are_scored_as_o(tmp_path):
+    results = run(tmp_path, "--synthetic_sizes", "32", "16", "16", "--num_train_epochs", "1", "--max_length", "6")
+    records = [json.loads(line) for line in (tmp_path / "predictions_test.jsonl").read_text().splitlines()]
+    long = [r for r in records if len(r["tokens"]) > 4]  # [CLS] + 4 sub-tokens + [SEP] at most
+    assert long and all(r["pred"][-1] == "O" and len(r["pred"]) == len(r["gold"]) for r in long)
+    assert results["test"]["support"] == sum(r["gold_entities"] for r in records)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    args = ["--synthetic_sizes", "64", "16", "16", "--num_train_epochs", "2", "--checkpointing_steps", "3"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run(full, *args)
+    # A run killed after step 3 leaves exactly this checkpoint behind.
+    shutil.copytree(full / "checkpoints" / "step_3", resumed / "checkpoints" / "step_3")
+    run(resumed, *args, "--resume_from_checkpoint", "latest")
+    last_full = load_file(full / "checkpoints" / "step_6" / "model.safetensors")
+    last_resumed = load_file(resumed / "checkpoints" / "step_6" / "model.safetensors")
+    assert last_full.keys() == last_resumed.keys()
+    for name in last_full:
+        torch.testing.assert_close(last_resumed[name], last_full[name], rtol=0, atol=0, msg=name)
+    a, b = (json.loads((d / "all_results.json").read_text()) for d in (full, resumed))
+    assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+
+
+def test_compare_predictions_prefers_images(trained, capsys):
+    result = train_umgf.main(["--compare_predictions", str(trained / "predictions_test.jsonl"),
+                              str(trained / "predictions_test_without_images.jsonl"), "--bootstrap_samples", "200"])
+    assert result["delta"] > 0 and result["p_value"] < 0.05
+
+
+# ----------------------------------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "papr"], "invalid choice: 'papr'"),
+        (["--umt_data_dir", "/no/such/dir", "--dataset_config_name", "twitter2017", "--text_model_name_or_path", "x"],
+         "/no/such/dir/twitter2017 lacks"),
+        (["--image_dir", "/no/such/images"], "no such folder /no/such/images"),
+        (["--resume_from_checkpoint", "/no/such/ckpt"], "no such checkpoint folder"),
+        (["--config_overrides", "hiden_size=3"], "unknown UMGFConfig fields ['hiden_size']"),
+        (["--checkpointing_steps", "often"], "--checkpointing_steps must be"),
+    ],
+)
+def test_bad_arguments_fail_early(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train_umgf.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_checkpoint_with_other_labels_is_refused(tmp_path):
+    from conftest import tiny_config
+
+    labels = ["O", "B-X", "I-X"]
+    UMGFForTokenClassification(tiny_config(id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})).save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="label set mismatch"):
+        run(tmp_path / "out", "--model_name_or_path", str(tmp_path / "ckpt"), "--synthetic_sizes", "8", "4", "4")
+
+
+def test_umt_text_cross_domain_and_seeds(tmp_path):
+    """Twitter text (UMT format fixtures) with a pretrained-style text encoder folder: train on 2015, also test
+    on 2017, two seeds; the summary's mean is the mean of the runs."""
+    from transformers import BertConfig, BertModel
+
+    from datasets_scripts.synthetic import build_tokenizer
+
+    encoder = tmp_path / "tiny-bert"
+    build_tokenizer(encoder)
+    BertModel(BertConfig(vocab_size=len(build_tokenizer()), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64), add_pooling_layer=False).save_pretrained(encoder)
+    fixtures = Path(__file__).parent / "fixtures" / "twitter"
+    summary = run(tmp_path / "out", "--umt_data_dir", str(fixtures), "--dataset_config_name", "twitter2015",
+                  "--test_dataset_config_name", "twitter2017", "--text_model_name_or_path", str(encoder),
+                  "--preset", "bert-crf", "--num_train_epochs", "1", "--seeds", "1", "2")
+    runs = json.loads((tmp_path / "out" / "all_results.json").read_text())["runs"]
+    assert set(runs) == {"1", "2"}
+    cross = [runs[s]["cross_test_twitter2017"] for s in ("1", "2")]
+    gold_2017 = sum(line.split("\t")[-1].strip().startswith("B-")
+                    for line in (fixtures / "twitter2017" / "test.txt").read_text(encoding="utf-8").splitlines())
+    assert all(c["support"] == gold_2017 for c in cross)
+    assert summary["cross_test_twitter2017_mean_std"]["f1"]["mean"] == pytest.approx(np.mean([c["f1"] for c in cross]))
+    assert "test_without_images" not in runs["1"]  # no image anywhere: nothing to remove
+
+
+def test_feature_cache_holds_backbone_features_of_each_crop(trained):
+    import datasets
+
+    [cache_file] = (trained / "feature_cache").glob("test-*.arrow")
+    cached = datasets.Dataset.from_file(str(cache_file))
+    test = build_synthetic_dataset(SyntheticMNERConfig(train_size=320, validation_size=40, test_size=80))["test"]
+    assert cached["id"] == test["id"]
+    model = UMGFForTokenClassification.from_pretrained(trained).eval()
+    processor = UMGFProcessor.from_pretrained(trained)
+    rows = [i for i, boxes in enumerate(test["object_boxes"]) if boxes][:3]
+    for i in rows:
+        crops = processor(images=test[i]["image"], words=test[i]["tokens"],
+                          grounding={c: test[i][c] for c in train_umgf.GROUNDING_COLUMNS})["pixel_values"]
+        with torch.no_grad():
+            expected = model.umgf.vision_backbone(crops)
+        torch.testing.assert_close(torch.tensor(cached[i]["object_features"]), expected, rtol=1e-4, atol=1e-5)
+    assert all(cached[i]["object_features"] is None for i, boxes in enumerate(test["object_boxes"]) if not boxes)
