@@ -329,6 +329,9 @@ class UMGFModel(UMGFPreTrainedModel):
         """Pooled backbone features of the real object crops: [B, O, 3, H, W] -> [B, O, F] (zeros at padding)."""
         if not self.config.use_visual:
             raise ValueError("this UMGF model has no visual branch (config.use_visual=False)")
+        if getattr(self, "vision_backbone", None) is None:
+            raise ValueError("this model's vision backbone was released (vision_backbone=None, e.g. to save memory "
+                             "when training from cached features): give object_features instead of pixel_values")
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [batch, objects, 3, H, W], got shape {tuple(pixel_values.shape)}")
         real = object_mask.bool()

@@ -263,6 +263,10 @@ def test_bad_visual_inputs_give_clear_errors() -> None:
     x.pop("pixel_values")
     with pytest.raises(ValueError, match="96 features"):
         model(**x, object_features=torch.zeros(2, 3, 50))
+    released = build()
+    released.umgf.vision_backbone = None
+    with pytest.raises(ValueError, match="give object_features instead"):
+        released(**tiny_inputs())
     with pytest.raises(ValueError, match="inter_modal_adjacency must be"):
         model(**{**x, "inter_modal_adjacency": x["inter_modal_adjacency"][:, :3]}, object_features=torch.zeros(2, 3, 96))
 
