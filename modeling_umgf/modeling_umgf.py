@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import timm
 import torch
@@ -273,12 +273,12 @@ def _mark_initialized(module: nn.Module) -> None:
         sub._is_hf_initialized = True
 
 
-def _build_text_encoder(config: PreTrainedConfig) -> nn.Module:
-    """A randomly initialised text encoder; without the pooler where the architecture allows it."""
+def _text_encoder(factory: Callable[..., nn.Module], source: PreTrainedConfig | str) -> nn.Module:
+    """``AutoModel.from_config`` / ``from_pretrained`` without the pooler where the architecture allows it."""
     try:
-        return AutoModel.from_config(config, add_pooling_layer=False)
+        return factory(source, add_pooling_layer=False)
     except TypeError:  # encoders that have no pooler take no such argument
-        return AutoModel.from_config(config)
+        return factory(source)
 
 
 class UMGFModel(UMGFPreTrainedModel):
@@ -297,7 +297,7 @@ class UMGFModel(UMGFPreTrainedModel):
     ) -> None:
         super().__init__(config)
         if text_encoder is None:
-            text_encoder = _build_text_encoder(config.text_config)
+            text_encoder = _text_encoder(AutoModel.from_config, config.text_config)
         else:
             _mark_initialized(text_encoder)
         self.text_encoder = text_encoder
@@ -434,7 +434,6 @@ def first_subtoken_index(word_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """
     batch, length = word_ids.shape
     num_words = int(word_ids.max().item()) + 1 if word_ids.numel() else 0
-    num_words = max(num_words, 0)
     previous = torch.cat([word_ids.new_full((batch, 1), -1), word_ids[:, :-1]], dim=1)
     is_first = (word_ids >= 0) & (word_ids != previous)
     slot = torch.where(is_first, word_ids, torch.full_like(word_ids, num_words))  # num_words = discard slot
@@ -494,10 +493,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         The fusion layers and the decoder are freshly initialised; the parts keep their pretrained weights.
         """
         text_config = AutoConfig.from_pretrained(text_model_name_or_path)
-        try:
-            text_encoder = AutoModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False)
-        except TypeError:
-            text_encoder = AutoModel.from_pretrained(text_model_name_or_path)
+        text_encoder = _text_encoder(AutoModel.from_pretrained, text_model_name_or_path)
         backbone = None
         if vision_backbone is not None and config_kwargs.get("use_visual", True):
             overlay = None if isinstance(vision_weights, bool) else {"file": os.fspath(vision_weights)}
