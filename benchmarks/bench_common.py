@@ -178,11 +178,13 @@ def make_batch(
     vocab_size: int = 28996,
     labels: bool = True,
     seed: int = 0,
+    distinct_crops: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Model inputs for ``tweets``: padded to the longest tweet (dynamic padding) or to ``pad_to``.
 
     Every tweet gets ``objects`` real crops (or pooled features) linked to all its sub-tokens, as the
     authors' release does with its four type-word crops (the adjacency defaults to that in the model).
+    With ``distinct_crops`` = k, each tweet's crops repeat its first k (one box grounded from several phrases).
     """
     g = torch.Generator().manual_seed(seed)
     batch = len(tweets)
@@ -204,7 +206,10 @@ def make_batch(
         if features:
             inputs["object_features"] = torch.rand(batch, objects, feature_dim, generator=g)
         else:
-            inputs["pixel_values"] = torch.randn(batch, objects, 3, image_size, image_size, generator=g)
+            pixels = torch.randn(batch, objects, 3, image_size, image_size, generator=g)
+            if distinct_crops:
+                pixels = pixels[:, [o % distinct_crops for o in range(objects)]]
+            inputs["pixel_values"] = pixels
         inputs["object_mask"] = torch.ones(batch, objects, dtype=torch.long)
     if labels:
         inputs["labels"] = tags

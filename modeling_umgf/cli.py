@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draw", type=Path, help="save the image with grounded boxes and entity labels (PNG)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the vision backbone first (model.optimize_for_inference(): about a minute, "
+                             "then about 1.1x faster crops on a 2-core CPU); worth it for large --input files")
     return parser
 
 
@@ -98,7 +101,7 @@ def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
     return samples
 
 
-def load_pipeline(model: str, device: str | None) -> MultimodalNERPipeline:
+def load_pipeline(model: str, device: str | None, compile_backbone: bool = False) -> MultimodalNERPipeline:
     """The multimodal-ner pipeline of a model folder or Hub repo (with this package's classes, no remote code)."""
     from .modeling_umgf import UMGFForTokenClassification
     from .processing_umgf import UMGFProcessor
@@ -113,6 +116,8 @@ def load_pipeline(model: str, device: str | None) -> MultimodalNERPipeline:
         network = UMGFForTokenClassification.from_pretrained(model).eval()
     except OSError as error:
         raise InputError(f"cannot load model {model}: {str(error).splitlines()[0]}") from error
+    if compile_backbone:
+        network.optimize_for_inference()
     return MultimodalNERPipeline(model=network, processor=processor, device=device if device is not None else -1)
 
 
@@ -172,7 +177,7 @@ def draw_entities(image: Image.Image, entities: Sequence[dict[str, Any]]) -> Ima
 
 def run(args: argparse.Namespace) -> int:
     samples = read_samples(args)
-    pipe = load_pipeline(args.model, args.device)
+    pipe = load_pipeline(args.model, args.device, compile_backbone=args.compile)
     inputs = [
         {key: sample[key] for key in ("text", "words", "image", "grounding") if key in sample} for sample in samples
     ]

@@ -62,6 +62,10 @@ class UMGFConfig(PreTrainedConfig):
         grounder: the grounder a processor should pair with this model ("detector", "release", "grid",
             "precomputed"); recorded here so presets fix the whole pipeline.
         initializer_range: std of the normal initialisation of the fusion layers' linear maps.
+        text_packing: encode the text padding-free: the real tokens of the batch are packed into a few rows
+            with a block-diagonal attention mask (same outputs, no BERT work on padding; see
+            `text_packing.py`). Used only with a BERT text encoder on eager or SDPA attention and when it
+            saves at least 20 % of the token slots; otherwise the padded batch is encoded as usual.
     """
 
     model_type = "umgf"
@@ -89,6 +93,7 @@ class UMGFConfig(PreTrainedConfig):
     decoder_type: Literal["crf", "softmax"] = "crf"
     grounder: str = "detector"
     initializer_range: float = 0.02
+    text_packing: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.id2label is None and kwargs.get("num_labels") is None:

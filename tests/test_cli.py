@@ -64,6 +64,22 @@ def test_jsonl_output_is_the_pipeline_output(tiny_ner_folder, tmp_path, image_pa
         assert [e["score"] for e in line["entities"]] == pytest.approx([e["score"] for e in want["entities"]], abs=1e-5)
 
 
+def test_compile_flag_optimizes_the_loaded_model_before_predicting(tiny_ner_folder, capsys, local, monkeypatch) -> None:
+    """--compile calls optimize_for_inference (tested for equal outputs in test_speed_options.py) once,
+    before any prediction; stubbed here so this test does not pay for a compilation."""
+    from modeling_umgf import UMGFForTokenClassification
+
+    events = []
+    monkeypatch.setattr(UMGFForTokenClassification, "optimize_for_inference", lambda self: events.append("optimize"))
+    forward = UMGFForTokenClassification.forward
+    monkeypatch.setattr(UMGFForTokenClassification, "forward",
+                        lambda self, *a, **k: events.append("forward") or forward(self, *a, **k))
+    code, out, err = run_cli(capsys, "--model", tiny_ner_folder, "--text", TEXT, "--format", "conll", "--compile")
+    assert code == 0, err
+    assert events[0] == "optimize" and events.count("optimize") == 1 and "forward" in events
+    assert out == "".join(f"{w['word']}\t{w['tag']}\n" for w in local(TEXT, return_words=True)["words"]) + "\n"
+
+
 def test_conll_and_table_outputs(tiny_ner_folder, capsys, local) -> None:
     want = local(TEXT, return_words=True)
     code, out, err = run_cli(capsys, "--model", tiny_ner_folder, "--text", TEXT, "--format", "conll")

@@ -2,13 +2,16 @@
 
 Each test compares an optimised run with the plain one on the same weights and inputs: inference mode,
 dynamic padding (a batch trimmed to its longest tweet), a channels_last backbone, activation checkpointing
-(BERT layers, fusion layers and the timm backbone), and training from cached object features.
+(BERT layers, fusion layers and the timm backbone), training from cached object features, encoding identical crops once, and the compiled
+backbone of `optimize_for_inference`. Padding-free text encoding has its own file, test_text_packing.py.
 """
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
+import pytest
 import torch
 
 from conftest import tiny_config, tiny_inputs
@@ -81,6 +84,49 @@ def test_channels_last_backbone_gives_the_same_outputs() -> None:
         out = model(**{**x, "pixel_values": pv.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(pv.shape)})
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(out.predictions, ref.predictions)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="TorchInductor needs a C++ compiler on CPU")
+def test_optimize_for_inference_keeps_outputs_across_crop_counts() -> None:
+    """Compiled, frozen, channels-last backbone: same outputs as eager, also when the crop count changes."""
+    model = build()
+    inputs = [tiny_inputs(batch=2, tokens=8, objects=3, seed=0), tiny_inputs(batch=3, tokens=9, objects=4, seed=1)]
+    with torch.inference_mode():
+        refs = [model(**x) for x in inputs]
+        assert model.optimize_for_inference() is model and not model.training
+        outs = [model(**x) for x in inputs]
+    compiled = model.umgf.vision_backbone._compiled_call_impl
+    assert compiled is not None
+    assert set(model.state_dict()) == set(build().state_dict())  # compiled in place: same keys to save and load
+    for out, ref in zip(outs, refs):
+        torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-4)
+        assert torch.equal(out.predictions, ref.predictions)
+
+
+def test_identical_crops_are_encoded_once_in_eval_mode_with_the_same_features() -> None:
+    model = build()
+    x = tiny_inputs(batch=3, tokens=8, objects=4)  # real crops per tweet: 4, 3, 2
+    pixel_values, object_mask = x["pixel_values"].clone(), x["object_mask"]
+    pixel_values[0, 1] = pixel_values[0, 0]  # the same box grounded from two phrases
+    pixel_values[2, 0] = pixel_values[0, 0]  # ... or in another tweet of the batch
+    pixel_values[1, 2] = pixel_values[1, 1]
+    pixel_values[2, 3] = pixel_values[2, 1]  # a padded slot equal to a real crop stays padding
+    batch_sizes = []
+    model.umgf.vision_backbone.register_forward_pre_hook(lambda _, args: batch_sizes.append(len(args[0])))
+    with torch.no_grad():
+        features = model.umgf.encode_objects(pixel_values, object_mask)
+        alone = {(b, o): model.umgf.vision_backbone(pixel_values[b, o][None])[0]
+                 for b in range(3) for o in range(4) if object_mask[b, o]}
+    assert batch_sizes[0] == 9 - 3  # 9 real crops, 3 of them repeats
+    for (b, o), feature in alone.items():
+        torch.testing.assert_close(features[b, o], feature, rtol=1e-5, atol=1e-5)
+    assert not features[~object_mask.bool()].any()
+
+    batch_sizes.clear()
+    model.train()  # BatchNorm on batch statistics: every crop counts, none is skipped
+    model.umgf.encode_objects(pixel_values, object_mask)
+    assert batch_sizes == [9]
 
 
 def _train_step(model: UMGFForTokenClassification, inputs: dict[str, torch.Tensor], seed: int, frozen_backbone=False):

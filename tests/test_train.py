@@ -159,6 +159,26 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
 
 
+def test_gradient_checkpointing_flag_trains_the_same_weights(tmp_path, monkeypatch):
+    from modeling_umgf.modeling_umgf import UMGFPreTrainedModel
+
+    switched = []
+    original = UMGFPreTrainedModel._set_gradient_checkpointing
+    monkeypatch.setattr(UMGFPreTrainedModel, "_set_gradient_checkpointing",
+                        lambda self, enable=True, *a, **k: switched.append(enable) or original(self, enable, *a, **k))
+    args = ["--synthetic_sizes", "48", "16", "16", "--num_train_epochs", "1", "--checkpointing_steps", "3"]
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    run(plain, *args)
+    assert switched == []
+    run(checkpointed, *args, "--gradient_checkpointing")
+    assert switched == [True]
+    a = load_file(plain / "checkpoints" / "step_3" / "model.safetensors")
+    b = load_file(checkpointed / "checkpoints" / "step_3" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:  # recomputation replays dropout with the saved RNG state: the same updates
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_compare_predictions_prefers_images(trained, capsys):
     result = train_umgf.main(["--compare_predictions", str(trained / "predictions_test.jsonl"),
                               str(trained / "predictions_test_without_images.jsonl"), "--bootstrap_samples", "200"])

@@ -1,0 +1,157 @@
+"""Padding-free text encoding (modeling_umgf/text_packing.py) gives BERT's padded outputs.
+
+The independent reference is BERT run on each sequence alone, with no padding at all: packing must give
+every real token that output, whatever the padding side, token types, or attention kernel.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+from conftest import tiny_config
+from modeling_umgf import UMGFForTokenClassification
+from modeling_umgf.text_packing import MIN_SAVING, can_pack, encode_packed, pack_rows
+
+LENGTHS = [12, 3, 5, 2, 12, 4, 9]
+
+
+def tiny_bert(attn: str = "sdpa") -> BertModel:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config._attn_implementation = attn
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+def ragged(lengths: list[int], width: int, left: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    types = torch.zeros_like(input_ids)
+    for b, n in enumerate(lengths):
+        cols = slice(width - n, width) if left else slice(0, n)
+        input_ids[b, cols] = torch.randint(1, 120, (n,), generator=g)
+        mask[b, cols] = 1
+        types[b, cols] = torch.randint(0, 2, (n,), generator=g)
+    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def alone(encoder: BertModel, x: dict[str, torch.Tensor], b: int) -> torch.Tensor:
+    """BERT on sequence b by itself (no padding), with the position ids its tokens have in the batch."""
+    cols = x["attention_mask"][b].bool().nonzero().squeeze(1)
+    return encoder(input_ids=x["input_ids"][b, cols][None], token_type_ids=x["token_type_ids"][b, cols][None],
+                   position_ids=cols[None]).last_hidden_state[0]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("left", [False, True])
+def test_packed_outputs_equal_each_sequence_encoded_alone(attn: str, left: bool) -> None:
+    encoder = tiny_bert(attn)
+    x = ragged(LENGTHS, width=12, left=left)
+    with torch.no_grad():
+        hidden = encode_packed(encoder, x["attention_mask"], x["input_ids"], token_type_ids=x["token_type_ids"])
+        assert hidden is not None and hidden.shape == (len(LENGTHS), 12, 32)
+        for b in range(len(LENGTHS)):
+            real = x["attention_mask"][b].bool()
+            torch.testing.assert_close(hidden[b, real], alone(encoder, x, b), rtol=1e-5, atol=1e-5)
+            assert not hidden[b, ~real].any()
+        # and the padded batch gives the same at real tokens
+        padded = encoder(**x).last_hidden_state
+    real = x["attention_mask"].bool()
+    torch.testing.assert_close(hidden[real], padded[real], rtol=1e-5, atol=1e-5)
+
+
+def test_packed_inputs_embeds_and_several_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sequences that do not fit one row are spread over several; inputs_embeds are packed like ids."""
+    import modeling_umgf.text_packing as text_packing
+
+    monkeypatch.setattr(text_packing, "ROW_CAPACITY", 14)  # rows of 14 slots: 12 | 3+5+2 | 12 | 4+9
+    assert pack_rows(LENGTHS, 14) == [0, 1, 1, 1, 2, 3, 3]
+    encoder = tiny_bert()
+    x = ragged(LENGTHS, width=12)
+    embeds = encoder.get_input_embeddings()(x["input_ids"])
+    with torch.no_grad():
+        hidden = encode_packed(encoder, x["attention_mask"], inputs_embeds=embeds)
+        padded = encoder(inputs_embeds=embeds, attention_mask=x["attention_mask"]).last_hidden_state
+    real = x["attention_mask"].bool()
+    torch.testing.assert_close(hidden[real], padded[real], rtol=1e-5, atol=1e-5)
+
+
+def test_pack_rows_matches_a_brute_force_layout() -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        lengths = torch.randint(0, 20, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist()
+        capacity = max(max(lengths), 1) + int(torch.randint(0, 30, (1,), generator=g))
+        expected, row, used = [], 0, 0
+        for n in lengths:  # a new row exactly when the current one has tokens and n would overflow it
+            if used > 0 and used + n > capacity:
+                row, used = row + 1, 0
+            expected.append(row)
+            used += n
+        assert pack_rows(lengths, capacity) == expected
+        fills = [sum(n for n, r in zip(lengths, expected) if r == k) for k in set(expected)]
+        assert max(fills) <= capacity
+
+
+def test_no_packing_when_it_saves_too_little() -> None:
+    encoder = tiny_bert()
+    x = ragged([12, 12, 11, 12], width=12)  # 47 of 48 slots are real
+    assert 1 - 47 / 48 < MIN_SAVING
+    assert encode_packed(encoder, x["attention_mask"], x["input_ids"]) is None
+
+
+def test_only_bert_encoders_on_eager_or_sdpa_are_packed() -> None:
+    assert can_pack(tiny_bert("sdpa")) and can_pack(tiny_bert("eager"))
+    roberta = RobertaModel(RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64), add_pooling_layer=False)
+    assert not can_pack(roberta)  # RoBERTa's position ids start after its padding index: not column indices
+
+
+def model_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch worth packing (tokens 0..n-1 real, every word one sub-token) with two objects per tweet."""
+    x = ragged(LENGTHS, width=12, seed=seed)
+    del x["token_type_ids"]
+    word_ids = torch.full_like(x["input_ids"], -1)
+    labels = torch.full((len(LENGTHS), 10), -100)
+    g = torch.Generator().manual_seed(seed)
+    for b, n in enumerate(LENGTHS):
+        word_ids[b, 1 : n - 1] = torch.arange(n - 2)
+        labels[b, : n - 2] = torch.randint(0, 9, (n - 2,), generator=g)
+    return {**x, "word_ids": word_ids, "labels": labels,
+            "object_features": torch.rand(len(LENGTHS), 2, 96, generator=g)}
+
+
+@pytest.mark.parametrize("preset_overrides", [{}, {"classifier_input": "concat"}])
+def test_model_with_packing_matches_the_padded_model_in_outputs_loss_and_gradients(
+    preset_overrides: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modeling_umgf.modeling_umgf as modeling
+
+    packed_calls = []
+
+    def spy(*args, **kwargs):
+        packed_calls.append(encode_packed(*args, **kwargs))
+        return packed_calls[-1]
+
+    monkeypatch.setattr(modeling, "encode_packed", spy)
+    x = model_inputs()
+    results = []
+    for packing in (True, False):
+        torch.manual_seed(0)
+        model = UMGFForTokenClassification(tiny_config(text_packing=packing, **preset_overrides)).eval()  # no dropout
+        out = model(**x)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (packed, packed_grads), (padded, padded_grads) = results
+    assert len(packed_calls) == 1 and packed_calls[0] is not None  # the first model did encode packed
+    word = x["labels"] != -100
+    torch.testing.assert_close(packed.logits[word], padded.logits[word], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed.loss, padded.loss, rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed.predictions, padded.predictions)
+    assert packed_grads.keys() == padded_grads.keys()
+    for name in padded_grads:
+        torch.testing.assert_close(packed_grads[name], padded_grads[name], rtol=1e-4, atol=1e-5, msg=name)
