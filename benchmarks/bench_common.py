@@ -222,18 +222,24 @@ def build_model(preset: str = "paper", seed: int = 0, **overrides: Any) -> UMGFF
     return UMGFForTokenClassification(UMGFConfig.from_preset(preset, **overrides))
 
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, list[float], list[float]]:
-    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` untimed calls, the wall times and
-    the process CPU times (user + system, all threads) of the timed calls."""
+def median_time(
+    fn: Callable[[], Any], repeats: int, warmup: int = 1
+) -> tuple[float, list[float], list[float], list[float]]:
+    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls, the wall times and the process
+    CPU times (user + system, all threads) of the timed calls, and the wall times of the warm-up calls (they
+    include any compilation)."""
+    warmup_times = []
     for _ in range(warmup):
+        start = time.perf_counter()
         fn()
+        warmup_times.append(time.perf_counter() - start)
     times, cpu = [], []
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    return statistics.median(times), times, cpu
+    return statistics.median(times), times, cpu, warmup_times
 
 
 def gemm_gflops(seconds: float = 0.5, size: int = 1024) -> float:

@@ -87,12 +87,12 @@ def measure(shape: dict[str, int], layers: torch.nn.ModuleList, gate: UMGFCrossM
     gate.train()
     row = dict(shape, edges=shape["B"] * shape["T"] * shape["O"])
     for name, fn in (("layers_train", layers_train), ("gate_train", gate_train)):
-        _, wall, cpu = median_time(fn, repeats)
+        _, wall, cpu, _ = median_time(fn, repeats)
         row[f"{name}_ms"], row[f"{name}_cpu_ms"] = 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
     row["layers_saved_mib"] = saved_bytes(layers_forward) / 2**20
     row["gate_saved_mib"] = saved_bytes(lambda: gate(h_x, h_o, adjacency)) / 2**20
     layers.eval()
-    _, wall, cpu = median_time(layers_infer, repeats)
+    _, wall, cpu, _ = median_time(layers_infer, repeats)
     row["layers_infer_ms"], row["layers_infer_cpu_ms"] = 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
 

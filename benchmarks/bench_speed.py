@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -174,19 +173,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 model(**next(it))
 
         fn = infer
-    warmup_seconds = []
-    for _ in range(args.warmup):  # untimed for the median; recorded (it includes any compilation)
-        start = time.perf_counter()
-        fn()
-        warmup_seconds.append(round(time.perf_counter() - start, 3))
-    seconds, times, cpu_times = median_time(fn, repeats=args.repeats, warmup=0)
+    seconds, times, cpu_times, warmup_times = median_time(fn, repeats=args.repeats, warmup=args.warmup)
     tokens = [int(b["attention_mask"].sum()) for b in batches]
     return {
         "mode": args.mode,
         "options": {k: v for k, v in vars(args).items() if k not in ("command",)},
         "seconds_per_batch": round(seconds, 3),
         "times": [round(t, 3) for t in times],
-        "warmup_seconds": warmup_seconds,
+        "warmup_seconds": [round(t, 3) for t in warmup_times],
         "cpu_seconds": [round(t, 3) for t in cpu_times],
         "tweets_per_second": round(args.batch_size / seconds, 3),
         "peak_rss_gib": round(peak_rss_gib(), 2),

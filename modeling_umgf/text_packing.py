@@ -73,8 +73,9 @@ def encode_packed(
     capacity = max(length, ROW_CAPACITY)
     rows = pack_rows(lengths, capacity)
     num_rows = rows[-1] + 1 if rows else 0
-    fill = [0] * num_rows
+    fill, offsets = [0] * num_rows, []  # offset: tokens of earlier sequences in the same row
     for row, n in zip(rows, lengths):
+        offsets.append(fill[row])
         fill[row] += n
     width = max(fill, default=0)
     if width == 0 or num_rows * width > (1 - MIN_SAVING) * batch * length:
@@ -84,15 +85,10 @@ def encode_packed(
     device = attention_mask.device
     seq_index, column = real.nonzero(as_tuple=True)  # row-major: tokens of a sequence in column order
     lengths_t = torch.tensor(lengths, device=device)
-    rows_t = torch.tensor(rows, device=device)
-    # Offset of each sequence inside its row: tokens of earlier sequences in the same row.
-    starts = torch.cumsum(lengths_t, 0) - lengths_t
-    row_start = torch.zeros(num_rows, dtype=torch.long, device=device).scatter_reduce(
-        0, rows_t, starts, reduce="amin", include_self=False
-    )
-    offset = starts - row_start[rows_t]
+    starts = torch.cumsum(lengths_t, 0) - lengths_t  # index of each sequence's first token in seq_index
     rank = torch.arange(seq_index.numel(), device=device) - starts[seq_index]  # token's rank in its sequence
-    row_of, slot_of = rows_t[seq_index], offset[seq_index] + rank
+    row_of = torch.tensor(rows, device=device)[seq_index]
+    slot_of = torch.tensor(offsets, device=device)[seq_index] + rank
 
     segment = torch.full((num_rows, width), -1, dtype=torch.long, device=device)
     segment[row_of, slot_of] = seq_index
