@@ -13,7 +13,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["modeling_umgf", "datasets_scripts"],
-    py_modules=["train_umgf"],
+    py_modules=["train_umgf", "run_seeds", "compare_predictions"],
     package_data={"datasets_scripts": ["dataset_card_template.md"]},
     data_files=[("share/umgf", ["model_card.md", "handler.py"])],
     entry_points={"console_scripts": ["umgf-predict=modeling_umgf.cli:main"]},

@@ -37,7 +37,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from modeling_umgf import UMGFConfig, UMGFForTokenClassification  # noqa: E402
+from datasets_scripts.umt_format import read_umt_file  # noqa: E402
+from modeling_umgf import LABELS, UMGFConfig, UMGFForTokenClassification  # noqa: E402
 
 DATA_DIR = REPO.parent / "shared" / "data"
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -46,7 +47,7 @@ MAX_LENGTH = 128
 #: Fallback sub-tokens per word when no offline WordPiece vocabulary is installed (MiniLM's ratio on the
 #: Twitter-2017 training split, measured with the tokenizer below; see BENCHMARKS.md).
 SUBTOKENS_PER_WORD = 1.15
-NUM_LABELS = 9
+NUM_LABELS = len(LABELS)
 
 
 def set_threads(threads: int = THREADS) -> None:
@@ -86,20 +87,8 @@ def machine() -> dict[str, Any]:
 
 
 def read_tweets(path: Path) -> list[list[str]]:
-    """Tweets (lists of words) of a file in the UMT release format (IMGID line, word<TAB>tag lines)."""
-    tweets, words = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("IMGID:"):
-            continue
-        if not line.strip():
-            if words:
-                tweets.append(words)
-            words = []
-            continue
-        words.append(line.split("\t")[0])
-    if words:
-        tweets.append(words)
-    return tweets
+    """Tweets (lists of words) of a file in the UMT release format."""
+    return [tweet.tokens for tweet in read_umt_file(path)]
 
 
 def wordpiece_tokenizer():

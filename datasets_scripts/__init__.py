@@ -6,6 +6,6 @@ Modules: :mod:`.umt_format` (strict reader of the UMT release text), :mod:`.twit
 """
 
 from .twitter_mner import FEATURES, ImageReport, TwitterMNER, build_dataset
-from .umt_format import LABELS, TwitterFormatError
+from .umt_format import TwitterFormatError
 
-__all__ = ["FEATURES", "LABELS", "ImageReport", "TwitterFormatError", "TwitterMNER", "build_dataset"]
+__all__ = ["FEATURES", "ImageReport", "TwitterFormatError", "TwitterMNER", "build_dataset"]

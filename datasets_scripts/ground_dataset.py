@@ -1,4 +1,4 @@
-"""Ground a dataset split once and store the result in its CONTRACT.md grounding columns.
+"""Ground a dataset split once and store the result in its grounding columns (CONTRACT.md).
 
 python -m datasets_scripts.ground_dataset --dataset FOLDER_OR_REPO [--config twitter2017] --split train
     --output_dir OUT [--grounder detector] [--grounder_kwargs '{"box_threshold": 0.3}'] [--chunk_size 256]
@@ -25,8 +25,9 @@ from typing import Any, Sequence
 import datasets
 from tqdm.auto import tqdm
 
-from modeling_umgf.grounding import Grounder, Grounding, build_grounder
-from modeling_umgf.image_utils_umgf import UnreadableImageError, load_rgb_image
+from modeling_umgf.grounders import build_grounder
+from modeling_umgf.grounding import Grounder, Grounding, ground_batch
+from modeling_umgf.image_utils_umgf import load_images
 
 from .twitter_mner import FEATURES
 
@@ -36,26 +37,36 @@ GROUNDING_FEATURES = datasets.Features(
 )
 
 
-def ground_rows(rows: dict[str, list[Any]], grounder: Grounder) -> dict[str, list[Any]]:
-    """Ground a batch of rows (``id``, ``tokens``, ``image``): ``id`` plus the grounding columns."""
-    groundings: list[Grounding] = [Grounding() for _ in rows["id"]]
-    images, todo = [], []
-    for i, (sample, image) in enumerate(zip(rows["id"], rows["image"])):
-        if image is None:
-            continue
-        try:
-            images.append(load_rgb_image(image))
-            todo.append(i)
-        except UnreadableImageError as error:
-            logger.warning("sample %r: %s; left ungrounded", sample, error)
-    if todo:
-        found = grounder.ground(images, [rows["tokens"][i] for i in todo], [rows["id"][i] for i in todo])
-        for i, grounding in zip(todo, found):
-            groundings[i] = grounding
-    columns = {"id": list(rows["id"])}
-    for column in Grounding.COLUMNS:
-        columns[column] = [g.to_columns()[column] for g in groundings]
-    return columns
+def ground_rows(rows: dict[str, list[Any]], grounder: Grounder, reground: bool = False) -> dict[str, list[Any]]:
+    """Ground a batch of rows (``id``, ``tokens``, ``image``, optionally the grounding columns) with one batched
+    grounder call (`modeling_umgf.grounding.ground_batch`): ``id`` plus the grounding columns.
+
+    Rows keep the grounding they have unless ``reground`` is set and another grounder made it; rows without a
+    readable image and without a grounding stay ungrounded (grounder "")."""
+    given = None
+    if all(column in rows for column in Grounding.COLUMNS):
+        given = [
+            Grounding.of({column: rows[column][i] for column in Grounding.COLUMNS}, sample)
+            for i, sample in enumerate(rows["id"])
+        ]
+    images = load_images(rows["image"], rows["id"])
+    found = ground_batch(grounder, images, rows["tokens"], rows["id"], given, reground)
+    columns = [(grounding or Grounding()).to_columns() for grounding in found]
+    return {"id": list(rows["id"]), **{column: [c[column] for c in columns] for column in Grounding.COLUMNS}}
+
+
+def ground_dataset(dataset: datasets.Dataset, grounder: Grounder, num_proc: int | None = None) -> datasets.Dataset:
+    """``dataset`` with its grounding columns filled by ``grounder`` where another grounder (or none) made them, and
+    every box clipped to its image (so cached features and later crops see the same objects). Rows without an
+    image keep their columns. This is the grounding stage of ``train_umgf.py``."""
+    if "image" not in dataset.column_names:
+        return dataset
+
+    def ground(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        grounded = ground_rows(rows, grounder, reground=True)
+        return {column: grounded[column] for column in Grounding.COLUMNS}
+
+    return dataset.map(ground, batched=True, batch_size=32, num_proc=num_proc, desc=f"grounding ({grounder.name})")
 
 
 def ground_split(

@@ -21,9 +21,10 @@ from datasets.utils.metadata import MetadataConfigs
 from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
+from modeling_umgf.schema_umgf import LABELS
+
 from .statistics import PAPER_TABLE1, SplitStatistics, format_table1
 from .twitter_mner import CITATION, LICENSE_NOTE, UMT_HOMEPAGE, ImageReport
-from .umt_format import LABELS
 
 CARD_TEMPLATE = Path(__file__).with_name("dataset_card_template.md")
 

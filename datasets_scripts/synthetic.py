@@ -36,8 +36,9 @@ from typing import Any
 import datasets
 from PIL import Image, ImageDraw
 
+from modeling_umgf.schema_umgf import ENTITY_TYPES
+
 from .twitter_mner import FEATURES
-from .umt_format import ENTITY_TYPES
 
 
 IMAGE_SIZE = 64

@@ -34,7 +34,9 @@ import datasets
 import PIL.Image
 from datasets.exceptions import DatasetGenerationError
 
-from .umt_format import LABELS, TwitterFormatError, read_umt_file
+from modeling_umgf.schema_umgf import dataset_features, empty_grounding
+
+from .umt_format import TwitterFormatError, read_umt_file
 
 logger = datasets.utils.logging.get_logger(__name__)
 
@@ -83,31 +85,10 @@ CITATION = """\
   year = {2021}
 }"""
 
-FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "image_id": datasets.Value("string"),
-        "tokens": datasets.List(datasets.Value("string")),
-        "ner_tags": datasets.List(datasets.ClassLabel(names=list(LABELS))),
-        "image": datasets.Image(),
-        "object_boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
-        "object_scores": datasets.List(datasets.Value("float32")),
-        "object_phrases": datasets.List(datasets.Value("string")),
-        "object_word_start": datasets.List(datasets.Value("int32")),
-        "object_word_end": datasets.List(datasets.Value("int32")),
-        "grounder": datasets.Value("string"),
-    }
-)
+FEATURES = dataset_features()
 """Columns of every config (CONTRACT.md "Dataset columns")."""
 
-EMPTY_GROUNDING: dict[str, Any] = {
-    "object_boxes": [],
-    "object_scores": [],
-    "object_phrases": [],
-    "object_word_start": [],
-    "object_word_end": [],
-    "grounder": "",
-}
+EMPTY_GROUNDING: dict[str, Any] = empty_grounding()
 
 
 class ImageStatus(Enum):

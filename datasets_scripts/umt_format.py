@@ -30,11 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
-LABELS: tuple[str, ...] = ("O",) + tuple(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I"))
-"""BIO2 tag names in ClassLabel order (the order fixed by the model contract)."""
+from modeling_umgf.schema_umgf import normalise_tag
 
-_TYPE_ALIASES = {"OTHER": "MISC"}
 IMGID_PREFIX = "IMGID:"
 
 
@@ -63,15 +60,6 @@ class RawTweet:
     line: int
     tokens: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
-
-
-def normalise_tag(tag: str) -> str | None:
-    """Map a released tag to its name in :data:`LABELS` (``B-OTHER`` -> ``B-MISC``); None if unknown."""
-    prefix, sep, entity_type = tag.partition("-")
-    if not sep:
-        return tag if tag == "O" else None
-    normalised = f"{prefix}-{_TYPE_ALIASES.get(entity_type, entity_type)}"
-    return normalised if normalised in LABELS else None
 
 
 def read_umt_file(path: str | Path) -> Iterator[RawTweet]:

@@ -1,16 +1,22 @@
 """umgf: multimodal named entity recognition with UMGF (Zhang et al., AAAI 2021) on Hugging Face transformers.
 
 Importing the package registers the "umgf" model type with `AutoConfig`, `AutoModel`,
-`AutoModelForTokenClassification`, `AutoProcessor` and `AutoImageProcessor`, and marks the classes so that `save_pretrained` writes an
-`auto_map` and copies this package's flat modules next to the weights (Hub remote code).
+`AutoModelForTokenClassification`, `AutoProcessor` and `AutoImageProcessor`, and marks the classes so that
+`save_pretrained` writes an `auto_map` and copies this package's flat modules next to the weights (Hub remote code).
+
+Where things happen: a word becomes a node in the processor (`processing_umgf`: tokens) and the model
+(`modeling_umgf`: text MLP); a box becomes a node in `grounding` / `detector_grounding` (boxes), the processor
+(crops) and the model (visual MLP), and an edge in `multimodal_graph`; a tag becomes an entity in the pipeline
+(`pipeline_umgf`, seqeval's chunks) scored by the model's CRF (`crf`). Names shared by all: `schema_umgf`.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForTokenClassification, AutoProcessor
 
-from .configuration_umgf import DEFAULT_LABELS, PRESETS, UMGFConfig
+from .configuration_umgf import PRESET_GROUNDERS, PRESETS, UMGFConfig
 from .crf import CRF
 from .data_collator_umgf import UMGFDataCollator
-from .grounding import GROUNDERS, Grounding, build_grounder
+from .grounders import GROUNDERS, build_grounder
+from .grounding import Grounder, Grounding
 from .image_processing_umgf import UMGFImageProcessor
 from .modeling_umgf import (
     UMGFForTokenClassification,
@@ -21,6 +27,7 @@ from .modeling_umgf import (
 )
 from .pipeline_umgf import MultimodalNERPipeline, register_pipeline
 from .processing_umgf import UMGFProcessor
+from .schema_umgf import ENTITY_TYPES, LABELS
 
 AutoConfig.register("umgf", UMGFConfig, exist_ok=True)
 AutoModel.register(UMGFConfig, UMGFModel, exist_ok=True)
@@ -34,19 +41,22 @@ register_pipeline()  # task "multimodal-ner"
 
 __all__ = [
     "CRF",
-    "DEFAULT_LABELS",
+    "ENTITY_TYPES",
     "GROUNDERS",
-    "MultimodalNERPipeline",
-    "Grounding",
-    "build_grounder",
-    "UMGFDataCollator",
-    "UMGFImageProcessor",
-    "UMGFProcessor",
+    "LABELS",
     "PRESETS",
+    "PRESET_GROUNDERS",
+    "Grounder",
+    "Grounding",
+    "MultimodalNERPipeline",
     "UMGFConfig",
+    "UMGFDataCollator",
     "UMGFForTokenClassification",
+    "UMGFImageProcessor",
     "UMGFModel",
     "UMGFModelOutput",
     "UMGFPreTrainedModel",
+    "UMGFProcessor",
     "UMGFTokenClassifierOutput",
+    "build_grounder",
 ]

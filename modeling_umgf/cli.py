@@ -1,39 +1,34 @@
 """``umgf-predict``: tag posts (and their images) with a UMGF model from the command line.
 
     umgf-predict --model my-umgf --text "Kawhi Leonard wins the fan vote" --image tweet.jpg --draw boxes.png
-    umgf-predict --model my-umgf --input posts.jsonl --format jsonl > entities.jsonl
+    umgf-predict --model my-umgf --input posts.jsonl --format jsonl --draw drawn/ > entities.jsonl
 
-``--input`` reads JSON lines ``{"text": ..., "image": ..., "id": ...}`` (or ``"words"`` instead of ``"text"``; image
-paths are relative to the current folder). Output: a table (default), JSON lines (the pipeline's full output per
-post) or CoNLL (``word<TAB>tag``, a blank line between posts). ``--draw`` saves the image with the grounded
-boxes that support an entity, coloured by the type of the entity that attends to them most (highest alpha) and
-labelled with the entities. Bad input gives one line on stderr and exit code 2; a failure while tagging, 1.
+``--input`` reads JSON lines ``{"text": ..., "image": ..., "grounding": ..., "id": ...}`` (or ``"words"`` instead of
+``"text"``; image paths are relative to the current folder; ``grounding`` holds precomputed grounding columns,
+CONTRACT.md). Output: a table (default), JSON lines (the pipeline's full output per post) or CoNLL
+(``word<TAB>tag``, a blank line between posts). ``--draw`` saves the image with the grounded boxes that feed an
+entity (`visualization_umgf.draw_entities`): a PNG file with ``--text``, a folder of ``<id>.png`` with
+``--input``. ``--grounder`` picks the grounder instead of the model's own. Bad input gives one line on stderr and
+exit code 2; a failure while tagging, 1.
 
-Argument parsing is argparse's and drawing is Pillow's; the rest is formatting.
+Argument parsing is argparse's; the rest is formatting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image, ImageDraw, ImageFont
+import torch
 
+from .grounders import GROUNDERS, build_grounder
+from .hub import is_local_path
 from .image_utils_umgf import UnreadableImageError, load_rgb_image
-from .pipeline_umgf import MultimodalNERPipeline, fetch_image
-
-TYPE_COLOURS: dict[str, tuple[int, int, int]] = {
-    "PER": (230, 25, 75),
-    "LOC": (60, 180, 75),
-    "ORG": (0, 130, 200),
-    "MISC": (245, 130, 48),
-}
-"""Box colour per entity type (other types: grey)."""
-OTHER_COLOUR = (128, 128, 128)
-BOX_WIDTH = 3
+from .pipeline_umgf import MultimodalNERPipeline
 
 
 class InputError(ValueError):
@@ -41,7 +36,7 @@ class InputError(ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of argparse's usage + message
+    def error(self, message: str) -> None:  # type: ignore[override]  # one line instead of usage + message
         raise InputError(f"{message} (see --help)")
 
 
@@ -50,16 +45,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model folder or Hub repo id (model + processor)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="one post")
-    source.add_argument("--input", type=Path, help='JSON lines file: {"text" or "words", "image", "id"} per line')
-    parser.add_argument("--image", help="image of --text (path or http(s) URL)")
+    source.add_argument("--input", type=Path, help='JSON lines file: {"text" or "words", "image", "grounding", "id"}')
+    parser.add_argument("--image", help="image of --text (path, http(s) URL or base64)")
     parser.add_argument("--format", choices=("table", "jsonl", "conll"), default="table")
-    parser.add_argument("--draw", type=Path, help="save the image with grounded boxes and entity labels (PNG)")
+    parser.add_argument(
+        "--draw", type=Path, help="draw the grounded boxes of the entities: a PNG file (--text) or a folder (--input)"
+    )
+    parser.add_argument("--grounder", choices=sorted(GROUNDERS), help="grounder to use instead of the model's own")
+    parser.add_argument("--grounder-kwargs", type=json.loads, default={}, help="JSON keyword arguments of --grounder")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the vision backbone first (model.optimize_for_inference(): about a minute, "
-                             "then about 1.1x faster crops on a 2-core CPU); worth it for large --input files")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the vision backbone first (model.optimize_for_inference(); costs a compilation, then "
+        "faster crops, see BENCHMARKS.md); worth it for large --input files",
+    )
     return parser
+
+
+def _check_post(sample: Any, where: str) -> dict[str, Any]:
+    """One post of --input, with a clear error naming ``where`` for anything the pipeline could not use."""
+    if not isinstance(sample, dict) or ("text" in sample) == ("words" in sample):
+        raise InputError(f'{where}: expected an object with "text" or "words"')
+    if "text" in sample:
+        if not isinstance(sample["text"], str):
+            raise InputError(f'{where}: "text" must be a string, got {type(sample["text"]).__name__}')
+        if not sample["text"].strip():
+            raise InputError(f"{where}: empty text")
+    else:
+        words = sample["words"]
+        if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
+            raise InputError(f'{where}: "words" must be a list of strings, got {json.dumps(words)[:80]}')
+        if not words:
+            raise InputError(f"{where}: empty text")
+    if sample.get("image") is not None and not isinstance(sample["image"], str):
+        raise InputError(f'{where}: "image" must be a path, URL or base64 string')
+    if sample.get("grounding") is not None and not isinstance(sample["grounding"], dict):
+        raise InputError(f'{where}: "grounding" must be an object of grounding columns (CONTRACT.md)')
+    return {**sample, "id": str(sample.get("id", where))}
 
 
 def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -83,31 +107,31 @@ def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
                     sample = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise InputError(f"{where}: not valid JSON ({error.msg})") from error
-                if not isinstance(sample, dict) or ("text" in sample) == ("words" in sample):
-                    raise InputError(f'{where}: expected an object with "text" or "words"')
-                if not (sample.get("text") or "").strip() and not sample.get("words"):
-                    raise InputError(f"{where}: empty text")
-                samples.append({**sample, "id": str(sample.get("id", where))})
+                samples.append(_check_post(sample, where))
         if not samples:
             raise InputError(f"{args.input} holds no posts")
-    if args.draw is not None and (args.text is None or args.image is None):
-        raise InputError("--draw needs --text and --image")
+    if args.draw is not None:
+        if args.text is not None and (args.image is None or args.draw.is_dir()):
+            raise InputError("--draw with --text needs --image and a PNG file path (not a folder)")
+        if args.input is not None and args.draw.exists() and not args.draw.is_dir():
+            raise InputError(f"--draw with --input needs a folder, but {args.draw} is a file")
     for sample in samples:
         if sample.get("image") is not None:
             try:
-                sample["image"] = load_rgb_image(fetch_image(sample["image"]))
-            except (UnreadableImageError, ValueError) as error:
-                raise InputError(f"post {sample['id']}: cannot read image {sample['image']}: {error}") from error
+                sample["image"] = load_rgb_image(sample["image"])
+            except UnreadableImageError as error:
+                raise InputError(f"post {sample['id']}: cannot read image: {error}") from error
     return samples
 
 
 def load_pipeline(model: str, device: str | None, compile_backbone: bool = False) -> MultimodalNERPipeline:
-    """The multimodal-ner pipeline of a model folder or Hub repo (with this package's classes, no remote code)."""
+    """The multimodal-ner pipeline of a model folder or Hub repo (with this package's classes, no remote code),
+    on ``device`` (default: CUDA when available)."""
     from .modeling_umgf import UMGFForTokenClassification
     from .processing_umgf import UMGFProcessor
 
-    path = Path(model).expanduser()
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if is_local_path(model):
+        path = Path(model).expanduser()
         if not (path / "config.json").is_file():
             raise InputError(f"model folder not found (no config.json): {model}")
         model = str(path)
@@ -118,7 +142,8 @@ def load_pipeline(model: str, device: str | None, compile_backbone: bool = False
         raise InputError(f"cannot load model {model}: {str(error).splitlines()[0]}") from error
     if compile_backbone:
         network.optimize_for_inference()
-    return MultimodalNERPipeline(model=network, processor=processor, device=device if device is not None else -1)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return MultimodalNERPipeline(model=network, processor=processor, device=device)
 
 
 def format_table(sample: dict[str, Any], result: dict[str, Any]) -> str:
@@ -126,15 +151,10 @@ def format_table(sample: dict[str, Any], result: dict[str, Any]) -> str:
     rows = [("TYPE", "ENTITY", "CHARS", "SCORE", "TOP BOX (alpha)")]
     for entity in result["entities"]:
         top = entity["boxes"][0] if entity["boxes"] else None
-        box = f"{top['phrase']} {[round(v) for v in top['box']]} ({top['alpha']:.3f})" if top else "-"
+        corners = [round(v) for v in top["box"].values()] if top else []
+        box = f"{top['phrase']} {corners} ({top['alpha']:.3f})" if top else "-"
         rows.append(
-            (
-                entity["entity_group"],
-                entity["word"],
-                f"{entity['start']}-{entity['end']}",
-                f"{entity['score']:.3f}",
-                box,
-            )
+            (entity["entity_group"], entity["word"], f"{entity['start']}-{entity['end']}", f"{entity['score']:.3f}", box)
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"# {sample['id']}: {result['text']}"]
@@ -148,40 +168,20 @@ def format_conll(result: dict[str, Any]) -> str:
     return "\n".join(f"{word['word']}\t{word['tag']}" for word in result["words"]) + "\n"
 
 
-def draw_entities(image: Image.Image, entities: Sequence[dict[str, Any]]) -> Image.Image:
-    """A copy of ``image`` with every grounded box that supports an entity outlined in the colour of the entity
-    type attending to it most (highest alpha) and labelled ``TYPE entity (alpha)`` for each entity it supports."""
-    supports: dict[tuple[float, ...], list[tuple[float, dict[str, Any]]]] = {}
-    for entity in entities:
-        for box in entity["boxes"]:
-            supports.setdefault(tuple(box["box"]), []).append((box["alpha"], entity))
-    canvas = image.convert("RGB")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    labels = []
-    for box, linked in supports.items():
-        linked.sort(key=lambda pair: -pair[0])
-        colour = TYPE_COLOURS.get(linked[0][1]["entity_group"], OTHER_COLOUR)
-        x0, y0, x1, y1 = (round(v) for v in box)
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=BOX_WIDTH)
-        text = "; ".join(f"{e['entity_group']} {e['word']} ({alpha:.2f})" for alpha, e in linked)
-        room = x1 - x0 - 2 * BOX_WIDTH
-        while len(text) > 1 and draw.textlength(text, font=font) > room:  # cut the label to the box's width
-            text = text[:-2] + "…"
-        labels.append(((x0 + BOX_WIDTH, y0 + BOX_WIDTH), text, colour))
-    for position, text, colour in labels:  # labels last, so that no box outline crosses them
-        draw.rectangle(draw.textbbox(position, text, font=font), fill=colour)
-        draw.text(position, text, fill=(255, 255, 255), font=font)
-    return canvas
+def drawing_path(draw: Path, sample_id: str, single: bool) -> Path:
+    """Where ``--draw`` saves the picture of a post: the given file for --text, ``<folder>/<id>.png`` otherwise."""
+    return draw if single else draw / (re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("._") + ".png")
 
 
 def run(args: argparse.Namespace) -> int:
     samples = read_samples(args)
     pipe = load_pipeline(args.model, args.device, compile_backbone=args.compile)
+    grounder = build_grounder(args.grounder, **args.grounder_kwargs) if args.grounder else None
     inputs = [
-        {key: sample[key] for key in ("text", "words", "image", "grounding") if key in sample} for sample in samples
+        {key: sample[key] for key in ("text", "words", "image", "grounding", "id") if key in sample}
+        for sample in samples
     ]
-    results = pipe(inputs, batch_size=args.batch_size, return_words=True)
+    results = pipe(inputs, batch_size=args.batch_size, return_words=True, grounder=grounder)
     for sample, result in zip(samples, results):
         if args.format == "jsonl":
             print(json.dumps({"id": sample["id"], **result}, ensure_ascii=False))
@@ -190,8 +190,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_table(sample, result) + "\n")
     if args.draw is not None:
-        args.draw.parent.mkdir(parents=True, exist_ok=True)
-        draw_entities(samples[0]["image"], results[0]["entities"]).save(args.draw)
+        for sample, result in zip(samples, results):
+            if sample.get("image") is None:
+                continue
+            path = drawing_path(args.draw, sample["id"], single=args.text is not None)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pipe.draw_entities(sample["image"], result["entities"]).save(path, format="PNG")
     return 0
 
 

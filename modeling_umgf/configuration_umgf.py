@@ -7,8 +7,8 @@ from typing import Any, ClassVar, Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-#: BIO2 tags over the four entity types of the Twitter benchmarks.
-DEFAULT_LABELS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
+from .schema_umgf import LABELS
+
 
 #: bert-base-cased, the paper's text encoder (its vocabulary is cased, 28,996 word pieces).
 BERT_BASE_CASED: dict[str, Any] = {"vocab_size": 28996}
@@ -18,8 +18,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Zhang et al. (AAAI 2021), Implementation Details: L=2, d=512, 8 heads, dropout 0.5.
     "paper": {},
     # The authors' released code: 6 fusion layers, BERT output concatenated with the fused nodes before
-    # the CRF, and grounding limited to the four type words, each linked to every sub-token.
-    "release": {"num_fusion_layers": 6, "classifier_input": "concat", "grounder": "release"},
+    # the CRF (its grounding, the four type words linked to every sub-token, is the processor's: PRESET_GROUNDERS).
+    "release": {"num_fusion_layers": 6, "classifier_input": "concat"},
     # Text-only baselines of the paper's Table 2.
     "bert": {"use_visual": False, "num_fusion_layers": 0, "classifier_input": "text", "decoder_type": "softmax"},
     "bert-crf": {"use_visual": False, "num_fusion_layers": 0, "classifier_input": "text", "decoder_type": "crf"},
@@ -28,8 +28,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Ablations of the paper's Table 4.
     "wo-vcorr": {"visual_self_attention": False},
     "wo-ind": {"share_modality_parameters": True},
-    "wo-tar": {"grounder": "grid"},
+    "wo-tar": {},  # the same network as "paper", on grid regions instead of grounded objects: PRESET_GROUNDERS
 }
+
+#: The processor's grounder of each preset's graph (the processor, not the model, owns the grounding): the
+#: "w/o Tar." ablation grounds grid cells, "release" the authors' four type-word boxes; every other preset the
+#: paper's noun phrases and general words with a zero-shot detector.
+PRESET_GROUNDERS: dict[str, str] = {"release": "release", "wo-tar": "grid"}
+DEFAULT_GROUNDER = "detector"
 
 
 class UMGFConfig(PreTrainedConfig):
@@ -44,7 +50,6 @@ class UMGFConfig(PreTrainedConfig):
         vision_backbone: timm model name of the object-crop encoder.
         vision_feature_dim: size of the backbone's pooled features (2048 for ResNet-152).
         vision_backbone_kwargs: extra keyword arguments for `timm.create_model` (e.g. for tiny test models).
-        vision_image_size: side of the square object crops fed to the backbone.
         hidden_size: d, the node state size after the text and visual MLPs.
         num_attention_heads: heads of the intra-modal self-attention (eq 1-2).
         num_fusion_layers: L, the number of graph-based multi-modal fusion layers.
@@ -59,8 +64,6 @@ class UMGFConfig(PreTrainedConfig):
         classifier_input: what feeds the decoder: "fused" text nodes (paper), "concat" BERT output and
             fused nodes (authors' release), or "text", the BERT output alone (BERT / BERT-CRF baselines).
         decoder_type: "crf" (eq 9-11) or "softmax".
-        grounder: the grounder a processor should pair with this model ("detector", "release", "grid",
-            "precomputed"); recorded here so presets fix the whole pipeline.
         initializer_range: std of the normal initialisation of the fusion layers' linear maps.
         text_packing: encode the text padding-free: the real tokens of the batch are packed into a few rows
             with a block-diagonal attention mask (same outputs, no BERT work on padding; see
@@ -77,7 +80,6 @@ class UMGFConfig(PreTrainedConfig):
     vision_backbone: str = "resnet152"
     vision_feature_dim: int = 2048
     vision_backbone_kwargs: dict | None = None
-    vision_image_size: int = 224
     hidden_size: int = 512
     num_attention_heads: int = 8
     num_fusion_layers: int = 2
@@ -91,14 +93,13 @@ class UMGFConfig(PreTrainedConfig):
     use_position_encoding: bool = True
     classifier_input: Literal["fused", "concat", "text"] = "fused"
     decoder_type: Literal["crf", "softmax"] = "crf"
-    grounder: str = "detector"
     initializer_range: float = 0.02
     text_packing: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.id2label is None and kwargs.get("num_labels") is None:
-            self.id2label = dict(enumerate(DEFAULT_LABELS))
-            self.label2id = {label: i for i, label in enumerate(DEFAULT_LABELS)}
+            self.id2label = dict(enumerate(LABELS))
+            self.label2id = {label: i for i, label in enumerate(LABELS)}
         super().__post_init__(**kwargs)
         self._check()
 
@@ -128,4 +129,4 @@ class UMGFConfig(PreTrainedConfig):
         return cls(**{**PRESETS[preset], **kwargs})
 
 
-__all__ = ["UMGFConfig", "DEFAULT_LABELS", "PRESETS"]
+__all__ = ["DEFAULT_GROUNDER", "PRESETS", "PRESET_GROUNDERS", "UMGFConfig"]

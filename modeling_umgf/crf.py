@@ -17,7 +17,8 @@ from torch import nn
 
 
 class CRF(nn.Module):
-    """Linear-chain CRF with start, end and transition scores.
+    """Linear-chain CRF with start, end and transition scores (zero at construction; a UMGF model initialises
+    them uniformly in [-0.1, 0.1], as pytorch-crf does).
 
     ``S_i(y_{i-1}, y_i, X) = exp(emission[i, y_i] + transition[y_{i-1}, y_i])`` (eq 9); the first word
     uses ``start_transitions`` in place of a previous tag and the last adds ``end_transitions``.
@@ -31,11 +32,6 @@ class CRF(nn.Module):
         self.start_transitions = nn.Parameter(torch.zeros(num_tags))
         self.end_transitions = nn.Parameter(torch.zeros(num_tags))
         self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
-
-    def reset_parameters(self) -> None:
-        """Small uniform initialisation, as in common CRF implementations."""
-        for p in (self.start_transitions, self.end_transitions, self.transitions):
-            nn.init.uniform_(p, -0.1, 0.1)
 
     @staticmethod
     def _check(emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -14,20 +14,9 @@ from typing import Any, Sequence
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 
+from .schema_umgf import LABEL_PAD_VALUE, METADATA_KEYS
+
 TOKEN_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "word_ids": -1}
-LABEL_PAD_VALUE = -100
-METADATA_KEYS = (
-    "sample_id",
-    "words",
-    "num_words",
-    "truncated_words",
-    "object_boxes",
-    "object_scores",
-    "object_phrases",
-    "object_word_start",
-    "object_word_end",
-)
-"""Per-example information that is not a model input: kept (as lists) only with ``return_metadata=True``."""
 
 
 def _pad_rows(rows: Sequence[Sequence[int]], length: int, value: int) -> torch.Tensor:
@@ -49,12 +38,15 @@ class UMGFDataCollator:
     added as per-example lists; pop them before calling the model.
 
     Args:
-        processor: the `UMGFProcessor` (for the pad token id and the crop size).
+        pad_token_id: the tokenizer's padding id.
+        crop_size: (height, width) of the transformed crops (the image processor's ``image_size``), the shape of
+            ``pixel_values`` when no example of a batch has an object.
         return_metadata: also return the `METADATA_KEYS`.
         pad_to_multiple_of: round the token length up to a multiple of this.
     """
 
-    processor: Any
+    pad_token_id: int = 0
+    crop_size: tuple[int, int] = (224, 224)
     return_metadata: bool = False
     pad_to_multiple_of: int | None = None
 
@@ -64,9 +56,7 @@ class UMGFDataCollator:
         length = max(len(example["input_ids"]) for example in examples)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = {
-            "input_ids": _pad_rows([e["input_ids"] for e in examples], length, self.processor.tokenizer.pad_token_id)
-        }
+        batch = {"input_ids": _pad_rows([e["input_ids"] for e in examples], length, self.pad_token_id)}
         for key, value in TOKEN_PAD_VALUES.items():
             if key in examples[0]:
                 batch[key] = _pad_rows([e[key] for e in examples], length, value)
@@ -86,17 +76,22 @@ class UMGFDataCollator:
         use_features = any(e.get("object_features") is not None for e in examples)
         key = "object_features" if use_features else "pixel_values"
         if use_features:
-            crops = [e.get("sample_id", i) for i, e in enumerate(examples) if e.get("pixel_values") is not None and len(e["pixel_values"])]
+            crops = [
+                e.get("sample_id", i)
+                for i, e in enumerate(examples)
+                if e.get("pixel_values") is not None and len(e["pixel_values"])
+            ]
             if crops:
                 raise ValueError(f"a batch cannot mix cached object_features with object crops (samples {crops})")
         objects = [None if e.get(key) is None else torch.as_tensor(e[key], dtype=torch.float32) for e in examples]
+        item_shape: tuple[int, ...]
         if use_features:
             feature_dims = {o.shape[1] for o in objects if o is not None and o.numel()}
             if len(feature_dims) > 1:
                 raise ValueError(f"object_features of the batch differ in size: {sorted(feature_dims)}")
             item_shape = (feature_dims.pop() if feature_dims else 0,)
         else:
-            item_shape = (3, *self.processor.image_processor.image_size)
+            item_shape = (3, *self.crop_size)
         counts = [0 if o is None else o.shape[0] for o in objects]
         num_objects = max(counts)
         values = torch.zeros(len(examples), num_objects, *item_shape)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from .pipeline_umgf import MultimodalNERPipeline
 
@@ -34,6 +36,24 @@ WIDGET_TEXTS: tuple[str, ...] = (
 """Default widget examples (text only: the Hub widget sends no image)."""
 
 EVALUATION_NAMES = {"test": "test", "test_without_images": "images removed"}
+
+
+def is_local_path(name: str | os.PathLike) -> bool:
+    """Whether ``name`` is a local path rather than a Hub repo id: an existing file or folder, or a string that
+    cannot be a repo id (absolute, ``./``, ``~``, more than one ``/``; huggingface_hub's `validate_repo_id`)."""
+    name = os.fspath(name)
+    if os.path.exists(os.path.expanduser(name)):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def hub_id(name: str | os.PathLike | None) -> str | None:
+    """``name`` when it is a Hub repo id, else None (a local path never goes into a card)."""
+    return None if not name or is_local_path(name) else os.fspath(name)
 
 
 def asset_path(name: str) -> Path:
@@ -231,4 +251,4 @@ def push_to_hub(
     return str(commit)
 
 
-__all__ = ["asset_path", "push_to_hub", "save_for_hub", "widget_examples", "write_model_card"]
+__all__ = ["asset_path", "hub_id", "is_local_path", "push_to_hub", "save_for_hub", "widget_examples", "write_model_card"]

@@ -1,24 +1,37 @@
-"""Loading tweet images as upright RGB pictures, and keeping boxes inside them.
+"""The one image loader of umgf (processor, pipeline, CLI, handler, training), and keeping boxes inside images.
 
-Hand-written on purpose: `transformers.image_utils.load_image` converts with ``Image.convert("RGB")``, which
-drops the alpha channel (transparent pixels come out as whatever colour they stored, often black) and clips
-16-bit grayscale at 255 (a 16-bit PNG comes out white). Tweet images include transparent PNG stickers and
-scans, so here transparent pixels are composited onto white and high-bit-depth grayscale is rescaled.
-Everything else (decoding, EXIF rotation, CMYK/palette conversion) is Pillow's own code.
+It reads what `transformers.image_utils.load_image` reads (a path, an ``http(s)://`` URL, base64 data or a
+``data:image/...;base64,`` URI, a PIL image) and more (bytes, arrays, `datasets.Image` dicts), in the same order
+of checks. It is not `load_image` itself because that converts with ``Image.convert("RGB")``, which drops the
+alpha channel (transparent pixels come out as whatever colour they stored, often black) and clips 16-bit
+grayscale at 255 (a 16-bit PNG comes out white), and it does not check the HTTP status (an error page becomes an
+"unidentified image"). Tweet images include transparent PNG stickers and scans, so here transparent pixels are
+composited onto white and high-bit-depth grayscale is rescaled. Decoding, EXIF rotation and CMYK/palette
+conversion are Pillow's; downloading is httpx's.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import logging
 import os
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
+import httpx
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+logger = logging.getLogger(__name__)
+
 ImageInput = Union[Image.Image, str, os.PathLike, bytes, np.ndarray, dict, None]
-"""What the processor accepts as an image: a PIL image, a file path, encoded bytes, an HxW[xC] uint8 array,
-a `datasets.Image` dict (``{"bytes": ..., "path": ...}``), or None for a tweet without an image."""
+"""What umgf accepts as an image: a PIL image, a file path, an ``http(s)://`` URL, base64 image data (plain or as a
+``data:image/...;base64,`` URI), encoded bytes, an HxW[xC] uint8 array, a `datasets.Image` dict
+(``{"bytes": ..., "path": ...}``), or None for a post without an image."""
+
+DOWNLOAD_TIMEOUT = 10.0
+"""Seconds to wait for an image URL when no timeout is given."""
 
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -27,8 +40,30 @@ class UnreadableImageError(ValueError):
     """An image that is missing, undecodable or of an unsupported kind."""
 
 
-def _open(source: Any) -> Image.Image:
+def _read_string(source: str, timeout: float | None) -> bytes | str:
+    """A string source as encoded bytes (URL, data URI, base64) or as the path of an existing file."""
+    if source.startswith(("http://", "https://")):
+        try:
+            response = httpx.get(source, timeout=timeout or DOWNLOAD_TIMEOUT, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            raise UnreadableImageError(f"cannot download image {source}: {error}") from error
+        return response.content
+    if os.path.isfile(source):
+        return source
+    data = source.split(",", 1)[1] if source.startswith("data:image/") and "," in source else source
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise UnreadableImageError(
+            f"image file not found (nor an http(s) URL or base64 image data): {source[:200]}"
+        ) from None
+
+
+def _open(source: Any, timeout: float | None = None) -> Image.Image:
     """Open ``source`` (see `ImageInput`) as a PIL image without converting it."""
+    if isinstance(source, str):
+        source = _read_string(source, timeout)
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, dict):
@@ -50,19 +85,20 @@ def _open(source: Any) -> Image.Image:
     raise UnreadableImageError(f"unsupported image type {type(source).__name__}")
 
 
-def load_rgb_image(source: ImageInput) -> Image.Image:
-    """Decode ``source`` into an upright 8-bit RGB image.
+def load_rgb_image(source: ImageInput, timeout: float | None = None) -> Image.Image:
+    """Decode ``source`` (see `ImageInput`; ``timeout`` is for URLs) into an upright 8-bit RGB image.
 
     EXIF orientation is applied, palette/CMYK/grayscale images are converted, transparent pixels are put on a
     white background and 16-bit/float grayscale is rescaled to 0-255 by its own range.
 
     Raises:
-        UnreadableImageError: when ``source`` is None, missing, corrupt, or empty (zero width or height).
+        UnreadableImageError: when ``source`` is None, missing, undownloadable, corrupt, or empty (zero width
+            or height).
     """
     if source is None:
         raise UnreadableImageError("no image")
     try:
-        image = _open(source)
+        image = _open(source, timeout)
         image.load()
         image = ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:  # Pillow raises these for corrupt files
@@ -81,6 +117,21 @@ def load_rgb_image(source: ImageInput) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def load_images(
+    images: Sequence[ImageInput], sample_ids: Sequence[str], timeout: float | None = None
+) -> list[Image.Image | None]:
+    """`load_rgb_image` for each sample; an image that cannot be read becomes None (the sample is then used
+    text-only) with a warning naming the sample. None stays None."""
+    loaded = []
+    for image, sample in zip(images, sample_ids):
+        try:
+            loaded.append(None if image is None else load_rgb_image(image, timeout))
+        except UnreadableImageError as error:
+            logger.warning("sample %r: %s; using it text-only", sample, error)
+            loaded.append(None)
+    return loaded
 
 
 def clip_box(box: list[float], width: int, height: int) -> list[float] | None:

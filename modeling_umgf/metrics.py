@@ -18,8 +18,8 @@ import numpy as np
 from seqeval.metrics import classification_report
 from seqeval.metrics.sequence_labeling import get_entities
 
-TABLE_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
-"""Entity types in the column order of the paper's Table 2 (MISC is Twitter-2015's OTHER)."""
+from .schema_umgf import ENTITY_TYPES
+
 
 
 def _check(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> None:
@@ -41,7 +41,7 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
     gold, pred = [list(g) for g in gold], [list(p) for p in pred]
     report = classification_report(gold, pred, output_dict=True, zero_division=0)
     micro = report["micro avg"]
-    types = sorted({key for key in report if not key.endswith(" avg")} | set(TABLE_TYPES))
+    types = sorted({key for key in report if not key.endswith(" avg")} | set(ENTITY_TYPES))
     empty = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
     per_type = {}
     for entity_type in types:
@@ -67,8 +67,8 @@ def format_table2(rows: Mapping[str, Mapping[str, Any]], title: str = "") -> str
         return f"{100 * value:.2f}"
 
     name_width = max([len("Model"), *map(len, rows)])
-    header_cells = [*TABLE_TYPES, "Pre.", "Rec.", "F1"]
-    body = [[cell(r["per_type"][t]["f1"]) for t in TABLE_TYPES] + [cell(r[k]) for k in ("precision", "recall", "f1")]
+    header_cells = [*ENTITY_TYPES, "Pre.", "Rec.", "F1"]
+    body = [[cell(r["per_type"][t]["f1"]) for t in ENTITY_TYPES] + [cell(r[k]) for k in ("precision", "recall", "f1")]
             for r in rows.values()]
     width = max([6, *(len(c) for line in body for c in line)])
     group = f"{'Single Type (F1)':^{4 * (width + 1) - 1}} | {'Overall':^{3 * (width + 1) - 1}}"
@@ -139,4 +139,4 @@ def paired_bootstrap(
             "samples": samples}
 
 
-__all__ = ["TABLE_TYPES", "entity_scores", "format_table2", "mean_std", "paired_bootstrap", "sentence_counts"]
+__all__ = ["entity_scores", "format_table2", "mean_std", "paired_bootstrap", "sentence_counts"]

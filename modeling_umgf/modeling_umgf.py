@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import timm
 import torch
@@ -40,6 +40,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_umgf import UMGFConfig
 from .crf import CRF
+from .schema_umgf import entity_tag_masks
 from .text_packing import can_pack, encode_packed
 
 
@@ -247,13 +248,12 @@ class UMGFPreTrainedModel(PreTrainedModel):
         channels-last layout (oneDNN / cuDNN NHWC convolutions) and, with ``compile_backbone``, the backbone's
         forward compiled in place by TorchInductor with weight freezing (BatchNorm folded into the
         convolutions, weights pre-packed). Outputs equal the eager model's up to float rounding
-        (`tests/test_speed_options.py`); on 2 CPU cores ResNet-152 runs about 1.1x faster than channels-last eager
-        (BENCHMARKS.md).
+        (`tests/test_speed_options.py`); the speed-up is measured in BENCHMARKS.md.
 
         Call it once the weights are loaded: frozen weights are baked into the compiled code, so a model whose
         weights change afterwards must be optimised anew (load into a fresh model). Compiling needs a C++
-        compiler on CPU and costs about a minute for ResNet-152, paid on the first batch and once more when
-        the number of crops in a batch first changes (torch then compiles for any number).
+        compiler on CPU and is paid on the first batch and once more when the number of crops in a batch first
+        changes (torch then compiles for any number).
         """
         self.eval()
         base = getattr(self, self.base_model_prefix, self)
@@ -373,7 +373,7 @@ class UMGFModel(UMGFPreTrainedModel):
                 first = torch.full((int(inverse.max()) + 1,), len(crops), device=crops.device)
                 first = first.scatter_reduce(0, inverse, torch.arange(len(crops), device=crops.device), "amin")
                 crops, inverse = (crops[first], inverse) if len(first) < len(crops) else (crops, None)
-            # NHWC crops let oneDNN / cuDNN pick their channels-last convolutions (1.13x on ResNet-152, 2 CPU cores)
+            # NHWC crops let oneDNN / cuDNN pick their channels-last convolutions (BENCHMARKS.md)
             encoded = self.vision_backbone(crops.contiguous(memory_format=torch.channels_last))
             features[real] = (encoded if inverse is None else encoded[inverse]).to(features.dtype)
         return features
@@ -644,6 +644,39 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         if bool(rows.any()):
             predictions[rows] = self.crf.decode(logits[rows], word_mask[rows])
         return predictions
+
+    @torch.no_grad()
+    def entity_probabilities(
+        self, logits: torch.Tensor, word_mask: torch.Tensor, entities: Sequence[tuple[int, str, int, int]]
+    ) -> torch.Tensor:
+        """Probability of each entity ``(row, type, start, end)``: that words ``[start, end)`` of sentence ``row``
+        form exactly one entity of that type, summed over every tag sequence of the sentence, ``[len(entities)]``.
+
+        With the CRF (eq 9) this is ``exp(log Z_allowed - log Z)``: the forward algorithm over emissions with the
+        disallowed tags (`schema_umgf.entity_tag_masks`) set to -inf, i.e. the exact sum over the tag sequences in
+        the set, not a product of per-word marginals. With the softmax decoder the words are independent and it
+        is the product over words of the allowed tags' probability mass.
+        """
+        label2id = {label: int(i) for i, label in self.config.id2label.items()}
+        rows, masks, owners = [], [], []
+        for index, (row, entity_type, start, end) in enumerate(entities):
+            num_words = int(word_mask[row].sum())
+            for mask in entity_tag_masks(label2id, entity_type, start, end, num_words, logits.shape[1]):
+                rows.append(row)
+                masks.append(mask)
+                owners.append(index)
+        probabilities = logits.new_zeros(len(entities), dtype=torch.float32)
+        if not rows:
+            return probabilities
+        rows_t = torch.tensor(rows, device=logits.device)
+        emissions, mask = logits[rows_t].float(), word_mask[rows_t]
+        allowed = torch.stack(masks).to(logits.device) | ~mask.unsqueeze(-1)
+        if self.crf is None:
+            per_mask = (emissions.softmax(-1) * allowed).sum(-1).prod(-1)
+        else:
+            constrained = emissions.masked_fill(~allowed, float("-inf"))
+            per_mask = (self.crf.log_partition(constrained, mask) - self.crf.log_partition(emissions, mask)).exp()
+        return probabilities.index_add_(0, torch.tensor(owners, device=logits.device), per_mask)
 
     def tag_probabilities(self, logits: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         """Per-word tag probabilities: CRF marginals (forward-backward) or the softmax; 0 at padded slots."""

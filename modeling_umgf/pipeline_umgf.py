@@ -6,12 +6,11 @@ has an image, the grounded boxes linked to its words with the gate weights alpha
 Built on transformers' `Pipeline`, so batching, devices, `save_pretrained`/`push_to_hub` and remote loading work
 the usual way: `save_pretrained` writes ``custom_pipelines`` into config.json and copies this file next to the
 model's code, so ``pipeline(model=folder_or_repo, trust_remote_code=True)`` loads it without the umgf package.
-Batches are padded by `UMGFDataCollator` (the processor's), not by transformers' token-only ``pad_collate_fn``,
-because UMGF inputs also carry objects and a token x object adjacency.
 
-Entity chunks are seqeval's (`get_entities`, the conlleval rules the benchmarks are scored with). The entity score
-is written here because no library computes it: it is the CRF probability that the entity's words form exactly
-this entity, summed over all tag sequences of the sentence (see `entity_probabilities`).
+The stages: ``preprocess`` reads one post (its words and character offsets, its image); the batch collation runs
+the processor on the whole batch, so grounding (a detector) is batched across posts; ``_forward`` runs the model,
+which also scores the entities (`UMGFForTokenClassification.entity_probabilities`); ``postprocess`` formats.
+Entities are seqeval's chunks (`get_entities`, the conlleval rules the benchmarks are scored with).
 
 transformers' standard "token-classification" pipeline also runs a UMGF model, text only, because the model
 treats every token as a word when no ``word_ids`` are given: with ``aggregation_strategy="first"`` each word gets
@@ -21,22 +20,24 @@ transitions or Viterbi decoding, and its scores are a softmax over the emissions
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections.abc
-import logging
+import functools
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
-import httpx
 import torch
+from PIL import Image
 from seqeval.metrics.sequence_labeling import get_entities
 from torch.utils.data import DataLoader
 from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-logger = logging.getLogger(__name__)
+from .grounders import build_grounder
+from .grounding import Grounder
+from .image_utils_umgf import load_images, load_rgb_image
+from .schema_umgf import ENTITY_TYPES, hex_colour
+from .visualization_umgf import box_label, draw_entities, supported_entities
 
 TASK = "multimodal-ner"
 
@@ -57,72 +58,9 @@ def word_offsets(text: str, words: Sequence[str]) -> list[tuple[int, int]]:
     return spans
 
 
-def fetch_image(image: Any, timeout: float | None = None) -> Any:
-    """Download an ``http(s)://`` URL and decode a ``data:image/...;base64,`` string into bytes; anything else is
-    returned unchanged for the processor to read. Raises ValueError when the download or the decoding fails."""
-    if isinstance(image, str) and image.startswith(("http://", "https://")):
-        try:
-            response = httpx.get(image, timeout=timeout or 10.0, follow_redirects=True)
-            response.raise_for_status()
-        except httpx.HTTPError as error:
-            raise ValueError(f"cannot download image {image}: {error}") from error
-        return response.content
-    if isinstance(image, str) and image.startswith("data:image/") and "," in image:
-        try:
-            return base64.b64decode(image.split(",", 1)[1], validate=True)
-        except binascii.Error as error:
-            raise ValueError(f"invalid base64 image data: {error}") from error
-    return image
-
-
-def entity_allowed_tags(
-    label2id: Mapping[str, int], entity_type: str, start: int, end: int, num_words: int, num_slots: int
-) -> list[torch.Tensor]:
-    """The tag sequences in which words ``[start, end)`` form exactly one ``entity_type`` chunk (conlleval rules).
-
-    A chunk starts with B-X (or with I-X after anything but B-X/I-X), continues with I-X and ends before a word
-    that is not I-X. Returned as one ``[num_slots, num_tags]`` bool mask per way to start it (B-X, I-X); a tag
-    sequence is in the set when every word's tag is allowed by one of the masks (the masks are disjoint).
-    """
-    begin, inside = label2id.get(f"B-{entity_type}"), label2id.get(f"I-{entity_type}")
-    masks = []
-    for first in (begin, inside):
-        if first is None or (end - start > 1 and inside is None):
-            continue
-        allowed = torch.ones(num_slots, len(label2id), dtype=torch.bool)
-        allowed[start] = False
-        allowed[start, first] = True
-        if end - start > 1:
-            allowed[start + 1 : end] = False
-            allowed[start + 1 : end, inside] = True
-        if end < num_words and inside is not None:
-            allowed[end, inside] = False  # the chunk is not continued to the right
-        if first == inside and start > 0:
-            allowed[start - 1, inside] = False  # nor from the left: I-X starts a chunk only after a non-X tag
-            if begin is not None:
-                allowed[start - 1, begin] = False
-        masks.append(allowed)
-    return masks
-
-
-@torch.no_grad()
-def entity_probabilities(
-    model: torch.nn.Module, logits: torch.Tensor, word_mask: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor
-) -> torch.Tensor:
-    """Probability of each constrained tag set: ``p(y in allowed[k] | sentence rows[k])``, ``[K]``.
-
-    With the CRF (eq 9) this is ``exp(log Z_allowed - log Z)``: the forward algorithm over emissions with the
-    disallowed tags set to -inf, i.e. the exact sum over every tag sequence in the set, not a product of per-word
-    marginals. With the softmax decoder the words are independent and it is the product over words of the
-    allowed tags' probability mass.
-    """
-    emissions, mask = logits[rows].float(), word_mask[rows]
-    allowed = allowed.to(emissions.device) | ~mask.unsqueeze(-1)
-    crf = getattr(model, "crf", None)
-    if crf is None:
-        return (emissions.softmax(-1) * allowed).sum(-1).prod(-1)
-    constrained = emissions.masked_fill(~allowed, float("-inf"))
-    return (crf.log_partition(constrained, mask) - crf.log_partition(emissions, mask)).exp()
+def corners_dict(box: Sequence[float]) -> dict[str, float]:
+    """``[x0, y0, x1, y1]`` in the object-detection pipeline's box format."""
+    return dict(zip(("xmin", "ymin", "xmax", "ymax"), (float(v) for v in box)))
 
 
 class MultimodalNERPipeline(Pipeline):
@@ -130,22 +68,27 @@ class MultimodalNERPipeline(Pipeline):
 
     Inputs, one sample or a list (a batch; set ``batch_size``):
 
-    - a string (raw text), with ``image=`` for one string or a list of images for a list of strings;
+    - a string (raw text), with ``image=`` (and ``grounding=``) for one string, or lists of them for a list of
+      strings;
     - a dict ``{"text": str | "words": list[str], "image": ..., "grounding": ..., "id": str}``: ``words`` are
       pre-tokenised words (their character offsets then refer to ``" ".join(words)``); ``grounding`` holds the
-      CONTRACT.md grounding columns when boxes are precomputed.
+      grounding columns when boxes are precomputed (CONTRACT.md).
 
-    An image is anything `UMGFProcessor` reads (path, PIL image, bytes, array) or an ``http(s)://`` URL or
-    ``data:image/...;base64,`` string. Without an image the post is tagged text-only. An image that cannot be
-    read or downloaded is dropped with a warning and the post is tagged text-only (the processor's policy).
+    An image is anything `image_utils_umgf.load_rgb_image` reads (path, URL, base64 or data URI, PIL image, bytes,
+    array). Without an image the post is tagged text-only. An image that cannot be read or downloaded is dropped
+    with a warning and the post is tagged text-only (the processor's policy).
+
+    Parameters: ``grounder`` (a grounder name or `Grounder` to use instead of the processor's own; e.g.
+    ``pipeline(model=..., grounder="grid")`` or per call), ``return_words``, ``timeout`` (image downloads).
 
     Output per sample: a list of entities, each ``{"entity_group", "score", "word", "start", "end", "words",
     "word_start", "word_end", "boxes"}`` (the first five as in transformers' "token-classification" pipeline):
     ``word = text[start:end]``; ``score`` is the probability that these words form exactly this entity (CRF,
-    see `entity_probabilities`); ``boxes`` are the grounded objects linked to the entity's words, most
-    attended first, each ``{"box": [x0, y0, x1, y1], "phrase", "detector_score", "alpha", "alpha_per_layer"}``
-    with ``alpha`` the mean gate (eq 4) over fusion layers and over the entity's linked words, read at each
-    word's first sub-token (the node the decoder reads). With ``return_words=True`` a sample gives instead
+    see `UMGFForTokenClassification.entity_probabilities`); ``boxes`` are the grounded objects linked to the
+    entity's words, most attended first, each ``{"box": {"xmin", "ymin", "xmax", "ymax"}, "phrase",
+    "detector_score", "alpha", "alpha_per_layer"}`` (boxes as transformers' object-detection pipeline gives them,
+    in pixels) with ``alpha`` the mean gate (eq 4) over fusion layers and over the entity's linked words, read at
+    each word's first sub-token (the node the decoder reads). With ``return_words=True`` a sample gives instead
     ``{"text", "entities", "words": [{"word", "start", "end", "tag", "score"}], "objects", "truncated_words"}``,
     where a word's ``score`` is the CRF marginal of its tag (None for words cut by ``max_length``, tagged O).
     """
@@ -156,26 +99,37 @@ class MultimodalNERPipeline(Pipeline):
     _load_feature_extractor = False
     _load_video_processor = False
 
-    def __call__(self, inputs: Any, image: Any = None, **kwargs: Any) -> Any:
-        """Tag ``inputs`` (see the class docstring); ``image`` pairs images with string inputs."""
-        if image is not None:
-            inputs = self._with_images(inputs, image)
+    def __call__(self, inputs: Any, image: Any = None, grounding: Any = None, **kwargs: Any) -> Any:
+        """Tag ``inputs`` (see the class docstring); ``image`` / ``grounding`` go with string inputs."""
+        if image is not None or grounding is not None:
+            inputs = self._with_extras(inputs, image, grounding)
         return super().__call__(inputs, **kwargs)
 
     @staticmethod
-    def _with_images(inputs: Any, image: Any) -> Any:
-        if isinstance(inputs, str):
-            return {"text": inputs, "image": image}
-        if isinstance(inputs, list) and isinstance(image, list) and len(inputs) == len(image):
-            return [{"text": x, "image": i} if isinstance(x, str) else {**x, "image": i} for x, i in zip(inputs, image)]
-        raise ValueError("image= goes with one text, or as a list of images with a list of texts of the same length")
+    def _with_extras(inputs: Any, image: Any, grounding: Any) -> Any:
+        if isinstance(inputs, (str, Mapping)):
+            sample = {"text": inputs} if isinstance(inputs, str) else dict(inputs)
+            return {**sample, "image": image, "grounding": grounding}
+        extras = [[None] * len(inputs) if value is None else value for value in (image, grounding)]
+        if not isinstance(inputs, list) or any(not isinstance(v, list) or len(v) != len(inputs) for v in extras):
+            raise ValueError("image= and grounding= go with one text, or as lists as long as a list of texts")
+        return [
+            {**({"text": x} if isinstance(x, str) else x), "image": i, "grounding": g}
+            for x, i, g in zip(inputs, *extras)
+        ]
 
     def _sanitize_parameters(
-        self, return_words: bool | None = None, timeout: float | None = None, **kwargs: Any
+        self,
+        return_words: bool | None = None,
+        timeout: float | None = None,
+        grounder: str | Grounder | None = None,
+        **kwargs: Any,
     ) -> tuple[dict, dict, dict]:
         if kwargs:
             raise TypeError(f"unknown arguments for the {TASK} pipeline: {sorted(kwargs)}")
-        preprocess = {} if timeout is None else {"timeout": timeout}
+        preprocess: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        if grounder is not None:
+            preprocess["grounder"] = build_grounder(grounder) if isinstance(grounder, str) else grounder
         postprocess = {} if return_words is None else {"return_words": return_words}
         return preprocess, {}, postprocess
 
@@ -189,36 +143,52 @@ class MultimodalNERPipeline(Pipeline):
                 raise ValueError(f"'text' must be a string, got {type(text).__name__}")
             words = self.processor.split_words(text)
         else:
-            words = list(sample["words"])
+            words = sample["words"]
+            if isinstance(words, str) or not all(isinstance(word, str) for word in words):
+                raise ValueError(f"'words' must be a list of strings, got {words!r:.200}")
+            words = list(words)
             text = " ".join(words)
-        image = sample.get("image")
-        try:
-            image = fetch_image(image, timeout)
-        except ValueError as error:
-            logger.warning("%s; tagging the post text-only", error)
-            image = None
-        example = self.processor(
-            images=image, words=words, grounding=sample.get("grounding"), sample_ids=sample.get("id")
-        )
-        return {"example": dict(example), "text": text, "offsets": word_offsets(text, words)}
-
-    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.processor.data_collator(return_metadata=True)([item["example"] for item in items])
+        sample_id = str(sample["id"]) if sample.get("id") is not None else None
+        (image,) = load_images([sample.get("image")], [sample_id or text[:40]], timeout)
         return {
-            "batch": batch,
-            "text": [item["text"] for item in items],
-            "offsets": [item["offsets"] for item in items],
+            "words": words,
+            "image": image,
+            "grounding": sample.get("grounding"),
+            "id": sample_id,
+            "text": text,
+            "offsets": word_offsets(text, words),
         }
+
+    def _collate(self, items: list[dict[str, Any]], grounder: Grounder | None = None) -> dict[str, Any]:
+        """The processor on the whole batch: one batched grounder call, one tokenizer call, padding."""
+        ids = [item["id"] if item["id"] is not None else str(i) for i, item in enumerate(items)]
+        batch = self.processor(
+            images=[item["image"] for item in items],
+            words=[item["words"] for item in items],
+            grounding=[item["grounding"] for item in items],
+            sample_ids=ids,
+            grounder=grounder,
+            return_tensors="pt",
+            return_metadata=True,
+        )
+        return {"batch": batch, "text": [item["text"] for item in items], "offsets": [item["offsets"] for item in items]}
 
     def get_iterator(
         self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
     ) -> Iterator[Any]:
+        preprocess_params = dict(preprocess_params)
+        grounder = preprocess_params.pop("grounder", None)
         if isinstance(inputs, collections.abc.Sized):
             dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
         else:
             dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
             num_workers = min(num_workers, 1)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=self._collate)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=functools.partial(self._collate, grounder=grounder),
+        )
         return (
             self.postprocess(sample, **postprocess_params)
             for batch in loader
@@ -229,38 +199,22 @@ class MultimodalNERPipeline(Pipeline):
         return next(iter(self.get_iterator([inputs], 0, 1, preprocess_params, forward_params, postprocess_params)))
 
     def _forward(self, model_inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        batch = dict(model_inputs["batch"])
-        metadata = {key: batch.pop(key) for key in self.processor.metadata_keys if key in batch}
+        batch, metadata = self.processor.split_batch(model_inputs["batch"])
         outputs = self.model(**batch, output_gates=True)
-        probabilities = self.model.tag_probabilities(outputs.logits, outputs.word_mask)
         tags = self.processor.decode_word_predictions(outputs.predictions, metadata["num_words"])
-        label2id = {label: int(i) for i, label in self.model.config.id2label.items()}
-        word_ids = batch["word_ids"].tolist()
+        probabilities = self.model.tag_probabilities(outputs.logits, outputs.word_mask)
+        kept_words = outputs.word_mask.sum(1).tolist()
+        entities = [
+            (b, entity_type, start, last + 1)
+            for b in range(len(tags))
+            for entity_type, start, last in get_entities(tags[b][: kept_words[b]])
+        ]
+        scores = self.model.entity_probabilities(outputs.logits, outputs.word_mask, entities).tolist()
         alphas = None if outputs.gates is None else torch.stack(outputs.gates).float()  # [layers, B, T, O]
-
-        samples, rows, allowed, owners = [], [], [], []
+        word_ids = batch["word_ids"].tolist()
+        samples = []
         for b in range(len(tags)):
-            kept = int(outputs.word_mask[b].sum())
-            first = {}
-            for position, word in enumerate(word_ids[b]):
-                first.setdefault(word, position)
-            entities = []
-            for entity_type, start, last in get_entities(tags[b][:kept]):
-                masks = entity_allowed_tags(label2id, entity_type, start, last + 1, kept, outputs.logits.shape[1])
-                for mask in masks:
-                    rows.append(b)
-                    allowed.append(mask)
-                    owners.append((b, len(entities)))
-                positions = [first[w] for w in range(start, last + 1)]
-                entities.append(
-                    {
-                        "type": entity_type,
-                        "word_start": start,
-                        "word_end": last + 1,
-                        "score": 0.0,
-                        "boxes": self._explain(alphas, batch, metadata, b, positions),
-                    }
-                )
+            kept = kept_words[b]
             predicted = outputs.predictions[b, :kept]
             word_scores = probabilities[b, torch.arange(kept, device=predicted.device), predicted].tolist()
             samples.append(
@@ -272,24 +226,31 @@ class MultimodalNERPipeline(Pipeline):
                     "word_scores": word_scores + [None] * (len(tags[b]) - kept),
                     "truncated_words": metadata["truncated_words"][b],
                     "objects": [
-                        {"box": box, "phrase": phrase, "score": score}
+                        {"box": corners_dict(box), "phrase": phrase, "score": score}
                         for box, phrase, score in zip(
                             metadata["object_boxes"][b], metadata["object_phrases"][b], metadata["object_scores"][b]
                         )
                     ],
-                    "entities": entities,
+                    "entities": [],
                 }
             )
-        if rows:
-            scores = entity_probabilities(
-                self.model,
-                outputs.logits,
-                outputs.word_mask,
-                torch.tensor(rows, device=outputs.logits.device),
-                torch.stack(allowed),
+        first: list[dict[int, int]] = []
+        for row in word_ids:
+            positions: dict[int, int] = {}
+            for position, word in enumerate(row):
+                positions.setdefault(word, position)
+            first.append(positions)
+        for (b, entity_type, start, end), score in zip(entities, scores):
+            positions = [first[b][w] for w in range(start, end)]
+            samples[b]["entities"].append(
+                {
+                    "type": entity_type,
+                    "word_start": start,
+                    "word_end": end,
+                    "score": score,
+                    "boxes": self._explain(alphas, batch, metadata, b, positions),
+                }
             )
-            for (b, index), score in zip(owners, scores.tolist()):
-                samples[b]["entities"][index]["score"] += score
         return samples
 
     @staticmethod
@@ -307,7 +268,7 @@ class MultimodalNERPipeline(Pipeline):
             per_layer = alpha[:, linked, o].mean(1)
             boxes.append(
                 {
-                    "box": [float(v) for v in box],
+                    "box": corners_dict(box),
                     "phrase": metadata["object_phrases"][b][o],
                     "detector_score": float(metadata["object_scores"][b][o]),
                     "alpha": float(per_layer.mean()),
@@ -348,6 +309,32 @@ class MultimodalNERPipeline(Pipeline):
             "truncated_words": sample["truncated_words"],
         }
 
+    load_image = staticmethod(load_rgb_image)
+    """The pipeline's image loader (path, URL, base64, data URI, ...): raises a ValueError naming what is wrong."""
+
+    @staticmethod
+    def draw_entities(image: Image.Image, entities: Sequence[dict[str, Any]]) -> Image.Image:
+        """``image`` with the grounded boxes that feed ``entities`` (this pipeline's output), outlined in the colour
+        of the entity attending to each most (`visualization_umgf.draw_entities`)."""
+        return draw_entities(image, entities)
+
+    @staticmethod
+    def box_annotations(entities: Sequence[dict[str, Any]]) -> list[tuple[tuple[int, int, int, int], str]]:
+        """One ``(box, "TYPE: words")`` per grounded box that feeds an entity, labelled with the entity attending
+        to it most (for `gradio.AnnotatedImage`)."""
+        return [
+            (tuple(round(v) for v in box), box_label(linked[0]))  # type: ignore[misc]
+            for box, linked in supported_entities(entities)
+        ]
+
+    @staticmethod
+    def entity_colours(entities: Sequence[dict[str, Any]] | None = None) -> dict[str, str]:
+        """``#rrggbb`` per entity type (and per `box_annotations` label of ``entities``), for display widgets."""
+        colours = {entity_type: hex_colour(entity_type) for entity_type in ENTITY_TYPES}
+        for entity in entities or ():
+            colours[box_label(entity)] = hex_colour(entity["entity_group"])
+        return colours
+
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save the model, the processor and this pipeline's code, with ``custom_pipelines`` in config.json, so
         that ``pipeline(model=save_directory, trust_remote_code=True)`` rebuilds this pipeline anywhere."""
@@ -378,12 +365,4 @@ def register_pipeline() -> None:
     )
 
 
-__all__ = [
-    "TASK",
-    "MultimodalNERPipeline",
-    "entity_allowed_tags",
-    "entity_probabilities",
-    "fetch_image",
-    "register_pipeline",
-    "word_offsets",
-]
+__all__ = ["TASK", "MultimodalNERPipeline", "corners_dict", "register_pipeline", "word_offsets"]

@@ -1,16 +1,22 @@
-"""UMGFProcessor: a sentence and its image -> the multi-modal graph inputs of UMGF.
+"""UMGFProcessor: a post and its image -> the multi-modal graph inputs of UMGF.
 
-Like LayoutLMv3's processor runs OCR itself, this one runs the visual preprocessing that earlier MNER code
-left out: noun phrases, visual grounding, object crops and the inter-modal edges of the graph. Tokenisation
-is the tokenizer's, crops are transformed by timm's transform for the backbone (`UMGFImageProcessor`),
-padding is `UMGFDataCollator`'s; the processor only ties them together sample by sample.
+Like LayoutLMv3's processor runs OCR through its image processor, this one runs the visual preprocessing that
+earlier MNER code left out, through named components, and only combines their outputs:
+
+- the **grounder** (`grounding.Grounder`, chosen by name and saved with the processor) finds the visual objects
+  of each sample: boxes, the phrase each box was grounded from, and that phrase's word span;
+- the **image processor** (`UMGFImageProcessor`, timm's transform for the backbone) turns each box's crop into
+  ``pixel_values``;
+- the **tokenizer** splits the words into sub-tokens (one call per batch);
+- `multimodal_graph` turns word spans into the token x object edges of the graph.
+
+Padding is `UMGFDataCollator`'s. The input contract is CONTRACT.md.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from functools import lru_cache
+from numbers import Integral
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -19,12 +25,13 @@ from tokenizers.pre_tokenizers import BertPreTokenizer
 from transformers import AutoTokenizer, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
-from .configuration_umgf import DEFAULT_LABELS
-from .data_collator_umgf import LABEL_PAD_VALUE, METADATA_KEYS, UMGFDataCollator
-from .grounding import GROUNDERS, Grounder, Grounding, build_grounder
+from .data_collator_umgf import UMGFDataCollator
+from .grounders import GROUNDERS, build_grounder
+from .grounding import Grounder, Grounding, ground_batch
 from .image_processing_umgf import UMGFImageProcessor
-from .image_utils_umgf import ImageInput, UnreadableImageError, crop_box, load_rgb_image
+from .image_utils_umgf import ImageInput, crop_box, load_images
 from .multimodal_graph import token_object_adjacency, word_object_adjacency
+from .schema_umgf import LABEL_PAD_VALUE, LABELS, METADATA_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +46,6 @@ MODEL_INPUT_NAMES = (
     "object_mask",
     "inter_modal_adjacency",
 )
-
-
-@lru_cache(maxsize=4)
-def _grounder(name: str, kwargs_json: str) -> Grounder:
-    """One grounder (and so one loaded detector) per configuration and process."""
-    return build_grounder(name, **json.loads(kwargs_json))
 
 
 def _per_sample(value: Any, batched: bool, count: int, name: str) -> list[Any]:
@@ -64,9 +65,11 @@ class UMGFProcessor(ProcessorMixin):
     Args:
         image_processor: a `UMGFImageProcessor` (the vision backbone's crop transform).
         tokenizer: the text encoder's tokenizer (a fast tokenizer: word alignment needs ``word_ids``).
-        grounder: name of the visual grounder (``"detector"``, ``"release"``, ``"grid"``, ``"precomputed"``).
-        grounder_kwargs: keyword arguments of that grounder (e.g. ``{"detector": ..., "box_threshold": 0.3}``).
-        max_length: maximum sub-tokens per sentence, special tokens included.
+        grounder: the visual grounder: a name of `grounders.GROUNDERS` (``"detector"``, ``"release"``, ``"grid"``,
+            ``"precomputed"``, ...) or a `Grounder`. Saved with the processor (name and settings).
+        grounder_kwargs: keyword arguments of a grounder given by name (e.g. ``{"box_threshold": 0.3}``).
+        max_length: maximum sub-tokens per sentence, special tokens included; capped at the tokenizer's
+            ``model_max_length`` (the text encoder's position limit).
         label_names: tag names by id, for string labels and `decode_word_predictions`.
     """
 
@@ -77,33 +80,50 @@ class UMGFProcessor(ProcessorMixin):
         self,
         image_processor: UMGFImageProcessor | None = None,
         tokenizer: Any = None,
-        grounder: str = "detector",
+        grounder: str | Grounder = "detector",
         grounder_kwargs: Mapping[str, Any] | None = None,
         max_length: int = 128,
         label_names: Sequence[str] | None = None,
-        **kwargs,
-    ):
-        if grounder not in GROUNDERS:
-            raise ValueError(f"unknown grounder {grounder!r}; choose one of {sorted(GROUNDERS)}")
-        self.grounder = grounder
-        self.grounder_kwargs = dict(grounder_kwargs or {})
+        **kwargs: Any,
+    ) -> None:
+        self.set_grounder(grounder, **dict(grounder_kwargs or {}))
         self.max_length = max_length
-        self.label_names = list(label_names or DEFAULT_LABELS)
+        self.label_names = list(label_names or LABELS)
         super().__init__(image_processor, tokenizer, **kwargs)
         if not getattr(self.tokenizer, "is_fast", False):
             raise ValueError("UMGFProcessor needs a fast tokenizer (word_ids), got " + type(self.tokenizer).__name__)
 
     @classmethod
     def from_backbones(
-        cls, text_model: str = "bert-base-cased", vision_backbone: str = "resnet152", **kwargs
+        cls, text_model: str = "bert-base-cased", vision_backbone: str = "resnet152", **kwargs: Any
     ) -> UMGFProcessor:
         """A processor for a text encoder (Hub id or folder of its tokenizer) and a timm vision backbone."""
         return cls(UMGFImageProcessor(vision_backbone), AutoTokenizer.from_pretrained(text_model), **kwargs)
 
+    def set_grounder(self, grounder: str | Grounder, **kwargs: Any) -> None:
+        """Use another grounder: a name of `grounders.GROUNDERS` with its keyword arguments, or a `Grounder`."""
+        if isinstance(grounder, Grounder):
+            if kwargs:
+                raise ValueError("give grounder keyword arguments with a grounder name, not with a Grounder")
+            self.grounder, self.grounder_kwargs = grounder.name, grounder.config()
+            self._grounder_instance: Grounder | None = grounder
+            return
+        if grounder not in GROUNDERS:
+            raise ValueError(f"unknown grounder {grounder!r}; choose one of {sorted(GROUNDERS)}")
+        self.grounder, self.grounder_kwargs, self._grounder_instance = grounder, kwargs, None
+
     @property
     def visual_grounder(self) -> Grounder:
-        """The configured grounder, built on first use (the detector is loaded then)."""
-        return _grounder(self.grounder, json.dumps(self.grounder_kwargs, sort_keys=True))
+        """The configured grounder, built on first use (a detector is loaded then)."""
+        if self._grounder_instance is None:
+            self._grounder_instance = build_grounder(self.grounder, **self.grounder_kwargs)
+        return self._grounder_instance
+
+    @property
+    def effective_max_length(self) -> int:
+        """``max_length``, capped at the tokenizer's ``model_max_length`` (the text encoder's positions)."""
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return min(self.max_length, int(limit)) if limit else self.max_length
 
     @staticmethod
     def split_words(text: str) -> list[str]:
@@ -112,7 +132,12 @@ class UMGFProcessor(ProcessorMixin):
 
     def data_collator(self, return_metadata: bool = False, pad_to_multiple_of: int | None = None) -> UMGFDataCollator:
         """A `UMGFDataCollator` for examples made by this processor with ``return_tensors=None``."""
-        return UMGFDataCollator(self, return_metadata=return_metadata, pad_to_multiple_of=pad_to_multiple_of)
+        return UMGFDataCollator(
+            pad_token_id=self.tokenizer.pad_token_id,
+            crop_size=self.image_processor.image_size,
+            return_metadata=return_metadata,
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
 
     def __call__(
         self,
@@ -124,10 +149,11 @@ class UMGFProcessor(ProcessorMixin):
         grounding: Grounding | Mapping[str, Any] | Sequence[Grounding | Mapping[str, Any] | None] | None = None,
         object_features: Any = None,
         sample_ids: str | Sequence[str] | None = None,
+        grounder: str | Grounder | None = None,
         return_tensors: str | None = None,
         return_metadata: bool = False,
     ) -> BatchFeature:
-        """Process one sample or a batch.
+        """Process one sample or a batch (the input contract: CONTRACT.md).
 
         Args:
             images: an image per sample (see `ImageInput`); None, missing or unreadable -> text-only sample
@@ -135,12 +161,13 @@ class UMGFProcessor(ProcessorMixin):
             text: raw text (a string, or a list of strings for a batch), split with `split_words`.
             words: pre-tokenised words instead of ``text`` (a list of strings, or a list of lists).
             labels: word-level tags per sample (ids, or names from ``label_names``), one per word.
-            grounding: per sample, a `Grounding` or a mapping with the CONTRACT.md grounding columns; used as
-                is (boxes clipped to the image) unless its ``grounder`` is "" (not grounded), in which case
-                the configured grounder runs on the sample's image.
+            grounding: per sample, a `Grounding` or a mapping with the grounding columns; used as is (boxes
+                clipped to the image) unless its ``grounder`` is "" (not grounded), in which case the grounder
+                runs on the sample's image.
             object_features: per sample, cached backbone features ``[N, F]`` of its ``N`` grounded objects,
                 used instead of crops (needs ``grounding`` with the same ``N`` objects; no clipping then).
             sample_ids: names of the samples in warnings and errors (default: their batch index).
+            grounder: a grounder (name or `Grounder`) for this call instead of the processor's own.
             return_tensors: None -> unpadded examples (lists, tensors for crops/features/adjacency), to be
                 padded by `UMGFDataCollator`; "pt" -> a padded batch of tensors (batch of 1 for one sample).
             return_metadata: with "pt", also return the `metadata_keys` (pop them before calling the model).
@@ -157,14 +184,7 @@ class UMGFProcessor(ProcessorMixin):
         """
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
-        if (text is None) == (words is None):
-            raise ValueError("give exactly one of `text` (raw text) and `words` (pre-tokenised words)")
-        if text is not None:
-            batched = not isinstance(text, str)
-            sentences = [self.split_words(t) for t in ([text] if not batched else text)]
-        else:
-            batched = len(words) > 0 and not isinstance(words[0], str)
-            sentences = [list(w) for w in (words if batched else [words])]
+        sentences, batched = self._sentences(text, words)
         count = len(sentences)
         ids = (
             [str(i) for i in range(count)]
@@ -177,23 +197,20 @@ class UMGFProcessor(ProcessorMixin):
             bad = [i for i, word in enumerate(sentence) if not isinstance(word, str)]
             if bad:
                 raise ValueError(f"sample {sample!r}: words {bad} are not strings")
-        labels = [
+        label_ids = [
             self._label_ids(tags, sentence, sample)
             for tags, sentence, sample in zip(_per_sample(labels, batched, count, "labels"), sentences, ids)
         ]
-        images = [
-            self._load_image(image, sample) for image, sample in zip(_per_sample(images, batched, count, "images"), ids)
-        ]
+        loaded = load_images(_per_sample(images, batched, count, "images"), ids)
         features = _per_sample(object_features, batched, count, "object_features")
+        if isinstance(grounder, str):
+            grounder = build_grounder(grounder)
         groundings = self._groundings(
-            _per_sample(grounding, batched, count, "grounding"), sentences, images, features, ids
+            _per_sample(grounding, batched, count, "grounding"), sentences, loaded, features, ids, grounder
         )
-
-        encoding = self.tokenizer(
-            self._tokenizable(sentences), is_split_into_words=True, truncation=True, max_length=self.max_length
-        )
+        encoding = self._encode(sentences)
         examples = [
-            self._example(encoding, i, sentences[i], labels[i], images[i], features[i], groundings[i], ids[i])
+            self._example(encoding, i, sentences[i], label_ids[i], loaded[i], features[i], groundings[i], ids[i])
             for i in range(count)
         ]
         truncated = [f"{e['sample_id']!r} ({e['truncated_words']} words)" for e in examples if e["truncated_words"]]
@@ -201,7 +218,7 @@ class UMGFProcessor(ProcessorMixin):
             logger.warning(
                 "%d sample(s) exceed max_length=%d sub-tokens; their last words get no loss and are tagged O: %s",
                 len(truncated),
-                self.max_length,
+                self.effective_max_length,
                 ", ".join(truncated),
             )
         if return_tensors == "pt":
@@ -212,7 +229,7 @@ class UMGFProcessor(ProcessorMixin):
         return BatchFeature({key: [example.get(key) for example in examples] for key in keys})
 
     def process_examples(self, examples: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
-        """Batched dataset transform (``dataset.with_transform``/``map``) over the CONTRACT.md columns.
+        """Batched dataset transform (``dataset.with_transform``/``map``) over the dataset columns (CONTRACT.md).
 
         Reads ``tokens``, and when present ``id``, ``image``, ``ner_tags``, the grounding columns and
         ``object_features``; returns unpadded examples for `UMGFDataCollator`.
@@ -232,6 +249,11 @@ class UMGFProcessor(ProcessorMixin):
             )
         )
 
+    def split_batch(self, batch: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A collated batch as (model inputs, metadata): the `metadata_keys` are not model inputs."""
+        inputs = {key: value for key, value in batch.items() if key not in self.metadata_keys}
+        return inputs, {key: batch[key] for key in self.metadata_keys if key in batch}
+
     def decode_word_predictions(
         self, predictions: torch.Tensor | Sequence[Sequence[int]], num_words: Sequence[int]
     ) -> list[list[str]]:
@@ -245,6 +267,29 @@ class UMGFProcessor(ProcessorMixin):
             tags.append(names + [self.label_names[0]] * (total - len(names)))
         return tags
 
+    @staticmethod
+    def _sentences(text: Any, words: Any) -> tuple[list[list[str]], bool]:
+        """The words of each sample and whether the input was a batch."""
+        if (text is None) == (words is None):
+            raise ValueError("give exactly one of `text` (raw text) and `words` (pre-tokenised words)")
+        if text is not None:
+            if not isinstance(text, str) and not (
+                isinstance(text, Sequence) and all(isinstance(t, str) for t in text)
+            ):
+                raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}")
+            batched = not isinstance(text, str)
+            return [UMGFProcessor.split_words(t) for t in (text if batched else [text])], batched
+        if isinstance(words, str):
+            raise ValueError(
+                f"words must be a list of words (or of lists of words), got the string {words[:80]!r}: "
+                "pass raw text as text=..."
+            )
+        if not isinstance(words, Sequence):
+            raise ValueError(f"words must be a list of words (or of lists of words), got {type(words).__name__}")
+        batched = len(words) > 0 and not isinstance(words[0], str)
+        sentences = [list(w) for w in (words if batched else [words])]
+        return sentences, batched
+
     def _label_ids(self, labels: Sequence[int | str] | None, words: list[str], sample: str) -> list[int] | None:
         if labels is None:
             return None
@@ -256,43 +301,34 @@ class UMGFProcessor(ProcessorMixin):
                 if label not in self.label_names:
                     raise ValueError(f"sample {sample!r}: unknown label {label!r}; known: {self.label_names}")
                 label = self.label_names.index(label)
+            elif isinstance(label, bool) or not isinstance(label, Integral):
+                raise ValueError(f"sample {sample!r}: label {label!r} is neither an integer id nor a tag name")
             if not 0 <= int(label) < len(self.label_names):
                 raise ValueError(f"sample {sample!r}: label id {label} outside 0..{len(self.label_names) - 1}")
             ids.append(int(label))
         return ids
 
-    @staticmethod
-    def _load_image(image: ImageInput, sample: str) -> Image.Image | None:
-        if image is None:
-            return None
-        try:
-            return load_rgb_image(image)
-        except UnreadableImageError as error:
-            logger.warning("sample %r: %s; using it text-only", sample, error)
-            return None
-
-    def _groundings(self, given, sentences, images, features, ids) -> list[Grounding]:
-        """Each sample's grounding: given (validated, clipped) or from the configured grounder."""
+    def _groundings(
+        self,
+        given: list[Any],
+        sentences: list[list[str]],
+        images: list[Image.Image | None],
+        features: list[Any],
+        ids: list[str],
+        grounder: Grounder | None,
+    ) -> list[Grounding]:
+        """Each sample's grounding: given (validated; clipped to the image) or found by the grounder."""
         groundings: list[Grounding | None] = []
         for columns, sentence, image, feature, sample in zip(given, sentences, images, features, ids):
-            grounding = (
-                columns
-                if isinstance(columns, Grounding) or columns is None
-                else Grounding.from_columns(columns, sample)
-            )
-            if grounding is not None and not grounding.grounder:
-                grounding = None  # not grounded yet
+            grounding = Grounding.of(columns, sample)
             if grounding is not None:
                 grounding.check_spans(len(sentence), sample)
             if feature is not None:
                 found = 0 if grounding is None else len(grounding)
                 if found != len(feature):
                     raise ValueError(f"sample {sample!r}: {len(feature)} object features for {found} grounded objects")
-                if grounding is None:
-                    grounding = Grounding()  # zero features, zero objects: nothing to ground
-            elif grounding is not None and image is not None:
-                grounding = grounding.clipped(*image.size)
-            elif grounding is not None and len(grounding):
+                grounding = grounding or Grounding()  # zero features, zero objects: nothing to ground
+            elif grounding is not None and image is None and len(grounding):
                 logger.warning(
                     "sample %r: %d grounded objects but no image to crop them from; using it text-only",
                     sample,
@@ -300,33 +336,43 @@ class UMGFProcessor(ProcessorMixin):
                 )
                 grounding = Grounding(grounder=grounding.grounder)
             groundings.append(grounding)
-        todo = [i for i, g in enumerate(groundings) if g is None and images[i] is not None]
-        if todo:
-            found = self.visual_grounder.ground(
-                [images[i] for i in todo], [sentences[i] for i in todo], [ids[i] for i in todo]
-            )
-            for i, grounding in zip(todo, found):
-                groundings[i] = grounding
-        return [Grounding() if g is None else g for g in groundings]
+        # Samples with cached features are neither grounded nor clipped: their objects are fixed by the features.
+        to_ground = [None if feature is not None else image for image, feature in zip(images, features)]
+        found = ground_batch(grounder or self.visual_grounder, to_ground, sentences, ids, groundings)
+        return [Grounding() if g is None else g for g in found]
 
-    def _tokenizable(self, sentences: list[list[str]]) -> list[list[str]]:
-        """The sentences with words the tokenizer maps to no sub-token (e.g. "", zero-width spaces) replaced by
-        the unknown token, so that every word keeps a sub-token and word ids stay 0..n-1."""
-        encoding = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
-        fixed = []
+    def _encode(self, sentences: list[list[str]]) -> Any:
+        """One tokenizer call for the batch. A word the tokenizer maps to no sub-token (e.g. "", a zero-width
+        space) is replaced by the unknown token and its sentence encoded again, so that every word keeps a
+        sub-token and word ids stay 0..n-1; words after the last kept sub-token of a cut sentence are truncated."""
+        max_length = self.effective_max_length
+        encoding = self.tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length)
+        fixed, changed = [], False
         for i, sentence in enumerate(sentences):
-            present = set(encoding.word_ids(i))
-            if len(present) == len(sentence):
-                fixed.append(sentence)
-                continue
-            if self.tokenizer.unk_token is None:
-                raise ValueError(
-                    f"words {sorted(set(range(len(sentence))) - present)} of sentence {i} make no sub-token"
-                )
-            fixed.append([word if w in present else self.tokenizer.unk_token for w, word in enumerate(sentence)])
-        return fixed
+            present = {w for w in encoding.word_ids(i) if w is not None}
+            cut = len(encoding["input_ids"][i]) >= max_length
+            last = max(present) + 1 if cut and present else len(sentence)
+            empty = [w for w in range(last) if w not in present]
+            if empty and self.tokenizer.unk_token is None:
+                raise ValueError(f"words {empty} of sentence {i} make no sub-token and the tokenizer has no unknown token")
+            empty_set = set(empty)
+            fixed.append([self.tokenizer.unk_token if w in empty_set else word for w, word in enumerate(sentence)])
+            changed = changed or bool(empty)
+        if changed:
+            encoding = self.tokenizer(fixed, is_split_into_words=True, truncation=True, max_length=max_length)
+        return encoding
 
-    def _example(self, encoding, i, words, labels, image, features, grounding, sample) -> dict[str, Any]:
+    def _example(
+        self,
+        encoding: Any,
+        i: int,
+        words: list[str],
+        labels: list[int] | None,
+        image: Image.Image | None,
+        features: Any,
+        grounding: Grounding,
+        sample: str,
+    ) -> dict[str, Any]:
         """One unpadded example: token inputs, kept labels, objects and the token x object adjacency."""
         word_ids = [-1 if w is None else w for w in encoding.word_ids(i)]
         kept_words = max(word_ids) + 1
@@ -341,9 +387,11 @@ class UMGFProcessor(ProcessorMixin):
             example["labels"] = labels[:kept_words]
         if features is not None:
             features = torch.as_tensor(features, dtype=torch.float32)
-            example["object_features"] = features.reshape(len(grounding), -1) if len(grounding) else features.reshape(0, 0)
+            example["object_features"] = (
+                features.reshape(len(grounding), -1) if len(grounding) else features.reshape(0, 0)
+            )
         else:
-            crops = [crop_box(image, box) for box in grounding.boxes]
+            crops = [crop_box(image, box) for box in grounding.boxes] if image is not None else []
             example["pixel_values"] = self.image_processor(crops)["pixel_values"]
         word_adjacency = word_object_adjacency(grounding.word_starts, grounding.word_ends, kept_words)
         example["inter_modal_adjacency"] = token_object_adjacency(word_adjacency, word_ids)

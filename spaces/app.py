@@ -2,35 +2,19 @@
 boxes that support them, and the pipeline's full output out.
 
 The model is the ``UMGF_MODEL`` environment variable (a Hub repo id or a folder); its "multimodal-ner" pipeline
-runs as Hub remote code, so the Space needs no umgf package. Run locally with ``python spaces/app.py``.
+runs as Hub remote code, so the Space needs no umgf package: the entity colours and the box labels come from the
+pipeline itself. Run locally with ``python spaces/app.py``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import gradio as gr
 from PIL import Image
 from transformers import pipeline
 
 MODEL = os.environ.get("UMGF_MODEL", "umgf/umgf-twitter2017")
-TYPE_COLOURS = {"PER": "#e6194b", "LOC": "#3cb44b", "ORG": "#0082c8", "MISC": "#f58230"}
 EXAMPLE = "Kawhi Leonard wins the fan vote for Block of the Year ! #NBAAwards"
-
-
-def box_annotations(entities: list[dict[str, Any]]) -> list[tuple[tuple[int, int, int, int], str]]:
-    """One annotation per grounded box that supports an entity, labelled with the entity attending to it most."""
-    best: dict[tuple[float, ...], tuple[float, dict[str, Any]]] = {}
-    for entity in entities:
-        for box in entity["boxes"]:
-            key = tuple(box["box"])
-            if key not in best or box["alpha"] > best[key][0]:
-                best[key] = (box["alpha"], entity)
-    return [
-        (tuple(round(v) for v in box), f"{entity['entity_group']}: {entity['word']}")
-        for box, (_, entity) in best.items()
-    ]
 
 
 def build_demo(model: str = MODEL) -> gr.Blocks:
@@ -47,7 +31,7 @@ def build_demo(model: str = MODEL) -> gr.Blocks:
                 {"entity": e["entity_group"], "start": e["start"], "end": e["end"]} for e in result["entities"]
             ],
         }
-        annotated = (image, box_annotations(result["entities"])) if image is not None else None
+        annotated = (image, ner.box_annotations(result["entities"])) if image is not None else None
         return highlighted, annotated, result
 
     with gr.Blocks(title="UMGF: multimodal named entity recognition") as demo:
@@ -63,7 +47,9 @@ def build_demo(model: str = MODEL) -> gr.Blocks:
                 image = gr.Image(label="Image (optional)", type="pil")
                 button = gr.Button("Find entities", variant="primary")
             with gr.Column():
-                highlighted = gr.HighlightedText(label="Entities", color_map=TYPE_COLOURS, combine_adjacent=False)
+                highlighted = gr.HighlightedText(
+                    label="Entities", color_map=ner.entity_colours(), combine_adjacent=False
+                )
                 boxes = gr.AnnotatedImage(label="Grounded boxes")
         raw = gr.JSON(label="Pipeline output (scores, words, boxes with alpha)")
         button.click(predict, inputs=[text, image], outputs=[highlighted, boxes, raw], api_name="predict")

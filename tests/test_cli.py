@@ -11,7 +11,9 @@ from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline
 from PIL import Image
 from test_pipeline import TWEET, quadrant_image
 
-from modeling_umgf.cli import BOX_WIDTH, OTHER_COLOUR, TYPE_COLOURS, main
+from modeling_umgf.cli import main
+from modeling_umgf.schema_umgf import OTHER_COLOUR, TYPE_COLOURS
+from modeling_umgf.visualization_umgf import BOX_WIDTH
 
 TEXT = "Kawhi Leonard wins the fan vote"
 
@@ -129,7 +131,7 @@ def test_draw_outlines_the_grounded_boxes_in_the_colour_of_their_entity(
     best: dict[tuple, tuple[float, str]] = {}
     for entity in entities:
         for box in entity["boxes"]:
-            key = tuple(box["box"])
+            key = tuple(box["box"].values())
             if key not in best or box["alpha"] > best[key][0]:
                 best[key] = (box["alpha"], entity["entity_group"])
     assert len(best) == 9  # the 3 x 3 grid cells, each linked to every word
@@ -153,7 +155,7 @@ def test_draw_outlines_the_grounded_boxes_in_the_colour_of_their_entity(
         (["--model", "{model}", "--text", TEXT, "--image", "{tmp}/corrupt.png"], "cannot read image"),
         (["--model", "{model}", "--input", "{tmp}/bad.jsonl"], "bad.jsonl:2: not valid JSON"),
         (["--model", "{model}", "--input", "{tmp}/empty_text.jsonl"], "empty_text.jsonl:1: empty text"),
-        (["--model", "{model}", "--text", TEXT, "--draw", "{tmp}/x.png"], "--draw needs --text and --image"),
+        (["--model", "{model}", "--text", TEXT, "--draw", "{tmp}/x.png"], "--draw with --text needs --image"),
         (["--model", "{model}", "--text", TEXT, "--format", "xml"], "invalid choice"),
         (["--text", TEXT], "--model"),
     ],

@@ -12,14 +12,9 @@ from PIL import Image
 from processor_fixtures import save_tiny_grounding_dino, tiny_processor
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-from modeling_umgf.grounding import (
-    GridGrounder,
-    Grounding,
-    PrecomputedGrounder,
-    ReleaseGrounder,
-    ZeroShotDetectorGrounder,
-    build_grounder,
-)
+from modeling_umgf.detector_grounding import ReleaseGrounder, ZeroShotDetectorGrounder
+from modeling_umgf.grounders import build_grounder
+from modeling_umgf.grounding import GridGrounder, Grounding, PrecomputedGrounder
 from modeling_umgf.noun_phrases import NounPhraseExtractor, Phrase
 
 KOHL = ["Photo", "of", "Helmut", "Kohl", "at", "the", "Brandenburg", "gate"]

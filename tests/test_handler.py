@@ -64,8 +64,8 @@ def test_text_only_batch_and_parameters(handler) -> None:
     [
         ({"text": "x"}, '"inputs"'),
         ({"inputs": 3}, "string or a list of strings"),
-        ({"inputs": "Berlin", "image": "not base64!"}, "not valid base64"),
-        ({"inputs": ["a", "b"], "image": ["x"]}, "list of 2 images"),
+        ({"inputs": "Berlin", "image": "not base64!"}, "nor an http.s. URL or base64 image data"),
+        ({"inputs": ["a", "b"], "image": ["x"]}, '"image" must be a list of 2'),
     ],
 )
 def test_bad_requests_are_rejected_clearly(handler, request_body, message) -> None:

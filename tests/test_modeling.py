@@ -40,7 +40,7 @@ def test_auto_classes_give_the_paper_configuration() -> None:
 
 def test_presets_and_bad_values() -> None:
     release = UMGFConfig.from_preset("release")
-    assert (release.num_fusion_layers, release.classifier_input, release.grounder) == (6, "concat", "release")
+    assert (release.num_fusion_layers, release.classifier_input) == (6, "concat")
     assert UMGFConfig.from_preset("paper", num_fusion_layers=3).num_fusion_layers == 3
     with pytest.raises(ValueError, match="unknown UMGF preset"):
         UMGFConfig.from_preset("nope")

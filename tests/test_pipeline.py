@@ -13,16 +13,9 @@ from PIL import Image
 from seqeval.metrics.sequence_labeling import get_entities
 from transformers import pipeline
 
-from modeling_umgf import CRF, DEFAULT_LABELS
-from modeling_umgf.pipeline_umgf import (
-    MultimodalNERPipeline,
-    entity_allowed_tags,
-    entity_probabilities,
-    register_pipeline,
-    word_offsets,
-)
+from modeling_umgf import CRF, LABELS, UMGFForTokenClassification
+from modeling_umgf.pipeline_umgf import MultimodalNERPipeline, register_pipeline, word_offsets
 
-LABEL2ID = {label: i for i, label in enumerate(DEFAULT_LABELS)}
 TWEET = "🔥🔥 #NBA: Kawhi Leonard wins!! https://t.co/AbC 😀"
 # hand-counted code point offsets of the processor's words (emoji = 1 character each)
 TWEET_WORDS = [
@@ -96,27 +89,28 @@ def brute_force_chunk_probabilities(log_joint: torch.Tensor, sequences: list[tup
     """P(chunk) = sum of p(y) over the tag sequences y whose seqeval entities include the chunk."""
     probabilities: dict[tuple[str, int, int], float] = {}
     for p, sequence in zip(log_joint.exp().tolist(), sequences):
-        for chunk in get_entities([DEFAULT_LABELS[t] for t in sequence]):
+        for chunk in get_entities([LABELS[t] for t in sequence]):
             probabilities[chunk] = probabilities.get(chunk, 0.0) + p
     return probabilities
 
 
 def chunk_probability(model, logits, word_mask, row: int, chunk: tuple[str, int, int]) -> float:
     entity_type, start, last = chunk
-    masks = entity_allowed_tags(LABEL2ID, entity_type, start, last + 1, int(word_mask[row].sum()), logits.shape[1])
-    rows = torch.full((len(masks),), row)
-    return float(entity_probabilities(model, logits, word_mask, rows, torch.stack(masks)).sum())
+    entities = [(row, entity_type, start, last + 1)]
+    return float(UMGFForTokenClassification.entity_probabilities(model, logits, word_mask, entities)[0])
 
 
 @pytest.mark.parametrize("decoder", ["crf", "softmax"])
 def test_entity_probabilities_equal_brute_force_enumeration(decoder: str) -> None:
     torch.manual_seed(1)
-    num_tags, lengths = len(DEFAULT_LABELS), (4, 3)  # the second sentence is padded to 4 words
+    num_tags, lengths = len(LABELS), (4, 3)  # the second sentence is padded to 4 words
     logits = torch.randn(2, 4, num_tags) * 2
     word_mask = torch.tensor([[True] * 4, [True, True, True, False]])
     crf = CRF(num_tags)
-    crf.reset_parameters()
-    model = SimpleNamespace(crf=crf if decoder == "crf" else None)
+    for parameter in crf.parameters():
+        torch.nn.init.uniform_(parameter, -0.1, 0.1)
+    # the method on a stand-in that has only what it reads: the decoder and the label names
+    model = SimpleNamespace(crf=crf if decoder == "crf" else None, config=SimpleNamespace(id2label=dict(enumerate(LABELS))))
     for row, length in enumerate(lengths):
         sequences = list(itertools.product(range(num_tags), repeat=length))
         tags = torch.tensor(sequences)
@@ -138,9 +132,9 @@ def test_pipeline_tags_and_scores_match_the_model_and_brute_force(pipe) -> None:
     inputs = pipe.processor(text=text, return_tensors="pt")
     with torch.no_grad():
         outputs = pipe.model(**inputs)
-    tags = [DEFAULT_LABELS[t] for t in outputs.predictions[0].tolist()]
+    tags = [LABELS[t] for t in outputs.predictions[0].tolist()]
     assert [(e["entity_group"], e["word_start"], e["word_end"] - 1) for e in entities] == get_entities(tags)
-    sequences = list(itertools.product(range(len(DEFAULT_LABELS)), repeat=4))
+    sequences = list(itertools.product(range(len(LABELS)), repeat=4))
     emissions = outputs.logits[0].expand(len(sequences), -1, -1)
     log_joint = pipe.model.crf.log_likelihood(
         emissions, torch.tensor(sequences), torch.ones(len(sequences), 4, dtype=torch.bool)
@@ -183,7 +177,7 @@ def test_boxes_are_the_linked_objects_with_their_mean_alpha(pipe) -> None:
         assert [b["alpha"] for b in entity["boxes"]] == sorted((b["alpha"] for b in entity["boxes"]), reverse=True)
         for box in entity["boxes"]:
             coordinates, per_layer = expected[box["phrase"]]
-            assert box["box"] == coordinates
+            assert box["box"] == dict(zip(("xmin", "ymin", "xmax", "ymax"), coordinates))
             assert box["alpha_per_layer"] == pytest.approx(per_layer, abs=1e-6)
             assert box["alpha"] == pytest.approx(sum(per_layer) / 2, abs=1e-6)
 
@@ -238,7 +232,7 @@ def test_standard_token_classification_pipeline_tags_words_by_their_first_sub_to
     first_positions = {word_ids.index(w): w for w in range(len(logits))}
     by_index = {token["index"]: token for token in tokens}
     for position, word in first_positions.items():
-        label = DEFAULT_LABELS[int(logits[word].argmax())]
+        label = LABELS[int(logits[word].argmax())]
         if label == "O":
             assert position not in by_index
         else:

@@ -17,10 +17,13 @@ import torch
 from safetensors.torch import load_file
 from seqeval.metrics import f1_score
 
+import compare_predictions
+import run_seeds
 import train_umgf
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.metrics import entity_scores, format_table2, mean_std, paired_bootstrap
 from modeling_umgf.processing_umgf import UMGFProcessor
+from modeling_umgf.schema_umgf import GROUNDING_COLUMNS
 from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -125,7 +128,7 @@ def test_saved_model_reloads_with_same_predictions(trained):
     for start in range(0, len(test), 16):
         batch = collate(_examples(processor, test[start:start + 16]))
         with torch.no_grad():
-            outputs = model(**train_umgf.model_inputs(batch, use_objects=True))
+            outputs = model(**train_umgf.model_inputs(batch, processor, use_objects=True))
         predicted += processor.decode_word_predictions(outputs.predictions, batch["num_words"])
     assert predicted == [r["pred"] for r in records]
 
@@ -180,8 +183,8 @@ def test_gradient_checkpointing_flag_trains_the_same_weights(tmp_path, monkeypat
 
 
 def test_compare_predictions_prefers_images(trained, capsys):
-    result = train_umgf.main(["--compare_predictions", str(trained / "predictions_test.jsonl"),
-                              str(trained / "predictions_test_without_images.jsonl"), "--bootstrap_samples", "200"])
+    result = compare_predictions.main([str(trained / "predictions_test.jsonl"),
+                                       str(trained / "predictions_test_without_images.jsonl"), "--samples", "200"])
     assert result["delta"] > 0 and result["p_value"] < 0.05
 
 
@@ -225,9 +228,10 @@ def test_umt_text_cross_domain_and_seeds(tmp_path):
     BertModel(BertConfig(vocab_size=len(build_tokenizer()), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64), add_pooling_layer=False).save_pretrained(encoder)
     fixtures = Path(__file__).parent / "fixtures" / "twitter"
-    summary = run(tmp_path / "out", "--umt_data_dir", str(fixtures), "--dataset_config_name", "twitter2015",
-                  "--test_dataset_config_name", "twitter2017", "--text_model_name_or_path", str(encoder),
-                  "--preset", "bert-crf", "--num_train_epochs", "1", "--seeds", "1", "2")
+    summary = run_seeds.main(["--seeds", "1", "2", "--", "--output_dir", str(tmp_path / "out"),
+                              "--umt_data_dir", str(fixtures), "--dataset_config_name", "twitter2015",
+                              "--test_dataset_config_name", "twitter2017", "--text_model_name_or_path", str(encoder),
+                              "--preset", "bert-crf", "--num_train_epochs", "1"])
     runs = json.loads((tmp_path / "out" / "all_results.json").read_text())["runs"]
     assert set(runs) == {"1", "2"}
     cross = [runs[s]["cross_test_twitter2017"] for s in ("1", "2")]
@@ -250,7 +254,7 @@ def test_feature_cache_holds_backbone_features_of_each_crop(trained):
     rows = [i for i, boxes in enumerate(test["object_boxes"]) if boxes][:3]
     for i in rows:
         crops = processor(images=test[i]["image"], words=test[i]["tokens"],
-                          grounding={c: test[i][c] for c in train_umgf.GROUNDING_COLUMNS})["pixel_values"]
+                          grounding={c: test[i][c] for c in GROUNDING_COLUMNS})["pixel_values"]
         with torch.no_grad():
             expected = model.umgf.vision_backbone(crops)
         torch.testing.assert_close(torch.tensor(cached[i]["object_features"]), expected, rtol=1e-4, atol=1e-5)

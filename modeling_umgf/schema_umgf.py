@@ -1,0 +1,156 @@
+"""The one schema of umgf: entity types, tag sets, grounding columns and dataset features.
+
+Every module that names an entity type, a tag, a grounding column or a dataset column imports it from here:
+the configuration (default labels), the dataset builders, the processor, the collator, the metrics, the CLI
+and the Space. The input contract these names belong to is written out in CONTRACT.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    import datasets
+
+ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
+"""The four entity types of the Twitter MNER benchmarks, in the column order of the paper's Tables 1 and 2."""
+
+TYPE_ALIASES: dict[str, str] = {"OTHER": "MISC"}
+"""Other names of the types: Twitter-2015 (and the authors' released code) say OTHER where Twitter-2017 says MISC."""
+
+LABELS: tuple[str, ...] = ("O",) + tuple(f"{prefix}-{t}" for t in ENTITY_TYPES for prefix in ("B", "I"))
+"""Word-level BIO2 tags in class-id order: the default ``id2label`` of a model and the dataset's ClassLabel."""
+
+GENERAL_WORDS: tuple[str, ...] = ("person", "location", "organization", "misc")
+"""The general words of the four types, grounded in every image and linked to every word (paper, "Multi-modal
+Graph")."""
+
+GROUNDING_COLUMNS: tuple[str, ...] = (
+    "object_boxes",
+    "object_scores",
+    "object_phrases",
+    "object_word_start",
+    "object_word_end",
+    "grounder",
+)
+"""The grounding of a sample as dataset columns (CONTRACT.md, "Grounding"): parallel lists, one entry per visual
+object, and the name of the grounder that made them ("" = not grounded yet)."""
+
+METADATA_KEYS: tuple[str, ...] = (
+    "sample_id",
+    "words",
+    "num_words",
+    "truncated_words",
+    *GROUNDING_COLUMNS[:-1],
+)
+"""Per-sample information the processor returns beside the model inputs (pop them before calling the model)."""
+
+VISUAL_INPUTS: tuple[str, ...] = ("pixel_values", "object_features", "object_mask", "inter_modal_adjacency")
+"""The model inputs that carry the image: without them the model tags a post text-only."""
+
+LABEL_PAD_VALUE = -100
+"""Label of padded word slots (ignored by the loss, as in transformers' token classification)."""
+
+TYPE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "PER": (230, 25, 75),
+    "LOC": (60, 180, 75),
+    "ORG": (0, 130, 200),
+    "MISC": (245, 130, 48),
+}
+"""Display colour per entity type (CLI drawings, the Space); other types are `OTHER_COLOUR`."""
+OTHER_COLOUR: tuple[int, int, int] = (128, 128, 128)
+
+
+def normalise_tag(tag: str) -> str | None:
+    """A BIO tag in `LABELS` naming (``B-OTHER`` -> ``B-MISC``); None when it is not a known tag."""
+    prefix, sep, entity_type = tag.partition("-")
+    if not sep:
+        return tag if tag == "O" else None
+    normalised = f"{prefix}-{TYPE_ALIASES.get(entity_type, entity_type)}"
+    return normalised if normalised in LABELS else None
+
+
+def hex_colour(entity_type: str) -> str:
+    """`TYPE_COLOURS` of a type as ``#rrggbb`` (for HTML widgets)."""
+    return "#{:02x}{:02x}{:02x}".format(*TYPE_COLOURS.get(entity_type, OTHER_COLOUR))
+
+
+def dataset_features() -> datasets.Features:
+    """The ``datasets`` features of every dataset umgf builds or reads (CONTRACT.md, "Dataset columns")."""
+    import datasets
+
+    string = datasets.Value("string")
+    return datasets.Features(
+        {
+            "id": string,
+            "image_id": string,
+            "tokens": datasets.List(string),
+            "ner_tags": datasets.List(datasets.ClassLabel(names=list(LABELS))),
+            "image": datasets.Image(),
+            "object_boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+            "object_scores": datasets.List(datasets.Value("float32")),
+            "object_phrases": datasets.List(string),
+            "object_word_start": datasets.List(datasets.Value("int32")),
+            "object_word_end": datasets.List(datasets.Value("int32")),
+            "grounder": string,
+        }
+    )
+
+
+def empty_grounding() -> dict[str, Any]:
+    """The grounding columns of a sample that is not grounded (yet)."""
+    return {column: "" if column == "grounder" else [] for column in GROUNDING_COLUMNS}
+
+
+
+
+def entity_tag_masks(
+    label2id: dict[str, int], entity_type: str, start: int, end: int, num_words: int, num_slots: int
+) -> list[torch.Tensor]:
+    """The tag sequences in which words ``[start, end)`` form exactly one ``entity_type`` entity (conlleval rules,
+    as seqeval's `get_entities` reads tags).
+
+    An entity starts with B-X (or with I-X after anything but B-X/I-X), continues with I-X and ends before a word
+    that is not I-X. Returned as one ``[num_slots, num_tags]`` bool mask per way to start it (B-X, I-X); a tag
+    sequence is in the set when every word's tag is allowed by one of the masks (the masks are disjoint).
+    """
+    begin, inside = label2id.get(f"B-{entity_type}"), label2id.get(f"I-{entity_type}")
+    masks = []
+    for first in (begin, inside):
+        if first is None or (end - start > 1 and inside is None):
+            continue
+        allowed = torch.ones(num_slots, len(label2id), dtype=torch.bool)
+        allowed[start] = False
+        allowed[start, first] = True
+        if end - start > 1:
+            allowed[start + 1 : end] = False
+            allowed[start + 1 : end, inside] = True
+        if end < num_words and inside is not None:
+            allowed[end, inside] = False  # the entity is not continued to the right
+        if first == inside and start > 0:
+            allowed[start - 1, inside] = False  # nor from the left: I-X starts an entity only after a non-X tag
+            if begin is not None:
+                allowed[start - 1, begin] = False
+        masks.append(allowed)
+    return masks
+
+
+__all__ = [
+    "ENTITY_TYPES",
+    "GENERAL_WORDS",
+    "GROUNDING_COLUMNS",
+    "LABELS",
+    "LABEL_PAD_VALUE",
+    "METADATA_KEYS",
+    "OTHER_COLOUR",
+    "TYPE_ALIASES",
+    "TYPE_COLOURS",
+    "VISUAL_INPUTS",
+    "dataset_features",
+    "empty_grounding",
+    "entity_tag_masks",
+    "hex_colour",
+    "normalise_tag",
+]
