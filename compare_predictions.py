@@ -47,8 +47,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ids = sorted(a)
     if any(a[i]["gold"] != b[i]["gold"] for i in ids):
         raise SystemExit("the two prediction files disagree on the gold tags: not the same test set")
-    result = paired_bootstrap([a[i]["gold"] for i in ids], [a[i]["pred"] for i in ids], [b[i]["pred"] for i in ids],
-                              samples=args.samples, seed=args.seed)
+    result = paired_bootstrap(
+        [a[i]["gold"] for i in ids],
+        [a[i]["pred"] for i in ids],
+        [b[i]["pred"] for i in ids],
+        samples=args.samples,
+        seed=args.seed,
+    )
     result.update(run_a=str(args.run_a), run_b=str(args.run_b))
     print(json.dumps(result, indent=2))
     return result

@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dev_f1": [runs[s]["dev_f1"] for s in args.seeds],
     }
     root.mkdir(parents=True, exist_ok=True)
-    (root / "all_results.json").write_text(json.dumps({"runs": {str(s): r for s, r in runs.items()}, **summary}, indent=2))
+    (root / "all_results.json").write_text(
+        json.dumps({"runs": {str(s): r for s, r in runs.items()}, **summary}, indent=2)
+    )
     print(f"\nMean ± std over seeds {args.seeds}:")
     print(format_table2({key: summary[f"{key}_mean_std"] for key in keys}))
     return summary

@@ -94,7 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     data = parser.add_argument_group("data (default: the built-in synthetic task)")
     data.add_argument("--umt_data_dir", type=Path, help="UMT release data/ folder (<dir>/twitter2015/train.txt ...)")
-    data.add_argument("--dataset_name", help="dataset folder or Hub repo exported by `python -m datasets_scripts build`")
+    data.add_argument(
+        "--dataset_name", help="dataset folder or Hub repo exported by `python -m datasets_scripts build`"
+    )
     data.add_argument("--dataset_config_name", help="twitter2015, twitter2017 or twitter2017c")
     data.add_argument("--image_dir", type=Path, help="folder of <IMGID>.jpg images (with --umt_data_dir)")
     data.add_argument("--test_dataset_config_name", help="cross-domain: also test on this config's test split")
@@ -138,13 +140,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="recompute activations in the backward pass (BERT, fusion layers and the vision backbone): same "
         "gradients, much less memory, more time (BENCHMARKS.md)",
     )
-    model.add_argument("--feature_cache_dir", type=Path, help="visual feature cache (default: <output_dir>/feature_cache)")
+    model.add_argument(
+        "--feature_cache_dir", type=Path, help="visual feature cache (default: <output_dir>/feature_cache)"
+    )
 
     optim = parser.add_argument_group(
         "optimisation (defaults: the paper's; the synthetic job uses lr 2e-3, 6 epochs, frozen vision)"
     )
     optim.add_argument("--learning_rate", type=float, help="lr of the new layers (fusion, MLPs, decoder)")
-    optim.add_argument("--text_encoder_learning_rate", type=float, help="lr of the text encoder (default: --learning_rate)")
+    optim.add_argument(
+        "--text_encoder_learning_rate", type=float, help="lr of the text encoder (default: --learning_rate)"
+    )
     optim.add_argument("--vision_learning_rate", type=float, help="lr of the vision backbone (default: text encoder's)")
     optim.add_argument("--weight_decay", type=float, default=0.0)
     optim.add_argument("--num_train_epochs", type=int)
@@ -235,7 +241,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--vision_weights: no such file {args.vision_weights} (or use 'timm' / 'none')")
     parse_config_overrides(args.config_overrides)
     if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
-        raise ValueError(f"--checkpointing_steps must be 'epoch' or a number of steps, got {args.checkpointing_steps!r}")
+        raise ValueError(
+            f"--checkpointing_steps must be 'epoch' or a number of steps, got {args.checkpointing_steps!r}"
+        )
     if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint: no such checkpoint folder {args.resume_from_checkpoint}")
     if args.report_to == "tensorboard":
@@ -290,8 +298,10 @@ def limit(dataset: datasets.Dataset, count: int | None) -> datasets.Dataset:
     dataset = dataset.select(range(min(count, len(dataset)))) if count else dataset
     ids = dataset["id"] if "id" in dataset.column_names else []
     if len(set(ids)) != len(dataset):
-        raise ValueError(f"the dataset's 'id' column must hold a unique id per sentence ({len(set(ids))} ids for "
-                         f"{len(dataset)} sentences)")
+        raise ValueError(
+            f"the dataset's 'id' column must hold a unique id per sentence ({len(set(ids))} ids for "
+            f"{len(dataset)} sentences)"
+        )
     return dataset
 
 
@@ -311,8 +321,10 @@ def build_model_and_processor(
         config = AutoConfig.from_pretrained(args.model_name_or_path)
         checkpoint_labels = [config.id2label[i] for i in range(len(config.id2label))]
         if checkpoint_labels != label_names:
-            raise ValueError(f"label set mismatch: checkpoint {args.model_name_or_path} tags {checkpoint_labels}, "
-                             f"but the dataset has {label_names}")
+            raise ValueError(
+                f"label set mismatch: checkpoint {args.model_name_or_path} tags {checkpoint_labels}, "
+                f"but the dataset has {label_names}"
+            )
         if args.preset != "paper" or args.config_overrides:
             logger.warning("--preset / --config_overrides are ignored: the checkpoint's configuration is used")
         model = UMGFForTokenClassification.from_pretrained(args.model_name_or_path)
@@ -321,8 +333,11 @@ def build_model_and_processor(
         if args.grounder:
             processor.set_grounder(args.grounder)
         return model, processor
-    overrides = {**parse_config_overrides(args.config_overrides), "id2label": id2label,
-                 "label2id": {label: i for i, label in id2label.items()}}
+    overrides = {
+        **parse_config_overrides(args.config_overrides),
+        "id2label": id2label,
+        "label2id": {label: i for i, label in id2label.items()},
+    }
     if args.vision_backbone:
         overrides["vision_backbone"] = args.vision_backbone
     if args.text_model_name_or_path:
@@ -330,10 +345,13 @@ def build_model_and_processor(
         vision = preset.pop("vision_backbone", UMGFConfig().vision_backbone)
         weights = {"none": False, "timm": True}.get(args.vision_weights, args.vision_weights)
         if weights is False and preset.get("use_visual", True):
-            logger.warning(f"the {vision} vision backbone starts from random weights: pass --vision_weights timm "
-                           "(or a local weights file) to use pretrained ones")
+            logger.warning(
+                f"the {vision} vision backbone starts from random weights: pass --vision_weights timm "
+                "(or a local weights file) to use pretrained ones"
+            )
         model = UMGFForTokenClassification.from_text_vision_pretrained(
-            args.text_model_name_or_path, vision_backbone=vision, vision_weights=weights, **preset)
+            args.text_model_name_or_path, vision_backbone=vision, vision_weights=weights, **preset
+        )
         tokenizer = AutoTokenizer.from_pretrained(args.text_model_name_or_path)
         image_processor = UMGFImageProcessor(model.config.vision_backbone)
     else:  # the synthetic job: encoders from scratch, its own tokenizer and crop transform
@@ -343,13 +361,20 @@ def build_model_and_processor(
         tokenizer = build_tokenizer()
         image_processor = UMGFImageProcessor(
             config.vision_backbone,
-            data_config={"input_size": [3, SYNTHETIC_CROP_SIZE, SYNTHETIC_CROP_SIZE], "interpolation": "bilinear",
-                         "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0, "crop_mode": "center"},
+            data_config={
+                "input_size": [3, SYNTHETIC_CROP_SIZE, SYNTHETIC_CROP_SIZE],
+                "interpolation": "bilinear",
+                "mean": [0.5] * 3,
+                "std": [0.5] * 3,
+                "crop_pct": 1.0,
+                "crop_mode": "center",
+            },
         )
         if grounder in ("detector", "release"):  # the task brings exact groundings; no detector offline
             grounder = "precomputed"
-    processor = UMGFProcessor(image_processor, tokenizer, grounder=grounder, max_length=args.max_length,
-                              label_names=label_names)
+    processor = UMGFProcessor(
+        image_processor, tokenizer, grounder=grounder, max_length=args.max_length, label_names=label_names
+    )
     return model, processor
 
 
@@ -360,13 +385,25 @@ def parameter_groups(model: UMGFForTokenClassification, args: argparse.Namespace
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        part = ("text" if name.startswith("umgf.text_encoder.")
-                else "vision" if name.startswith("umgf.vision_backbone.") else "new")
+        part = (
+            "text"
+            if name.startswith("umgf.text_encoder.")
+            else "vision"
+            if name.startswith("umgf.vision_backbone.")
+            else "new"
+        )
         no_decay = parameter.ndim < 2 or "LayerNorm" in name or "norm" in name.rsplit(".", 2)[-2]
         groups.setdefault((part, no_decay), []).append(parameter)
     lr = {"text": args.text_encoder_learning_rate, "vision": args.vision_learning_rate, "new": args.learning_rate}
-    return [{"params": params, "lr": lr[part], "weight_decay": 0.0 if no_decay else args.weight_decay,
-             "name": f"{part}{'_no_decay' * no_decay}"} for (part, no_decay), params in groups.items()]
+    return [
+        {
+            "params": params,
+            "lr": lr[part],
+            "weight_decay": 0.0 if no_decay else args.weight_decay,
+            "name": f"{part}{'_no_decay' * no_decay}",
+        }
+        for (part, no_decay), params in groups.items()
+    ]
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
@@ -379,14 +416,17 @@ def model_inputs(batch: dict[str, Any], processor: UMGFProcessor, use_objects: b
 
 
 @torch.no_grad()
-def predict(model, dataloader, accelerator: Accelerator, processor: UMGFProcessor, use_objects: bool,
-            desc: str) -> dict[str, list[str]]:
+def predict(
+    model, dataloader, accelerator: Accelerator, processor: UMGFProcessor, use_objects: bool, desc: str
+) -> dict[str, list[str]]:
     """Tag names for every word of every sentence, by sample id (words cut by truncation are tagged O)."""
     model.eval()
     predictions: dict[str, list[str]] = {}
     for batch in tqdm(dataloader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
         outputs = model(**model_inputs(batch, processor, use_objects))
-        tags = accelerator.gather_for_metrics(accelerator.pad_across_processes(outputs.predictions, dim=1, pad_index=-100))
+        tags = accelerator.gather_for_metrics(
+            accelerator.pad_across_processes(outputs.predictions, dim=1, pad_index=-100)
+        )
         ids = accelerator.gather_for_metrics(list(batch["sample_id"]), use_gather_object=True)
         num_words = accelerator.gather_for_metrics(list(batch["num_words"]), use_gather_object=True)
         for sample, words in zip(ids, processor.decode_word_predictions(tags.cpu(), num_words)):
@@ -394,8 +434,9 @@ def predict(model, dataloader, accelerator: Accelerator, processor: UMGFProcesso
     return predictions
 
 
-def score(dataset: datasets.Dataset, predictions: dict[str, list[str]],
-          label_names: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def score(
+    dataset: datasets.Dataset, predictions: dict[str, list[str]], label_names: list[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """seqeval scores of ``predictions`` against the gold tags of every sentence of ``dataset``, and the
     per-sentence records written to predictions_*.jsonl."""
     gold = [[label_names[t] for t in tags] for tags in dataset["ner_tags"]]
@@ -404,9 +445,18 @@ def score(dataset: datasets.Dataset, predictions: dict[str, list[str]],
         raise RuntimeError(f"no prediction for {len(missing)} sentences, e.g. {missing[:3]}")
     pred = [predictions[sample] for sample in dataset["id"]]
     counts = sentence_counts(gold, pred)
-    records = [{"id": sample, "tokens": tokens, "gold": g, "pred": p, "correct": int(c[0]), "predicted": int(c[1]),
-                "gold_entities": int(c[2])}
-               for sample, tokens, g, p, c in zip(dataset["id"], dataset["tokens"], gold, pred, counts)]
+    records = [
+        {
+            "id": sample,
+            "tokens": tokens,
+            "gold": g,
+            "pred": p,
+            "correct": int(c[0]),
+            "predicted": int(c[1]),
+            "gold_entities": int(c[2]),
+        }
+        for sample, tokens, g, p, c in zip(dataset["id"], dataset["tokens"], gold, pred, counts)
+    ]
     return entity_scores(gold, pred), records
 
 
@@ -419,10 +469,14 @@ def latest_checkpoint(output_dir: Path) -> Path:
 
 def print_tables(tables: dict[str, dict[str, Any]], args: argparse.Namespace, results: dict[str, Any]) -> None:
     data = "synthetic task" if is_synthetic(args) else args.dataset_config_name
-    names = {"test": "UMGF (with images)" if "test_without_images" in tables else f"UMGF ({args.preset})",
-             "test_without_images": "UMGF (images removed)"}
-    print(f"\nTest results on {data} (best epoch {results['best_epoch']} of dev F1 {100 * results['dev_f1']:.2f}; "
-          f"seqeval default, conlleval-compatible):")
+    names = {
+        "test": "UMGF (with images)" if "test_without_images" in tables else f"UMGF ({args.preset})",
+        "test_without_images": "UMGF (images removed)",
+    }
+    print(
+        f"\nTest results on {data} (best epoch {results['best_epoch']} of dev F1 {100 * results['dev_f1']:.2f}; "
+        f"seqeval default, conlleval-compatible):"
+    )
     print(format_table2({names.get(key, key): scores for key, scores in tables.items()}))
     print()
 
@@ -453,8 +507,9 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
     logger.info(accelerator.state, main_process_only=False)
     verbosity = "warning" if accelerator.is_local_main_process else "error"
     datasets.utils.logging.set_verbosity(getattr(logging, verbosity.upper()))
@@ -465,13 +520,17 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     # 2. Data: train / dev / test (+ the test split of a second config for cross-domain runs).
     raw = load_splits(args, args.dataset_config_name, args.image_dir)
     label_names = label_names_of(raw["train"])
-    splits = {"train": limit(raw["train"], args.max_train_samples),
-              "validation": limit(raw["validation"], args.max_eval_samples),
-              "test": limit(raw["test"], args.max_eval_samples)}
+    splits = {
+        "train": limit(raw["train"], args.max_train_samples),
+        "validation": limit(raw["validation"], args.max_eval_samples),
+        "test": limit(raw["test"], args.max_eval_samples),
+    }
     if args.test_dataset_config_name:
         cross = load_splits(args, args.test_dataset_config_name, args.test_image_dir)
         if label_names_of(cross["test"]) != label_names:
-            raise ValueError(f"label set mismatch between {args.dataset_config_name} and {args.test_dataset_config_name}")
+            raise ValueError(
+                f"label set mismatch between {args.dataset_config_name} and {args.test_dataset_config_name}"
+            )
         splits["cross_test"] = limit(cross["test"], args.max_eval_samples)
 
     # 3. Model and processor.
@@ -479,13 +538,17 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.gradient_checkpointing:  # transformers >= 5.x: activation_checkpointing_enable (the old name warns)
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     use_visual = bool(model.config.use_visual)
-    logger.info(f"model: preset {args.preset!r}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-                f"visual branch {'on' if use_visual else 'off'}, grounder {processor.grounder!r}")
+    logger.info(
+        f"model: preset {args.preset!r}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"visual branch {'on' if use_visual else 'off'}, grounder {processor.grounder!r}"
+    )
 
     # 4. Visual preprocessing, once: ground the images, then (frozen backbone) cache the crops' features.
     if use_visual:
-        splits = {name: ground_dataset(split, processor.visual_grounder, args.preprocessing_num_workers)
-                  for name, split in splits.items()}
+        splits = {
+            name: ground_dataset(split, processor.visual_grounder, args.preprocessing_num_workers)
+            for name, split in splits.items()
+        }
     else:
         splits = {name: without_images(split) for name, split in splits.items()}
     if use_visual and args.freeze_vision_backbone:
@@ -493,9 +556,12 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         backbone.requires_grad_(False)
         cache_dir = args.feature_cache_dir or args.output_dir / "feature_cache"
         with accelerator.main_process_first():
-            splits = {name: cache_object_features(split, name, backbone, processor, cache_dir, accelerator.device,
-                                                  args.per_device_eval_batch_size)
-                      for name, split in splits.items()}
+            splits = {
+                name: cache_object_features(
+                    split, name, backbone, processor, cache_dir, accelerator.device, args.per_device_eval_batch_size
+                )
+                for name, split in splits.items()
+            }
     has_objects = use_visual and any("grounder" in s.column_names and any(s["grounder"]) for s in splits.values())
 
     # 5. Dataloaders, optimizer, scheduler.
@@ -506,19 +572,27 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             shuffle=shuffle,
             collate_fn=processor.data_collator(return_metadata=True),
             num_workers=args.dataloader_num_workers,
-            generator=torch.Generator().manual_seed(args.seed),  # the loader's own seed draws never touch the global RNG
+            generator=torch.Generator().manual_seed(
+                args.seed
+            ),  # the loader's own seed draws never touch the global RNG
         )
 
     train_dataloader = dataloader(splits["train"], args.per_device_train_batch_size, shuffle=True)
-    eval_dataloaders = {name: dataloader(split, args.per_device_eval_batch_size, shuffle=False)
-                        for name, split in splits.items() if name != "train"}
+    eval_dataloaders = {
+        name: dataloader(split, args.per_device_eval_batch_size, shuffle=False)
+        for name, split in splits.items()
+        if name != "train"
+    }
     optimizer = torch.optim.AdamW(parameter_groups(model, args))
     updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer,
-                              num_warmup_steps=int(args.warmup_ratio * max_train_steps),
-                              num_training_steps=max_train_steps)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=int(args.warmup_ratio * max_train_steps),
+        num_training_steps=max_train_steps,
+    )
     model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
     if args.report_to != "none":
@@ -528,8 +602,11 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     # 6. Resume: the accelerate state (model, optimizer, scheduler, RNGs) and where in which epoch it stopped.
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best_f1": -1.0, "best_epoch": None, "history": []}
     if args.resume_from_checkpoint:
-        checkpoint = (latest_checkpoint(args.output_dir) if args.resume_from_checkpoint == "latest"
-                      else Path(args.resume_from_checkpoint))
+        checkpoint = (
+            latest_checkpoint(args.output_dir)
+            if args.resume_from_checkpoint == "latest"
+            else Path(args.resume_from_checkpoint)
+        )
         if not (checkpoint / STATE_FILE).is_file():
             raise FileNotFoundError(f"{checkpoint} is not a checkpoint of this script (no {STATE_FILE})")
         accelerator.load_state(str(checkpoint))
@@ -543,11 +620,17 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     # 7. Training; at the end of every epoch, select on dev F1 and keep the best model.
-    logger.info(f"training: {len(splits['train'])} sentences, {num_epochs} epochs, {max_train_steps} optimizer steps, "
-                f"batch {args.per_device_train_batch_size} x {accelerator.num_processes} processes x "
-                f"{args.gradient_accumulation_steps} accumulation")
-    progress = tqdm(total=max_train_steps, initial=state["global_step"], desc="training",
-                    disable=not accelerator.is_local_main_process)
+    logger.info(
+        f"training: {len(splits['train'])} sentences, {num_epochs} epochs, {max_train_steps} optimizer steps, "
+        f"batch {args.per_device_train_batch_size} x {accelerator.num_processes} processes x "
+        f"{args.gradient_accumulation_steps} accumulation"
+    )
+    progress = tqdm(
+        total=max_train_steps,
+        initial=state["global_step"],
+        desc="training",
+        disable=not accelerator.is_local_main_process,
+    )
     started, seen = time.perf_counter(), 0
     while state["epoch"] < num_epochs and state["global_step"] < max_train_steps:
         model.train()
@@ -573,19 +656,27 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             if state["global_step"] % args.logging_steps == 0 or state["global_step"] == max_train_steps:
                 rate = seen / (time.perf_counter() - started)
                 progress.set_postfix(loss=f"{loss.item():.4f}", sent_per_s=f"{rate:.1f}")
-                accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[-1],
-                                 "train/sentences_per_s": rate}, step=state["global_step"])
-            if args.checkpointing_steps not in (None, "epoch") and state["global_step"] % int(args.checkpointing_steps) == 0:
+                accelerator.log(
+                    {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[-1], "train/sentences_per_s": rate},
+                    step=state["global_step"],
+                )
+            if (
+                args.checkpointing_steps not in (None, "epoch")
+                and state["global_step"] % int(args.checkpointing_steps) == 0
+            ):
                 save_checkpoint(f"step_{state['global_step']}")
             if state["global_step"] >= max_train_steps:
                 break
         dev = predict(model, eval_dataloaders["validation"], accelerator, processor, True, "dev")
         dev_scores, _ = score(splits["validation"], dev, label_names)
         state["history"].append({"epoch": state["epoch"], "step": state["global_step"], "dev_f1": dev_scores["f1"]})
-        accelerator.log({f"dev/{key}": dev_scores[key] for key in ("f1", "precision", "recall")},
-                        step=state["global_step"])
-        logger.info(f"epoch {state['epoch']}: dev P {dev_scores['precision']:.4f} R {dev_scores['recall']:.4f} "
-                    f"F1 {dev_scores['f1']:.4f}")
+        accelerator.log(
+            {f"dev/{key}": dev_scores[key] for key in ("f1", "precision", "recall")}, step=state["global_step"]
+        )
+        logger.info(
+            f"epoch {state['epoch']}: dev P {dev_scores['precision']:.4f} R {dev_scores['recall']:.4f} "
+            f"F1 {dev_scores['f1']:.4f}"
+        )
         if dev_scores["f1"] > state["best_f1"]:
             state["best_f1"], state["best_epoch"] = dev_scores["f1"], state["epoch"]
             if accelerator.is_main_process:
@@ -604,8 +695,12 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     accelerator.unwrap_model(model).load_state_dict(best.state_dict())
     del best
     results: dict[str, Any] = {
-        "best_epoch": state["best_epoch"], "dev_f1": state["best_f1"], "train_seconds": round(train_seconds, 1),
-        "global_step": state["global_step"], "seed": args.seed, "preset": args.preset,
+        "best_epoch": state["best_epoch"],
+        "dev_f1": state["best_f1"],
+        "train_seconds": round(train_seconds, 1),
+        "global_step": state["global_step"],
+        "seed": args.seed,
+        "preset": args.preset,
         "scoring": "seqeval default mode (conlleval-compatible), micro-averaged entity P/R/F1",
     }
     evaluations = [("test", "test", True)]
@@ -630,9 +725,16 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         hub.save_for_hub(accelerator.unwrap_model(model), processor, args.output_dir, results, **card)
         print_tables(tables, args, results)
         if args.push_to_hub:
-            url = hub.push_to_hub(accelerator.unwrap_model(model), processor, args.hub_model_id, results,
-                                  token=args.hub_token, private=args.hub_private_repo, dataset_id=args.dataset_name,
-                                  dataset_config=args.dataset_config_name)
+            url = hub.push_to_hub(
+                accelerator.unwrap_model(model),
+                processor,
+                args.hub_model_id,
+                results,
+                token=args.hub_token,
+                private=args.hub_private_repo,
+                dataset_id=args.dataset_name,
+                dataset_config=args.dataset_config_name,
+            )
             logger.info(f"pushed to the Hub: {url}")
     accelerator.end_training()
     return results

@@ -19,12 +19,12 @@ import importlib.util
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import torch
 from bench_common import RESULTS_DIR, gemm_gflops, machine, run_isolated, save_results, set_threads
-
-import torch  # noqa: E402  (after bench_common has set the OpenMP environment)
 
 REPEATS = 5
 #: variant -> the optional module it needs (None: torch alone).
@@ -60,8 +60,11 @@ def build(variant: str, model: torch.nn.Module, example: torch.Tensor) -> tuple[
         quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(torch.export.export(model, (channels_last,)).module(), quantizer)
         for seed in range(2):  # calibration on random crops (the timing does not depend on the values)
-            prepared(torch.randn(example.shape, generator=torch.Generator().manual_seed(seed)).contiguous(
-                memory_format=torch.channels_last))
+            prepared(
+                torch.randn(example.shape, generator=torch.Generator().manual_seed(seed)).contiguous(
+                    memory_format=torch.channels_last
+                )
+            )
         from torch._inductor import config as inductor_config
 
         inductor_config.freezing = True  # the per-call option leaves the int8 weight prepacking untraceable
@@ -74,10 +77,12 @@ def build(variant: str, model: torch.nn.Module, example: torch.Tensor) -> tuple[
             import nncf
 
             calibration = [torch.randn(example.shape, generator=torch.Generator().manual_seed(s)) for s in range(2)]
-            converted = nncf.quantize(converted, nncf.Dataset(calibration, lambda t: t.numpy()),
-                                      subset_size=len(calibration))
-        compiled = openvino.Core().compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": 2,
-                                                                    "INFERENCE_PRECISION_HINT": "f32"})
+            converted = nncf.quantize(
+                converted, nncf.Dataset(calibration, lambda t: t.numpy()), subset_size=len(calibration)
+            )
+        compiled = openvino.Core().compile_model(
+            converted, "CPU", {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"}
+        )
         request = compiled.create_infer_request()
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -108,10 +113,17 @@ def measure(variant: str, crops: int) -> dict[str, Any]:
             out = fn(x)
             times.append(time.perf_counter() - start)
     best = min(times)
-    return {"variant": variant, "crops": crops, "seconds": round(best, 3), "seconds_per_64_crops": round(best * 64 / crops, 2),
-            "prepare_seconds": round(prepare, 1), "max_abs_diff": float((out.float() - reference).abs().max()),
-            "relative_error": float((out.float() - reference).norm() / reference.norm()),
-            "gemm_gflops": gflops, "machine": machine()}
+    return {
+        "variant": variant,
+        "crops": crops,
+        "seconds": round(best, 3),
+        "seconds_per_64_crops": round(best * 64 / crops, 2),
+        "prepare_seconds": round(prepare, 1),
+        "max_abs_diff": float((out.float() - reference).abs().max()),
+        "relative_error": float((out.float() - reference).norm() / reference.norm()),
+        "gemm_gflops": gflops,
+        "machine": machine(),
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -131,14 +143,19 @@ def main(argv: list[str]) -> None:
             rows[variant] = {"skipped": f"{needs} is not installed"}
         else:
             try:
-                rows[variant] = run_isolated(Path(__file__), ["--variant", variant, "--crops", str(args.crops)],
-                                             timeout=1800)
+                rows[variant] = run_isolated(
+                    Path(__file__), ["--variant", variant, "--crops", str(args.crops)], timeout=1800
+                )
             except Exception as error:  # one failing path must not lose the others
                 rows[variant] = {"error": str(error)[-1500:]}
         row = rows[variant]
-        print(f"{variant:22s} {row.get('seconds', '-'):>8} s / {args.crops} crops  {row.get('seconds_per_64_crops', '-'):>7} s / 64  "
-              f"prepare {row.get('prepare_seconds', '-'):>6} s  max|diff| {row.get('max_abs_diff', '-')}  "
-              f"{row.get('skipped', row.get('error', ''))[:200]}", flush=True)
+        print(
+            f"{variant:22s} {row.get('seconds', '-'):>8} s / {args.crops} crops  "
+            f"{row.get('seconds_per_64_crops', '-'):>7} s / 64  "
+            f"prepare {row.get('prepare_seconds', '-'):>6} s  max|diff| {row.get('max_abs_diff', '-')}  "
+            f"{row.get('skipped', row.get('error', ''))[:200]}",
+            flush=True,
+        )
     save_results("backbone", {"crops": args.crops, "results": rows})
     base = rows.get("eager-channels-last", {}).get("seconds")  # (all rows at --crops; rerun all to change it)
     timed = [(r["seconds"], v) for v, r in rows.items() if "seconds" in r]

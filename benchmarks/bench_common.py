@@ -13,6 +13,7 @@ downloaded here; without that package, the count falls back to ``words x SUBTOKE
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -23,9 +24,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -53,10 +55,8 @@ NUM_LABELS = len(LABELS)
 def set_threads(threads: int = THREADS) -> None:
     """Fix torch's intra-op and inter-op threads (the machine has 2 cores)."""
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set in this process
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
 
 
 def machine() -> dict[str, Any]:
@@ -257,23 +257,34 @@ def start_memory_guard(limit_gib: float) -> None:
         while True:
             rss = process.memory_info().rss / 2**30
             if rss > limit_gib:
-                print(json.dumps({"aborted": f"RSS passed the {limit_gib} GiB guard", "rss_gib": round(rss, 2)}),
-                      flush=True)
+                print(
+                    json.dumps({"aborted": f"RSS passed the {limit_gib} GiB guard", "rss_gib": round(rss, 2)}),
+                    flush=True,
+                )
                 os._exit(3)
             time.sleep(0.2)
 
     threading.Thread(target=watch, daemon=True).start()
 
 
-def run_isolated(script: Path, args: list[str], timeout: float = 900, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_isolated(
+    script: Path, args: list[str], timeout: float = 900, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run ``script`` with ``args`` (and extra environment ``env``) in a fresh interpreter; return the JSON
     object on its last stdout line."""
     before = os.getloadavg()
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
-        raise RuntimeError(f"{script.name} {' '.join(args)} printed no result (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{script.name} {' '.join(args)} printed no result (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
     result = json.loads(lines[-1])
     result["loadavg_before"] = [round(x, 2) for x in before]
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -22,11 +22,11 @@ import argparse
 import statistics
 import sys
 
+import torch
 from bench_common import RESULTS_DIR, machine, median_time, save_results, set_threads  # first: sets OpenMP env
 
-import torch  # noqa: E402
-from modeling_umgf import UMGFConfig  # noqa: E402
-from modeling_umgf.modeling_umgf import UMGFCrossModalGate, UMGFFusionLayer  # noqa: E402
+from modeling_umgf import UMGFConfig
+from modeling_umgf.modeling_umgf import UMGFCrossModalGate, UMGFFusionLayer
 
 GRID = {
     "tokens": [dict(B=16, T=t, O=4) for t in (16, 32, 64, 128, 256)],
@@ -119,16 +119,35 @@ def plot(rows: dict[str, list[dict]], path) -> None:
         edges = [r["edges"] for r in series]
         axes[0].plot(edges, [r["gate_train_cpu_ms"] for r in series], marker=marker, label=f"gate, vary {axis_name}")
         axes[1].plot(edges, [r["gate_saved_mib"] for r in series], marker=marker, label=f"gate, vary {axis_name}")
-    axes[0].set(xscale="log", yscale="log", xlabel="token-object edges B*T*O", ylabel="CPU ms (fwd+bwd)",
-                title="Inter-modal gate (eq 3-6): time")
-    axes[1].set(xscale="log", yscale="log", xlabel="token-object edges B*T*O", ylabel="MiB saved for backward",
-                title="Inter-modal gate (eq 3-6): activation memory")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="token-object edges B*T*O",
+        ylabel="CPU ms (fwd+bwd)",
+        title="Inter-modal gate (eq 3-6): time",
+    )
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="token-object edges B*T*O",
+        ylabel="MiB saved for backward",
+        title="Inter-modal gate (eq 3-6): activation memory",
+    )
     for name, key in (("tokens", "T"), ("objects", "O"), ("batch", "B")):
         series = rows[name]
-        axes[2].plot([r[key] for r in series], [r["layers_train_cpu_ms"] for r in series], marker="o",
-                     label=f"vary {key} (others: B=16, T=32, O=4)")
-    axes[2].set(xscale="log", yscale="log", xlabel="T, O or B", ylabel="CPU ms (fwd+bwd)",
-                title="L=2 fusion layers, d=512: time")
+        axes[2].plot(
+            [r[key] for r in series],
+            [r["layers_train_cpu_ms"] for r in series],
+            marker="o",
+            label=f"vary {key} (others: B=16, T=32, O=4)",
+        )
+    axes[2].set(
+        xscale="log",
+        yscale="log",
+        xlabel="T, O or B",
+        ylabel="CPU ms (fwd+bwd)",
+        title="L=2 fusion layers, d=512: time",
+    )
     for axis in axes:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
@@ -150,28 +169,35 @@ def main(argv: list[str]) -> None:
         for shape in shapes:
             rows[axis].append(measure(shape, layers, gate, args.repeats))
             r = rows[axis][-1]
-            print(f"{axis:8s} B={r['B']:3d} T={r['T']:4d} O={r['O']:3d} edges={r['edges']:7d} "
-                  f"layers {r['layers_train_cpu_ms']:9.1f} cpu-ms train {r['layers_infer_cpu_ms']:8.1f} cpu-ms infer "
-                  f"{r['layers_saved_mib']:8.1f} MiB | gate {r['gate_train_cpu_ms']:8.1f} cpu-ms {r['gate_saved_mib']:8.1f} MiB "
-                  f"(wall {r['layers_train_ms']:.0f} / {r['gate_train_ms']:.0f} ms)",
-                  flush=True)
+            print(
+                f"{axis:8s} B={r['B']:3d} T={r['T']:4d} O={r['O']:3d} edges={r['edges']:7d} "
+                f"layers {r['layers_train_cpu_ms']:9.1f} cpu-ms train {r['layers_infer_cpu_ms']:8.1f} cpu-ms infer "
+                f"{r['layers_saved_mib']:8.1f} MiB | gate {r['gate_train_cpu_ms']:8.1f} cpu-ms "
+                f"{r['gate_saved_mib']:8.1f} MiB "
+                f"(wall {r['layers_train_ms']:.0f} / {r['gate_train_ms']:.0f} ms)",
+                flush=True,
+            )
     every = [r for series in rows.values() for r in series]
     fits = {
         "gate_time_vs_edges": linear_fit([r["edges"] for r in every], [r["gate_train_cpu_ms"] for r in every]),
         "gate_memory_vs_edges": linear_fit([r["edges"] for r in every], [r["gate_saved_mib"] for r in every]),
-        "layers_time_vs_objects": linear_fit([r["O"] for r in rows["objects"]],
-                                             [r["layers_train_cpu_ms"] for r in rows["objects"]]),
-        "layers_memory_vs_objects": linear_fit([r["O"] for r in rows["objects"]],
-                                               [r["layers_saved_mib"] for r in rows["objects"]]),
+        "layers_time_vs_objects": linear_fit(
+            [r["O"] for r in rows["objects"]], [r["layers_train_cpu_ms"] for r in rows["objects"]]
+        ),
+        "layers_memory_vs_objects": linear_fit(
+            [r["O"] for r in rows["objects"]], [r["layers_saved_mib"] for r in rows["objects"]]
+        ),
     }
     fits = {k: {"intercept": round(a, 4), "slope": b, "r2": round(r2, 4)} for k, (a, b, r2) in fits.items()}
     png = RESULTS_DIR / "scaling.png"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     plot(rows, png)
     path = save_results("scaling", {"machine": machine(), "rows": rows, "linear_fits": fits})
-    print(f"SUMMARY bench_scaling: gate time ~ B*T*O with R^2={fits['gate_time_vs_edges']['r2']}, gate memory "
-          f"R^2={fits['gate_memory_vs_edges']['r2']}, layers time vs O R^2={fits['layers_time_vs_objects']['r2']} "
-          f"-> {path}, {png}")
+    print(
+        f"SUMMARY bench_scaling: gate time ~ B*T*O with R^2={fits['gate_time_vs_edges']['r2']}, gate memory "
+        f"R^2={fits['gate_memory_vs_edges']['r2']}, layers time vs O R^2={fits['layers_time_vs_objects']['r2']} "
+        f"-> {path}, {png}"
+    )
 
 
 if __name__ == "__main__":

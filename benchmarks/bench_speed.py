@@ -23,16 +23,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from bench_common import (
+    RESULTS_DIR,
     build_model,
-    gemm_gflops,
     fixed_tweets,
+    gemm_gflops,
     length_stats,
     machine,
     make_batch,
     median_time,
     peak_rss_gib,
-    RESULTS_DIR,
     run_isolated,
     sample_batches,
     save_results,
@@ -40,8 +41,6 @@ from bench_common import (
     start_memory_guard,
     twitter_tweets,
 )
-
-import torch  # noqa: E402  (after bench_common has put the repo on sys.path)
 
 #: The measured configurations, most important first. "reference" rows run the way the authors' code does
 #: (release preset, every tweet padded to 128, NCHW tensors, inference under no_grad). Rows with a batch
@@ -57,29 +56,45 @@ SUITE: dict[str, tuple[list[str], dict[str, str] | None]] = {
     "infer-optimised-compiled": (INFER + PAPER + ["--optimize", "--warmup", "1", "--repeats", "2"], None),
     # Two of the four crops repeat the other two (e.g. a noun phrase and "person" grounded to the same box):
     # an illustration of the de-duplication, at a made-up rate (no real images here to count real repeats).
-    "infer-optimised-2-distinct-crops": (INFER + PAPER + ["--channels-last", "--distinct-crops", "2", "--warmup", "0",
-                                                          "--repeats", "2"], None),
+    "infer-optimised-2-distinct-crops": (
+        INFER + PAPER + ["--channels-last", "--distinct-crops", "2", "--warmup", "0", "--repeats", "2"],
+        None,
+    ),
     "infer-reference": (INFER + REFERENCE + ["--grad-mode", "no_grad", "--warmup", "0", "--repeats", "2"], None),
-    "train-finetune-checkpointed": (TRAIN + PAPER + ["--channels-last", "--grad-checkpointing", "--adam-fused",
-                                                     "--warmup", "0", "--repeats", "1"], None),
-    "train-finetune-reference": (TRAIN + REFERENCE + ["--warmup", "0", "--repeats", "1",
-                                                      "--memory-guard-gib", "19.5"], None),
+    "train-finetune-checkpointed": (
+        TRAIN + PAPER + ["--channels-last", "--grad-checkpointing", "--adam-fused", "--warmup", "0", "--repeats", "1"],
+        None,
+    ),
+    "train-finetune-reference": (
+        TRAIN + REFERENCE + ["--warmup", "0", "--repeats", "1", "--memory-guard-gib", "19.5"],
+        None,
+    ),
     "infer-cached": (INFER + PAPER + ["--features", "--repeats", "5"], None),
     "train-cached": (TRAIN + PAPER + ["--features", "--repeats", "3"], None),
     "train-cached-padded": (TRAIN + PAPER + ["--features", "--no-text-packing", "--repeats", "3"], None),
-    "train-cached-lean": (TRAIN + PAPER + ["--features", "--drop-backbone", "--adam-fused", "--repeats", "3"],
-                          LEAN_MALLOC),
+    "train-cached-lean": (
+        TRAIN + PAPER + ["--features", "--drop-backbone", "--adam-fused", "--repeats", "3"],
+        LEAN_MALLOC,
+    ),
     "train-cached-reference-shapes": (TRAIN + REFERENCE + ["--features", "--repeats", "3"], None),
     "infer-small-fp32": (INFER + PAPER + ["--channels-last", "--batch-size", "2", "--repeats", "3"], None),
     "infer-small-bf16": (INFER + PAPER + ["--channels-last", "--bf16", "--batch-size", "2", "--repeats", "2"], None),
     # One optimisation at a time, on 2 tweets (8 crops), to separate their effects.
     "infer-small-nchw": (INFER + PAPER + ["--batch-size", "2", "--repeats", "3"], None),
-    "infer-small-no-grad": (INFER + PAPER + ["--channels-last", "--grad-mode", "no_grad", "--batch-size", "2",
-                                             "--repeats", "3"], None),
-    "infer-small-reference": (INFER + REFERENCE + ["--grad-mode", "no_grad", "--batch-size", "2", "--repeats", "3"],
-                              None),
-    "train-finetune-optimised": (TRAIN + PAPER + ["--channels-last", "--adam-fused", "--warmup", "0", "--repeats", "1",
-                                                  "--memory-guard-gib", "19.5"], None),
+    "infer-small-no-grad": (
+        INFER + PAPER + ["--channels-last", "--grad-mode", "no_grad", "--batch-size", "2", "--repeats", "3"],
+        None,
+    ),
+    "infer-small-reference": (
+        INFER + REFERENCE + ["--grad-mode", "no_grad", "--batch-size", "2", "--repeats", "3"],
+        None,
+    ),
+    "train-finetune-optimised": (
+        TRAIN
+        + PAPER
+        + ["--channels-last", "--adam-fused", "--warmup", "0", "--repeats", "1", "--memory-guard-gib", "19.5"],
+        None,
+    ),
 }
 
 
@@ -93,19 +108,33 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--pad-to", type=int, default=None, help="pad every tweet to this length (default: dynamic)")
     run.add_argument("--batch-size", type=int, default=16)
     run.add_argument("--objects", type=int, default=4)
-    run.add_argument("--distinct-crops", type=int, default=None,
-                     help="only this many distinct crops per tweet, the others repeats (identical boxes)")
+    run.add_argument(
+        "--distinct-crops",
+        type=int,
+        default=None,
+        help="only this many distinct crops per tweet, the others repeats (identical boxes)",
+    )
     run.add_argument("--features", action="store_true", help="cached object features; frozen backbone in training")
-    run.add_argument("--drop-backbone", action="store_true",
-                     help="with --features: release the (unused) backbone's weights before training")
-    run.add_argument("--no-text-packing", action="store_true", help="encode the padded batch (config.text_packing=False)")
+    run.add_argument(
+        "--drop-backbone",
+        action="store_true",
+        help="with --features: release the (unused) backbone's weights before training",
+    )
+    run.add_argument(
+        "--no-text-packing", action="store_true", help="encode the padded batch (config.text_packing=False)"
+    )
     run.add_argument("--channels-last", action="store_true", help="backbone weights and crops in channels_last")
-    run.add_argument("--optimize", action="store_true",
-                     help="model.optimize_for_inference(): channels-last backbone compiled with weight freezing")
+    run.add_argument(
+        "--optimize",
+        action="store_true",
+        help="model.optimize_for_inference(): channels-last backbone compiled with weight freezing",
+    )
     run.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing (BERT, fusion, timm)")
     run.add_argument("--grad-mode", choices=["no_grad", "inference_mode"], default="inference_mode")
     run.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    run.add_argument("--adam-fused", action="store_true", help="torch's fused Adam kernel (no per-parameter temporaries)")
+    run.add_argument(
+        "--adam-fused", action="store_true", help="torch's fused Adam kernel (no per-parameter temporaries)"
+    )
     run.add_argument("--repeats", type=int, default=3)
     run.add_argument("--warmup", type=int, default=1)
     run.add_argument("--threads", type=int, default=2)
@@ -134,15 +163,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         pool, counted_with = fixed_tweets(args.batch_size), "fixed 32 sub-tokens"
     num_batches = args.warmup + args.repeats
     batches = [
-        make_batch(tweets, pad_to=args.pad_to, objects=args.objects, features=args.features, seed=i,
-                   labels=args.mode == "train", distinct_crops=args.distinct_crops)
+        make_batch(
+            tweets,
+            pad_to=args.pad_to,
+            objects=args.objects,
+            features=args.features,
+            seed=i,
+            labels=args.mode == "train",
+            distinct_crops=args.distinct_crops,
+        )
         for i, tweets in enumerate(sample_batches(pool, args.batch_size, num_batches))
     ]
     if args.channels_last:
         for batch in batches:
             if "pixel_values" in batch:
                 pv = batch["pixel_values"]
-                batch["pixel_values"] = pv.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, pv.shape[:2])
+                batch["pixel_values"] = (
+                    pv.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, pv.shape[:2])
+                )
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     rss_after_build = peak_rss_gib()
     it = iter(batches)
@@ -153,8 +191,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             model.umgf.vision_backbone.requires_grad_(False)  # frozen backbone: its features come from the cache
         if args.drop_backbone:
             model.umgf.vision_backbone = None  # never called when object_features are given
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                                     fused=True if args.adam_fused else None)
+        optimizer = torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True if args.adam_fused else None
+        )
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
@@ -202,8 +241,10 @@ def main(argv: list[str]) -> None:
     script = Path(__file__)
     names = args.only or list(SUITE)
     tweets, how = twitter_tweets()
-    payload: dict[str, Any] = {"lengths": {"twitter2017_train": length_stats(tweets), "counted_with": how},
-                               "results": {}}
+    payload: dict[str, Any] = {
+        "lengths": {"twitter2017_train": length_stats(tweets), "counted_with": how},
+        "results": {},
+    }
     path = RESULTS_DIR / f"{args.output}.json"
     if path.exists():  # keep the rows of earlier runs that this one does not measure again
         payload["results"] = json.loads(path.read_text()).get("results", {})
@@ -215,9 +256,12 @@ def main(argv: list[str]) -> None:
             row = {"error": str(error)[-2000:]}
         payload["results"][name] = row
         save_results(args.output, payload)  # after every row: a long suite may be stopped
-        print(f"{name:32s} {row.get('seconds_per_batch', '-'):>9} s/batch  {row.get('tweets_per_second', '-'):>8} "
-              f"tweets/s  cpu {row.get('cpu_seconds', '-')} s  peak {row.get('peak_rss_gib', '-')} GiB  "
-              f"load {row.get('loadavg_before', '-')}  {row.get('aborted', row.get('error', ''))[:300]}", flush=True)
+        print(
+            f"{name:32s} {row.get('seconds_per_batch', '-'):>9} s/batch  {row.get('tweets_per_second', '-'):>8} "
+            f"tweets/s  cpu {row.get('cpu_seconds', '-')} s  peak {row.get('peak_rss_gib', '-')} GiB  "
+            f"load {row.get('loadavg_before', '-')}  {row.get('aborted', row.get('error', ''))[:300]}",
+            flush=True,
+        )
     done = [n for n in names if "seconds_per_batch" in payload["results"][n]]
     print(f"SUMMARY bench_speed: {len(done)}/{len(names)} configurations measured -> {path}")
 

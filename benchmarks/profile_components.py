@@ -25,9 +25,8 @@ import sys
 import time
 from collections import defaultdict
 
+import torch
 from bench_common import build_model, machine, make_batch, sample_batches, save_results, set_threads, twitter_tweets
-
-import torch  # noqa: E402  (after bench_common, which sets the OpenMP environment)
 
 
 class ComponentTimer:
@@ -66,6 +65,7 @@ class ComponentTimer:
                 return fn(*args, **kwargs)
             finally:
                 self._end(name)
+
         return timed
 
     def reset(self) -> None:
@@ -80,8 +80,10 @@ def profile(scenario: str, batch_size: int) -> dict:
     if scenario != "train-cached":
         model.umgf.vision_backbone.to(memory_format=torch.channels_last)
     pool, _ = twitter_tweets()
-    warm, batch = (make_batch(t, features=features, seed=i, labels=scenario != "infer")
-                   for i, t in enumerate(sample_batches(pool, batch_size, 2)))
+    warm, batch = (
+        make_batch(t, features=features, seed=i, labels=scenario != "infer")
+        for i, t in enumerate(sample_batches(pool, batch_size, 2))
+    )
     if scenario != "train-cached":
         for b in (warm, batch):
             pv = b["pixel_values"]
@@ -120,16 +122,25 @@ def profile(scenario: str, batch_size: int) -> dict:
         rows["Adam step"] = adam
     rows.update(timer.totals)
     rows["other (checks, gathers, position encoding)"] = total - sum(rows.values())
-    return {"scenario": scenario, "batch_size": batch_size, "total_cpu_s": round(total, 3),
-            "total_wall_s": round(total_wall, 3), "cpu_seconds": {k: round(v, 4) for k, v in rows.items()},
-            "module_wall_seconds": {k: round(v, 4) for k, v in timer.wall.items()},
-            "share_percent": {k: round(100 * v / total, 2) for k, v in rows.items()}}
+    return {
+        "scenario": scenario,
+        "batch_size": batch_size,
+        "total_cpu_s": round(total, 3),
+        "total_wall_s": round(total_wall, 3),
+        "cpu_seconds": {k: round(v, 4) for k, v in rows.items()},
+        "module_wall_seconds": {k: round(v, 4) for k, v in timer.wall.items()},
+        "share_percent": {k: round(100 * v / total, 2) for k, v in rows.items()},
+    }
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", nargs="*", default=["infer", "train-cached", "train-finetune"],
-                        choices=["infer", "train-cached", "train-finetune"])
+    parser.add_argument(
+        "--scenarios",
+        nargs="*",
+        default=["infer", "train-cached", "train-finetune"],
+        choices=["infer", "train-cached", "train-finetune"],
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--infer-batch-size", type=int, default=4)
     parser.add_argument("--finetune-batch-size", type=int, default=2)
@@ -137,7 +148,9 @@ def main(argv: list[str]) -> None:
     set_threads()
     results = []
     for scenario in args.scenarios:
-        size = {"train-finetune": args.finetune_batch_size, "infer": args.infer_batch_size}.get(scenario, args.batch_size)
+        size = {"train-finetune": args.finetune_batch_size, "infer": args.infer_batch_size}.get(
+            scenario, args.batch_size
+        )
         result = profile(scenario, size)
         results.append(result)
         print(f"\n{scenario} (batch {size}): {result['total_cpu_s']} CPU s, {result['total_wall_s']} s wall")

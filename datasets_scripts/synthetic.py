@@ -40,7 +40,6 @@ from modeling_umgf.schema_umgf import ENTITY_TYPES
 
 from .twitter_mner import FEATURES
 
-
 IMAGE_SIZE = 64
 SYMBOL_COLOURS: dict[str, tuple[int, int, int]] = {
     "PER": (220, 40, 40),
@@ -120,7 +119,9 @@ def _mention(rng: random.Random, config: SyntheticMNERConfig) -> tuple[str, list
     return entity_type, [rng.choice(NAME_STEMS) + rng.choice(TYPE_SUFFIXES[entity_type]) for _ in range(length)]
 
 
-def _draw_symbol(draw: ImageDraw.ImageDraw, entity_type: str, box: tuple[int, int, int, int], rng: random.Random) -> None:
+def _draw_symbol(
+    draw: ImageDraw.ImageDraw, entity_type: str, box: tuple[int, int, int, int], rng: random.Random
+) -> None:
     x0, y0, x1, y1 = box
     colour = tuple(min(255, max(0, c + rng.randint(-25, 25))) for c in SYMBOL_COLOURS[entity_type])
     if entity_type == "PER":

@@ -20,8 +20,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -143,7 +144,7 @@ def load_pipeline(model: str, device: str | None, compile_backbone: bool = False
     if compile_backbone:
         network.optimize_for_inference()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return MultimodalNERPipeline(model=network, processor=processor, device=device)
+    return MultimodalNERPipeline(model=network, processor=processor, device=torch.device(device))
 
 
 def format_table(sample: dict[str, Any], result: dict[str, Any]) -> str:
@@ -154,7 +155,13 @@ def format_table(sample: dict[str, Any], result: dict[str, Any]) -> str:
         corners = [round(v) for v in top["box"].values()] if top else []
         box = f"{top['phrase']} {corners} ({top['alpha']:.3f})" if top else "-"
         rows.append(
-            (entity["entity_group"], entity["word"], f"{entity['start']}-{entity['end']}", f"{entity['score']:.3f}", box)
+            (
+                entity["entity_group"],
+                entity["word"],
+                f"{entity['start']}-{entity['end']}",
+                f"{entity['score']:.3f}",
+                box,
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"# {sample['id']}: {result['text']}"]

@@ -9,7 +9,6 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .schema_umgf import LABELS
 
-
 #: bert-base-cased, the paper's text encoder (its vocabulary is cased, 28,996 word pieces).
 BERT_BASE_CASED: dict[str, Any] = {"vocab_size": 28996}
 
@@ -110,7 +109,8 @@ class UMGFConfig(PreTrainedConfig):
             raise ValueError(f"decoder_type must be 'crf' or 'softmax', got {self.decoder_type!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
             )
         if self.num_fusion_layers < 0:
             raise ValueError(f"num_fusion_layers must be >= 0, got {self.num_fusion_layers}")
@@ -118,7 +118,7 @@ class UMGFConfig(PreTrainedConfig):
             raise ValueError("use_visual=True needs at least one fusion layer: objects only reach words through them")
 
     @classmethod
-    def from_preset(cls, preset: str = "paper", **kwargs: Any) -> "UMGFConfig":
+    def from_preset(cls, preset: str = "paper", **kwargs: Any) -> UMGFConfig:
         """Build the configuration of a named preset; keyword arguments override the preset's values.
 
         Presets: "paper" (default), "release" (the authors' released code), "bert", "bert-crf",

@@ -87,10 +87,13 @@ class CRF(nn.Module):
             prev = torch.logsumexp(self.transitions + (emissions[:, i + 1] + beta).unsqueeze(1), dim=2)
             beta = torch.where(mask[:, i + 1 : i + 2], prev, beta)
             betas.append(beta)
-        betas = torch.stack(betas[::-1], 1)
-        log_z = torch.logsumexp(alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, self.num_tags)).squeeze(1)
-                                + self.end_transitions, dim=1)
-        probs = torch.exp(alphas + betas - log_z.view(-1, 1, 1))
+        backward = torch.stack(betas[::-1], 1)
+        log_z = torch.logsumexp(
+            alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, self.num_tags)).squeeze(1)
+            + self.end_transitions,
+            dim=1,
+        )
+        probs = torch.exp(alphas + backward - log_z.view(-1, 1, 1))
         return probs * mask.unsqueeze(-1).to(probs.dtype)
 
     @torch.no_grad()

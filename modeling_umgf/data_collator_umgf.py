@@ -8,8 +8,9 @@ word_ids -1, labels -100, object_mask 0, no adjacency edge.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers.feature_extraction_utils import BatchFeature
@@ -56,7 +57,7 @@ class UMGFDataCollator:
         length = max(len(example["input_ids"]) for example in examples)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = {"input_ids": _pad_rows([e["input_ids"] for e in examples], length, self.pad_token_id)}
+        batch: dict[str, Any] = {"input_ids": _pad_rows([e["input_ids"] for e in examples], length, self.pad_token_id)}
         for key, value in TOKEN_PAD_VALUES.items():
             if key in examples[0]:
                 batch[key] = _pad_rows([e[key] for e in examples], length, value)
@@ -83,7 +84,7 @@ class UMGFDataCollator:
             ]
             if crops:
                 raise ValueError(f"a batch cannot mix cached object_features with object crops (samples {crops})")
-        objects = [None if e.get(key) is None else torch.as_tensor(e[key], dtype=torch.float32) for e in examples]
+        objects = [torch.as_tensor(e[key], dtype=torch.float32) if e.get(key) is not None else None for e in examples]
         item_shape: tuple[int, ...]
         if use_features:
             feature_dims = {o.shape[1] for o in objects if o is not None and o.numel()}
@@ -97,9 +98,10 @@ class UMGFDataCollator:
         values = torch.zeros(len(examples), num_objects, *item_shape)
         object_mask = torch.zeros(len(examples), num_objects, dtype=torch.long)
         adjacency = torch.zeros(len(examples), length, num_objects, dtype=torch.bool)
-        for i, (example, count) in enumerate(zip(examples, counts)):
-            if count:
-                values[i, :count] = objects[i]
+        for i, (example, found) in enumerate(zip(examples, objects)):
+            if found is not None and len(found):
+                count = len(found)
+                values[i, :count] = found
                 object_mask[i, :count] = 1
                 edges = torch.as_tensor(example["inter_modal_adjacency"], dtype=torch.bool)
                 adjacency[i, : edges.shape[0], :count] = edges

@@ -13,8 +13,9 @@ to the words, a box came from.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -32,7 +33,7 @@ SUPPORTED_DETECTOR_TYPES = ("grounding-dino", "mm-grounding-dino")
 
 
 @lru_cache(maxsize=2)
-def _load_detector(detector: str, device: str) -> tuple[Any, torch.nn.Module]:
+def _load_detector(detector: str, device: str) -> tuple[Any, Any]:
     """Load (once per process) a zero-shot detector and its processor through the Auto classes."""
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
@@ -69,7 +70,7 @@ class ZeroShotDetectorGrounder(Grounder):
     """
 
     name = "detector"
-    config_keys = (
+    config_keys: ClassVar[tuple[str, ...]] = (
         "detector",
         "box_threshold",
         "max_boxes_per_phrase",
@@ -186,7 +187,7 @@ class ZeroShotDetectorGrounder(Grounder):
         scores, phrase_ids, query_ids = torch.cat(scores), torch.cat(phrase_ids), torch.cat(query_ids)
         order = batched_nms(boxes[query_ids], scores, phrase_ids, self.nms_iou)  # sorted by decreasing score
         per_phrase: dict[int, int] = {}
-        kept = []
+        kept: list[int] = []
         for index in order.tolist():
             phrase = int(phrase_ids[index])
             if per_phrase.get(phrase, 0) < self.max_boxes_per_phrase and len(kept) < self.max_objects:
@@ -206,7 +207,9 @@ class ReleaseGrounder(ZeroShotDetectorGrounder):
     """The authors' released variant: the top box of each of the four general words, linked to every word."""
 
     name = "release"
-    config_keys = tuple(key for key in ZeroShotDetectorGrounder.config_keys if key != "use_noun_phrases")
+    config_keys: ClassVar[tuple[str, ...]] = tuple(
+        key for key in ZeroShotDetectorGrounder.config_keys if key != "use_noun_phrases"
+    )
 
     def __init__(self, detector: str = DEFAULT_DETECTOR, **kwargs):
         kwargs = {"box_threshold": 0.0, "max_boxes_per_phrase": 1, "max_objects": len(GENERAL_WORDS), **kwargs}

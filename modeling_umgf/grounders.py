@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .detector_grounding import ReleaseGrounder, ZeroShotDetectorGrounder
-from .grounding import Grounder, GridGrounder, PrecomputedGrounder
+from .grounding import GridGrounder, Grounder, PrecomputedGrounder
 
 GROUNDERS: dict[str, type[Grounder]] = {
     grounder.name: grounder

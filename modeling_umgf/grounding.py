@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -162,7 +163,13 @@ class GridGrounder(Grounder):
                 logger.warning(
                     "sample %r: its %dx%d image is too small for a %dx%d grid: %d of %d cells are under a pixel and "
                     "dropped",
-                    sample, width, height, n, n, len(cells) - len(grounding), len(cells),
+                    sample,
+                    width,
+                    height,
+                    n,
+                    n,
+                    len(cells) - len(grounding),
+                    len(cells),
                 )
             groundings.append(grounding)
         return groundings
@@ -197,16 +204,17 @@ def ground_batch(
     grounding of a sample with an image is clipped to it. A sample with neither image nor grounding gives None.
     """
     count = len(sentences)
-    kept = list(groundings) if groundings is not None else [None] * count
+    kept: list[Grounding | None] = list(groundings) if groundings is not None else [None] * count
     if reground and grounder.name != PrecomputedGrounder.name:
         kept = [g if g is None or g.grounder == grounder.name else None for g in kept]
-    todo = [i for i in range(count) if kept[i] is None and images[i] is not None]
+    todo = [(i, image) for i, image in enumerate(images) if kept[i] is None and image is not None]
     if todo:
-        found = grounder.ground([images[i] for i in todo], [sentences[i] for i in todo], [sample_ids[i] for i in todo])
-        for i, grounding in zip(todo, found):
+        found = grounder.ground(
+            [image for _, image in todo], [sentences[i] for i, _ in todo], [sample_ids[i] for i, _ in todo]
+        )
+        for (i, _), grounding in zip(todo, found):
             kept[i] = grounding
-    for i, image in enumerate(images):
-        grounding = kept[i]
-        if image is not None and grounding is not None:
-            kept[i] = grounding.clipped(*image.size)
+    for i, (image, given) in enumerate(zip(images, kept)):
+        if image is not None and given is not None:
+            kept[i] = given.clipped(*image.size)
     return kept

@@ -17,8 +17,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
 from huggingface_hub.errors import HFValidationError
@@ -167,7 +168,7 @@ def write_model_card(
     processor_config = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
     repo_id = repo_id or folder.resolve().name
     dataset_config = dataset_config or results.get("dataset_config_name")
-    dataset_name = DATASET_NAMES.get(dataset_config, dataset_config or "synthetic task")
+    dataset_name = DATASET_NAMES.get(dataset_config or "", dataset_config or "synthetic task")
     if pipe is None:
         from .modeling_umgf import UMGFForTokenClassification
         from .processing_umgf import UMGFProcessor
@@ -251,4 +252,12 @@ def push_to_hub(
     return str(commit)
 
 
-__all__ = ["asset_path", "hub_id", "is_local_path", "push_to_hub", "save_for_hub", "widget_examples", "write_model_card"]
+__all__ = [
+    "asset_path",
+    "hub_id",
+    "is_local_path",
+    "push_to_hub",
+    "save_for_hub",
+    "widget_examples",
+    "write_model_card",
+]

@@ -9,7 +9,8 @@ disables ``save_pretrained``, so it cannot be reloaded from a processor folder.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import timm
 import torch
@@ -40,10 +41,10 @@ class UMGFImageProcessor(BaseImageProcessor):
         self.data_config = {
             key: list(value) if isinstance(value, tuple) else value for key, value in data_config.items()
         }
-        self._transform = timm.data.create_transform(
-            **{key: tuple(value) if isinstance(value, list) else value for key, value in self.data_config.items()},
-            is_training=False,
-        )
+        settings: dict[str, Any] = {
+            key: tuple(value) if isinstance(value, list) else value for key, value in self.data_config.items()
+        }
+        self._transform = timm.data.create_transform(**settings, is_training=False)
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -17,7 +17,8 @@ import binascii
 import io
 import logging
 import os
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import httpx
 import numpy as np
@@ -25,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-ImageInput = Union[Image.Image, str, os.PathLike, bytes, np.ndarray, dict, None]
+ImageInput = Union[Image.Image, str, os.PathLike, bytes, np.ndarray, dict, None]  # noqa: UP007 (a runtime alias)
 """What umgf accepts as an image: a PIL image, a file path, an ``http(s)://`` URL, base64 image data (plain or as a
 ``data:image/...;base64,`` URI), encoded bytes, an HxW[xC] uint8 array, a `datasets.Image` dict
 (``{"bytes": ..., "path": ...}``), or None for a post without an image."""

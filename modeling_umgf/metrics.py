@@ -12,14 +12,14 @@ counts (correct, predicted, gold entities, found with seqeval's own chunker), so
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from seqeval.metrics import classification_report
 from seqeval.metrics.sequence_labeling import get_entities
 
 from .schema_umgf import ENTITY_TYPES
-
 
 
 def _check(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> None:
@@ -46,8 +46,12 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
     per_type = {}
     for entity_type in types:
         row = report.get(entity_type, empty)
-        per_type[entity_type] = {"precision": float(row["precision"]), "recall": float(row["recall"]),
-                                 "f1": float(row["f1-score"]), "support": int(row["support"])}
+        per_type[entity_type] = {
+            "precision": float(row["precision"]),
+            "recall": float(row["recall"]),
+            "f1": float(row["f1-score"]),
+            "support": int(row["support"]),
+        }
     return {
         "precision": float(micro["precision"]),
         "recall": float(micro["recall"]),
@@ -68,18 +72,28 @@ def format_table2(rows: Mapping[str, Mapping[str, Any]], title: str = "") -> str
 
     name_width = max([len("Model"), *map(len, rows)])
     header_cells = [*ENTITY_TYPES, "Pre.", "Rec.", "F1"]
-    body = [[cell(r["per_type"][t]["f1"]) for t in ENTITY_TYPES] + [cell(r[k]) for k in ("precision", "recall", "f1")]
-            for r in rows.values()]
+    body = [
+        [cell(r["per_type"][t]["f1"]) for t in ENTITY_TYPES] + [cell(r[k]) for k in ("precision", "recall", "f1")]
+        for r in rows.values()
+    ]
     width = max([6, *(len(c) for line in body for c in line)])
     group = f"{'Single Type (F1)':^{4 * (width + 1) - 1}} | {'Overall':^{3 * (width + 1) - 1}}"
     lines = [title] if title else []
-    lines += [f"{'':<{name_width}}   {group}",
-              f"{'Model':<{name_width}}   " + " ".join(f"{h:>{width}}" for h in header_cells[:4]) + " | "
-              + " ".join(f"{h:>{width}}" for h in header_cells[4:])]
+    lines += [
+        f"{'':<{name_width}}   {group}",
+        f"{'Model':<{name_width}}   "
+        + " ".join(f"{h:>{width}}" for h in header_cells[:4])
+        + " | "
+        + " ".join(f"{h:>{width}}" for h in header_cells[4:]),
+    ]
     lines.append("-" * len(lines[-1]))
     for name, line in zip(rows, body):
-        lines.append(f"{name:<{name_width}}   " + " ".join(f"{c:>{width}}" for c in line[:4]) + " | "
-                     + " ".join(f"{c:>{width}}" for c in line[4:]))
+        lines.append(
+            f"{name:<{name_width}}   "
+            + " ".join(f"{c:>{width}}" for c in line[:4])
+            + " | "
+            + " ".join(f"{c:>{width}}" for c in line[4:])
+        )
     return "\n".join(lines)
 
 
@@ -94,7 +108,9 @@ def mean_std(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     types = runs[0]["per_type"]
     return {
         **{k: stat([r[k] for r in runs]) for k in ("precision", "recall", "f1")},
-        "per_type": {t: {k: stat([r["per_type"][t][k] for r in runs]) for k in ("precision", "recall", "f1")} for t in types},
+        "per_type": {
+            t: {k: stat([r["per_type"][t][k] for r in runs]) for k in ("precision", "recall", "f1")} for t in types
+        },
         "runs": len(runs),
     }
 
@@ -135,8 +151,13 @@ def paired_bootstrap(
     draws = rng.integers(0, len(gold), size=(samples, len(gold)))
     f1_a, f1_b = _f1(counts_a[draws].sum(1)), _f1(counts_b[draws].sum(1))
     full_a, full_b = float(_f1(counts_a.sum(0))), float(_f1(counts_b.sum(0)))
-    return {"f1_a": full_a, "f1_b": full_b, "delta": full_a - full_b, "p_value": float(np.mean(f1_a <= f1_b)),
-            "samples": samples}
+    return {
+        "f1_a": full_a,
+        "f1_b": full_b,
+        "delta": full_a - full_b,
+        "p_value": float(np.mean(f1_a <= f1_b)),
+        "samples": samples,
+    }
 
 
 __all__ = ["entity_scores", "format_table2", "mean_std", "paired_bootstrap", "sentence_counts"]

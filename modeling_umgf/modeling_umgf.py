@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import timm
 import torch
@@ -87,7 +88,10 @@ class UMGFSelfAttention(nn.Module):
         # never used, since padded nodes have no inter-modal edges and are zeroed after each layer.
         key_mask = key_mask | ~key_mask.any(dim=1, keepdim=True)
         context = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask[:, None, None, :],
+            q,
+            k,
+            v,
+            attn_mask=key_mask[:, None, None, :],
             dropout_p=self.attention_dropout if self.training else 0.0,
         )
         context = context.transpose(1, 2).reshape(batch, length, dim)
@@ -243,7 +247,7 @@ class UMGFPreTrainedModel(PreTrainedModel):
         }
         super().save_pretrained(save_directory, *args, **kwargs)
 
-    def optimize_for_inference(self, compile_backbone: bool = True) -> "UMGFPreTrainedModel":
+    def optimize_for_inference(self, compile_backbone: bool = True) -> UMGFPreTrainedModel:
         """Prepare the model for fast inference and return it: eval mode, the vision backbone's weights in
         channels-last layout (oneDNN / cuDNN NHWC convolutions) and, with ``compile_backbone``, the backbone's
         forward compiled in place by TorchInductor with weight freezing (BatchNorm folded into the
@@ -357,8 +361,10 @@ class UMGFModel(UMGFPreTrainedModel):
         if not self.config.use_visual:
             raise ValueError("this UMGF model has no visual branch (config.use_visual=False)")
         if getattr(self, "vision_backbone", None) is None:
-            raise ValueError("this model's vision backbone was released (vision_backbone=None, e.g. to save memory "
-                             "when training from cached features): give object_features instead of pixel_values")
+            raise ValueError(
+                "this model's vision backbone was released (vision_backbone=None, e.g. to save memory "
+                "when training from cached features): give object_features instead of pixel_values"
+            )
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [batch, objects, 3, H, W], got shape {tuple(pixel_values.shape)}")
         real = object_mask.bool()
@@ -519,7 +525,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         vision_backbone: str | None = "resnet152",
         vision_weights: str | os.PathLike | bool = True,
         **config_kwargs: Any,
-    ) -> "UMGFForTokenClassification":
+    ) -> UMGFForTokenClassification:
         """Compose a new UMGF model from pretrained parts, the way `VisionTextDualEncoderModel` does.
 
         Args:
@@ -544,8 +550,11 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
                 num_classes=0,
                 **(config_kwargs.get("vision_backbone_kwargs") or {}),
             )
-            config_kwargs = {**config_kwargs, "vision_backbone": vision_backbone,
-                             "vision_feature_dim": backbone.num_features}
+            config_kwargs = {
+                **config_kwargs,
+                "vision_backbone": vision_backbone,
+                "vision_feature_dim": backbone.num_features,
+            }
         else:
             config_kwargs = {**config_kwargs, "use_visual": False}
         config = UMGFConfig(text_config=text_config, **config_kwargs)
@@ -588,7 +597,9 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         )
         features = self.word_features(outputs)
         if word_ids is None:
-            mask = attention_mask if attention_mask is not None else torch.ones(features.shape[:2], device=features.device)
+            mask = (
+                attention_mask if attention_mask is not None else torch.ones(features.shape[:2], device=features.device)
+            )
             word_ids = torch.where(mask.bool(), mask.long().cumsum(1) - 1, -1)
         first, word_mask = first_subtoken_index(word_ids.to(features.device))
         word_states = features.gather(1, first.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
@@ -618,7 +629,8 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
             if bool(missing.any()):
                 b, w = (int(i) for i in missing.nonzero()[0])
                 raise ValueError(
-                    f"the CRF needs a label for every word in the input, but batch item {b} word {w} has {labels[b, w].item()}"
+                    f"the CRF needs a label for every word in the input, but batch item {b} word {w} "
+                    f"has {labels[b, w].item()}"
                 )
         outside = (labels >= self.num_labels) & word_mask
         if bool(outside.any()):
@@ -627,7 +639,9 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         if self.crf is None:
-            return F.cross_entropy(logits.reshape(-1, self.num_labels), labels.masked_fill(~word_mask, -100).reshape(-1))
+            return F.cross_entropy(
+                logits.reshape(-1, self.num_labels), labels.masked_fill(~word_mask, -100).reshape(-1)
+            )
         rows = word_mask.any(1)  # sequences with at least one word (a sequence without words has nothing to score)
         if not bool(rows.any()):
             return logits.sum() * 0.0
@@ -690,9 +704,9 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
 
 
 __all__ = [
-    "UMGFPreTrainedModel",
-    "UMGFModel",
     "UMGFForTokenClassification",
+    "UMGFModel",
     "UMGFModelOutput",
+    "UMGFPreTrainedModel",
     "UMGFTokenClassifierOutput",
 ]

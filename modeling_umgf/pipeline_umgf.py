@@ -23,7 +23,8 @@ from __future__ import annotations
 import collections.abc
 import functools
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -38,6 +39,10 @@ from .grounding import Grounder
 from .image_utils_umgf import load_images, load_rgb_image
 from .schema_umgf import ENTITY_TYPES, hex_colour
 from .visualization_umgf import box_label, draw_entities, supported_entities
+
+if TYPE_CHECKING:
+    from .modeling_umgf import UMGFForTokenClassification
+    from .processing_umgf import UMGFProcessor
 
 TASK = "multimodal-ner"
 
@@ -93,13 +98,15 @@ class MultimodalNERPipeline(Pipeline):
     where a word's ``score`` is the CRF marginal of its tag (None for words cut by ``max_length``, tagged O).
     """
 
-    _load_processor = True
-    _load_tokenizer = False
-    _load_image_processor = False
-    _load_feature_extractor = False
-    _load_video_processor = False
+    model: UMGFForTokenClassification
+    processor: UMGFProcessor
+    _load_processor = True  # type: ignore[assignment]
+    _load_tokenizer = False  # type: ignore[assignment]
+    _load_image_processor = False  # type: ignore[assignment]
+    _load_feature_extractor = False  # type: ignore[assignment]
+    _load_video_processor = False  # type: ignore[assignment]
 
-    def __call__(self, inputs: Any, image: Any = None, grounding: Any = None, **kwargs: Any) -> Any:
+    def __call__(self, inputs: Any, image: Any = None, grounding: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """Tag ``inputs`` (see the class docstring); ``image`` / ``grounding`` go with string inputs."""
         if image is not None or grounding is not None:
             inputs = self._with_extras(inputs, image, grounding)
@@ -133,20 +140,21 @@ class MultimodalNERPipeline(Pipeline):
         postprocess = {} if return_words is None else {"return_words": return_words}
         return preprocess, {}, postprocess
 
-    def preprocess(self, item: Any, timeout: float | None = None) -> dict[str, Any]:
+    def preprocess(self, item: Any, timeout: float | None = None) -> dict[str, Any]:  # type: ignore[override]
         sample = {"text": item} if isinstance(item, str) else item
         if not isinstance(sample, Mapping) or ("text" in sample) == ("words" in sample):
             raise ValueError(f"each input must be a string or a dict with 'text' or 'words', got {item!r:.200}")
+        words: list[str]
         if "text" in sample:
             text = sample["text"]
             if not isinstance(text, str):
                 raise ValueError(f"'text' must be a string, got {type(text).__name__}")
             words = self.processor.split_words(text)
         else:
-            words = sample["words"]
-            if isinstance(words, str) or not all(isinstance(word, str) for word in words):
-                raise ValueError(f"'words' must be a list of strings, got {words!r:.200}")
-            words = list(words)
+            given = sample["words"]
+            if isinstance(given, str) or not all(isinstance(word, str) for word in given):
+                raise ValueError(f"'words' must be a list of strings, got {given!r:.200}")
+            words = list(given)
             text = " ".join(words)
         sample_id = str(sample["id"]) if sample.get("id") is not None else None
         (image,) = load_images([sample.get("image")], [sample_id or text[:40]], timeout)
@@ -171,13 +179,18 @@ class MultimodalNERPipeline(Pipeline):
             return_tensors="pt",
             return_metadata=True,
         )
-        return {"batch": batch, "text": [item["text"] for item in items], "offsets": [item["offsets"] for item in items]}
+        return {
+            "batch": batch,
+            "text": [item["text"] for item in items],
+            "offsets": [item["offsets"] for item in items],
+        }
 
     def get_iterator(
         self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
     ) -> Iterator[Any]:
         preprocess_params = dict(preprocess_params)
         grounder = preprocess_params.pop("grounder", None)
+        dataset: PipelineDataset | PipelineIterator
         if isinstance(inputs, collections.abc.Sized):
             dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
         else:
@@ -198,7 +211,7 @@ class MultimodalNERPipeline(Pipeline):
     def run_single(self, inputs, preprocess_params, forward_params, postprocess_params) -> Any:
         return next(iter(self.get_iterator([inputs], 0, 1, preprocess_params, forward_params, postprocess_params)))
 
-    def _forward(self, model_inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    def _forward(self, model_inputs: dict[str, Any]) -> list[dict[str, Any]]:  # type: ignore[override]
         batch, metadata = self.processor.split_batch(model_inputs["batch"])
         outputs = self.model(**batch, output_gates=True)
         tags = self.processor.decode_word_predictions(outputs.predictions, metadata["num_words"])
@@ -241,14 +254,14 @@ class MultimodalNERPipeline(Pipeline):
                 positions.setdefault(word, position)
             first.append(positions)
         for (b, entity_type, start, end), score in zip(entities, scores):
-            positions = [first[b][w] for w in range(start, end)]
+            linked = [first[b][w] for w in range(start, end)]
             samples[b]["entities"].append(
                 {
                     "type": entity_type,
                     "word_start": start,
                     "word_end": end,
                     "score": score,
-                    "boxes": self._explain(alphas, batch, metadata, b, positions),
+                    "boxes": self._explain(alphas, batch, metadata, b, linked),
                 }
             )
         return samples
@@ -277,7 +290,7 @@ class MultimodalNERPipeline(Pipeline):
             )
         return sorted(boxes, key=lambda entry: -entry["alpha"])
 
-    def postprocess(self, sample: dict[str, Any], return_words: bool = False) -> Any:
+    def postprocess(self, sample: dict[str, Any], return_words: bool = False) -> Any:  # type: ignore[override]
         text, offsets = sample["text"], sample["offsets"]
         entities = []
         for entity in sample["entities"]:

@@ -16,8 +16,9 @@ Padding is `UMGFDataCollator`'s. The input contract is CONTRACT.md.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from numbers import Integral
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -273,12 +274,11 @@ class UMGFProcessor(ProcessorMixin):
         if (text is None) == (words is None):
             raise ValueError("give exactly one of `text` (raw text) and `words` (pre-tokenised words)")
         if text is not None:
-            if not isinstance(text, str) and not (
-                isinstance(text, Sequence) and all(isinstance(t, str) for t in text)
-            ):
+            if not isinstance(text, str) and not (isinstance(text, Sequence) and all(isinstance(t, str) for t in text)):
                 raise ValueError(f"text must be a string or a list of strings, got {type(text).__name__}")
             batched = not isinstance(text, str)
-            return [UMGFProcessor.split_words(t) for t in (text if batched else [text])], batched
+            texts: list[str] = [text] if isinstance(text, str) else list(text)
+            return [UMGFProcessor.split_words(t) for t in texts], batched
         if isinstance(words, str):
             raise ValueError(
                 f"words must be a list of words (or of lists of words), got the string {words[:80]!r}: "
@@ -338,8 +338,8 @@ class UMGFProcessor(ProcessorMixin):
             groundings.append(grounding)
         # Samples with cached features are neither grounded nor clipped: their objects are fixed by the features.
         to_ground = [None if feature is not None else image for image, feature in zip(images, features)]
-        found = ground_batch(grounder or self.visual_grounder, to_ground, sentences, ids, groundings)
-        return [Grounding() if g is None else g for g in found]
+        grounded = ground_batch(grounder or self.visual_grounder, to_ground, sentences, ids, groundings)
+        return [Grounding() if g is None else g for g in grounded]
 
     def _encode(self, sentences: list[list[str]]) -> Any:
         """One tokenizer call for the batch. A word the tokenizer maps to no sub-token (e.g. "", a zero-width
@@ -354,7 +354,9 @@ class UMGFProcessor(ProcessorMixin):
             last = max(present) + 1 if cut and present else len(sentence)
             empty = [w for w in range(last) if w not in present]
             if empty and self.tokenizer.unk_token is None:
-                raise ValueError(f"words {empty} of sentence {i} make no sub-token and the tokenizer has no unknown token")
+                raise ValueError(
+                    f"words {empty} of sentence {i} make no sub-token and the tokenizer has no unknown token"
+                )
             empty_set = set(empty)
             fixed.append([self.tokenizer.unk_token if w in empty_set else word for w, word in enumerate(sentence)])
             changed = changed or bool(empty)

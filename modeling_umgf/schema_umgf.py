@@ -104,8 +104,6 @@ def empty_grounding() -> dict[str, Any]:
     return {column: "" if column == "grounder" else [] for column in GROUNDING_COLUMNS}
 
 
-
-
 def entity_tag_masks(
     label2id: dict[str, int], entity_type: str, start: int, end: int, num_words: int, num_slots: int
 ) -> list[torch.Tensor]:

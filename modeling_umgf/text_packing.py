@@ -100,6 +100,7 @@ def encode_packed(
         packed_ids[row_of, slot_of] = input_ids[seq_index, column]
         kwargs["input_ids"] = packed_ids
     else:
+        assert inputs_embeds is not None, "give input_ids or inputs_embeds"
         packed_embeds = inputs_embeds.new_zeros(num_rows, width, inputs_embeds.shape[-1])
         packed_embeds[row_of, slot_of] = inputs_embeds[seq_index, column]
         kwargs["inputs_embeds"] = packed_embeds
@@ -118,4 +119,4 @@ def encode_packed(
     return hidden
 
 
-__all__ = ["can_pack", "encode_packed", "pack_rows", "PACKABLE_MODEL_TYPES", "ROW_CAPACITY", "MIN_SAVING"]
+__all__ = ["MIN_SAVING", "PACKABLE_MODEL_TYPES", "ROW_CAPACITY", "can_pack", "encode_packed", "pack_rows"]

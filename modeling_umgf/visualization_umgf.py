@@ -7,7 +7,8 @@ drawing itself is torchvision's `draw_bounding_boxes`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,9 @@ def supported_entities(entities: Sequence[dict[str, Any]]) -> list[tuple[tuple[f
     for entity in entities:
         for box in entity["boxes"]:
             supports.setdefault(box_corners(box["box"]), []).append((box["alpha"], entity))
-    return [(box, [entity for _, entity in sorted(linked, key=lambda pair: -pair[0])]) for box, linked in supports.items()]
+    return [
+        (box, [entity for _, entity in sorted(linked, key=lambda pair: -pair[0])]) for box, linked in supports.items()
+    ]
 
 
 def box_label(entity: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ pipeline itself. Run locally with ``python spaces/app.py``.
 from __future__ import annotations
 
 import os
+
 import gradio as gr
 from PIL import Image
 from transformers import pipeline

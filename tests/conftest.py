@@ -15,9 +15,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transformers import BertConfig  # noqa: E402
+from transformers import BertConfig
 
-from modeling_umgf import UMGFConfig  # noqa: E402
+from modeling_umgf import UMGFConfig
 
 TINY_IMAGE = 32
 
@@ -36,16 +36,36 @@ def run_without_package(script: str, cwd: Path, timeout: int = 300) -> subproces
     installed, e.g. editable): what a user who only has the saved folder and ``trust_remote_code`` sees."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(cwd) / "hf_modules"))
-    return subprocess.run([sys.executable, "-c", _BLOCK_PACKAGE + script], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCK_PACKAGE + script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tiny_config(**overrides) -> UMGFConfig:
     """A UMGF config small enough for CPU tests: 1-layer BERT (32-d), timm's test_resnet (96-d), d=16."""
-    text = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=64)
-    kwargs = dict(text_config=text, vision_backbone="test_resnet", vision_feature_dim=96, vision_image_size=TINY_IMAGE,
-                  hidden_size=16, num_attention_heads=2, intermediate_size=32, dropout=0.1)
+    text = BertConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    kwargs = dict(
+        text_config=text,
+        vision_backbone="test_resnet",
+        vision_feature_dim=96,
+        vision_image_size=TINY_IMAGE,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        dropout=0.1,
+    )
     kwargs.update(overrides)
     return UMGFConfig(**kwargs)
 

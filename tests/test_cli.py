@@ -74,8 +74,9 @@ def test_compile_flag_optimizes_the_loaded_model_before_predicting(tiny_ner_fold
     events = []
     monkeypatch.setattr(UMGFForTokenClassification, "optimize_for_inference", lambda self: events.append("optimize"))
     forward = UMGFForTokenClassification.forward
-    monkeypatch.setattr(UMGFForTokenClassification, "forward",
-                        lambda self, *a, **k: events.append("forward") or forward(self, *a, **k))
+    monkeypatch.setattr(
+        UMGFForTokenClassification, "forward", lambda self, *a, **k: events.append("forward") or forward(self, *a, **k)
+    )
     code, out, err = run_cli(capsys, "--model", tiny_ner_folder, "--text", TEXT, "--format", "conll", "--compile")
     assert code == 0, err
     assert events[0] == "optimize" and events.count("optimize") == 1 and "forward" in events

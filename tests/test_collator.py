@@ -71,11 +71,18 @@ def test_collated_batches_give_each_sample_its_unbatched_outputs() -> None:
 def test_a_batch_may_mix_cached_features_and_samples_without_objects() -> None:
     """Rows with cached features next to rows with no objects (e.g. no image) process and collate as one batch."""
     processor = tiny_processor(grounder="precomputed")
-    grounding = {"object_boxes": [[0.0, 0.0, 4.0, 4.0]], "object_scores": [0.9], "object_phrases": ["person"],
-                 "object_word_start": [-1], "object_word_end": [-1], "grounder": "precomputed"}
+    grounding = {
+        "object_boxes": [[0.0, 0.0, 4.0, 4.0]],
+        "object_scores": [0.9],
+        "object_phrases": ["person"],
+        "object_word_start": [-1],
+        "object_word_end": [-1],
+        "grounder": "precomputed",
+    }
     features = torch.arange(6, dtype=torch.float32).reshape(1, 6)
-    out = processor(words=[["a", "b"], ["c"]], grounding=[grounding, None], object_features=[features, []],
-                    return_tensors="pt")
+    out = processor(
+        words=[["a", "b"], ["c"]], grounding=[grounding, None], object_features=[features, []], return_tensors="pt"
+    )
     assert out["object_features"].shape == (2, 1, 6)
     assert out["object_mask"].tolist() == [[1], [0]]
     assert torch.equal(out["object_features"][0, 0], features[0])

@@ -17,7 +17,7 @@ def brute_force(crf: CRF, emissions: torch.Tensor, length: int) -> dict[tuple[in
     for tags in itertools.product(range(crf.num_tags), repeat=length):
         s = crf.start_transitions[tags[0]] + crf.end_transitions[tags[-1]]
         s = s + sum(emissions[i, t] for i, t in enumerate(tags))
-        s = s + sum(crf.transitions[a, b] for a, b in zip(tags, tags[1:]))
+        s = s + sum(crf.transitions[a, b] for a, b in itertools.pairwise(tags))
         scores[tags] = float(s)
     return scores
 

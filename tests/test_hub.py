@@ -7,8 +7,8 @@ import re
 import textwrap
 
 import pytest
-from huggingface_hub import ModelCard
 from conftest import run_without_package
+from huggingface_hub import ModelCard
 from inference_fixtures import tiny_ner_pipeline
 from test_pipeline import TWEET, quadrant_image
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import TINY_IMAGE, run_without_package, tiny_config, tiny_inputs
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, BertConfig, BertModel
 
-from conftest import TINY_IMAGE, run_without_package, tiny_config, tiny_inputs
 from modeling_umgf import UMGFConfig, UMGFForTokenClassification, UMGFModel
 from modeling_umgf.modeling_umgf import UMGFCrossModalGate, first_subtoken_index
 
@@ -25,15 +25,31 @@ def build(seed: int = 0, **overrides) -> UMGFForTokenClassification:
 def test_auto_classes_give_the_paper_configuration() -> None:
     config = AutoConfig.for_model("umgf")
     assert isinstance(config, UMGFConfig)
-    assert (config.hidden_size, config.num_attention_heads, config.num_fusion_layers, config.dropout) == (512, 8, 2, 0.5)
+    assert (config.hidden_size, config.num_attention_heads, config.num_fusion_layers, config.dropout) == (
+        512,
+        8,
+        2,
+        0.5,
+    )
     assert (config.text_config.hidden_size, config.text_config.vocab_size) == (768, 28996)  # bert-base-cased
     assert (config.vision_backbone, config.vision_feature_dim, config.decoder_type) == ("resnet152", 2048, "crf")
     assert [config.id2label[i] for i in range(config.num_labels)] == [
-        "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+        "O",
+        "B-PER",
+        "I-PER",
+        "B-LOC",
+        "I-LOC",
+        "B-ORG",
+        "I-ORG",
+        "B-MISC",
+        "I-MISC",
+    ]
     model = AutoModelForTokenClassification.from_config(config)
     assert isinstance(model, UMGFForTokenClassification)
     backbone = timm.create_model("resnet152", num_classes=0)
-    assert sum(p.numel() for p in model.umgf.vision_backbone.parameters()) == sum(p.numel() for p in backbone.parameters())
+    assert sum(p.numel() for p in model.umgf.vision_backbone.parameters()) == sum(
+        p.numel() for p in backbone.parameters()
+    )
     assert model.umgf.text_encoder.config.num_hidden_layers == 12
     assert isinstance(AutoModel.from_config(tiny_config()), UMGFModel)
 
@@ -92,7 +108,9 @@ def test_zero_objects_equals_the_model_without_visual_branch() -> None:
     full = build()
     text_only = UMGFForTokenClassification(tiny_config(use_visual=False)).eval()
     missing, unexpected = text_only.load_state_dict(full.state_dict(), strict=False)
-    assert not missing and all(k.startswith(("umgf.vision_backbone", "umgf.visual_mlp", "umgf.layers")) for k in unexpected)
+    assert not missing and all(
+        k.startswith(("umgf.vision_backbone", "umgf.visual_mlp", "umgf.layers")) for k in unexpected
+    )
     x = tiny_inputs()
     text = {k: x[k] for k in ("input_ids", "attention_mask", "word_ids")}
     expected = text_only(**text).logits
@@ -157,7 +175,9 @@ def test_ablation_switches_change_the_architecture() -> None:
     assert not any(n.startswith("crf.") for n in names(decoder_type="softmax"))
     text_only = names(use_visual=False)
     assert not any("vision_backbone" in n or "visual" in n or ".gate." in n for n in text_only)
-    assert not any(n.startswith("umgf.layers") for n in names(use_visual=False, num_fusion_layers=0, classifier_input="text"))
+    assert not any(
+        n.startswith("umgf.layers") for n in names(use_visual=False, num_fusion_layers=0, classifier_input="text")
+    )
     assert build(classifier_input="concat").classifier.in_features == 32 + 16
     assert build(classifier_input="text").classifier.in_features == 32
 
@@ -201,7 +221,9 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         "AutoModel": "modeling_umgf.UMGFModel",
         "AutoModelForTokenClassification": "modeling_umgf.UMGFForTokenClassification",
     }
-    assert {"model.safetensors", "configuration_umgf.py", "modeling_umgf.py", "crf.py"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"model.safetensors", "configuration_umgf.py", "modeling_umgf.py", "crf.py"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
     x = tiny_inputs()
     loaded = AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
     assert torch.equal(loaded(**x).logits, model(**x).logits)
@@ -211,16 +233,22 @@ def test_remote_code_loads_in_a_clean_process(tmp_path: Path) -> None:
     model = build()
     model.save_pretrained(tmp_path / "model")
     x = tiny_inputs()
-    torch.save({"inputs": x, "logits": model(**x).logits, "hidden": model.umgf(**{k: v for k, v in x.items() if k != "word_ids"}).last_hidden_state},
-               tmp_path / "expected.pt")
+    torch.save(
+        {
+            "inputs": x,
+            "logits": model(**x).logits,
+            "hidden": model.umgf(**{k: v for k, v in x.items() if k != "word_ids"}).last_hidden_state,
+        },
+        tmp_path / "expected.pt",
+    )
     script = textwrap.dedent(f"""
         import torch
         from transformers import AutoModel, AutoModelForTokenClassification
-        expected = torch.load({str(tmp_path / 'expected.pt')!r})
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
         x = expected["inputs"]
-        tagger = AutoModelForTokenClassification.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True).eval()
+        tagger = AutoModelForTokenClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
         assert torch.equal(tagger(**x).logits, expected["logits"])
-        encoder = AutoModel.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True).eval()
+        encoder = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
         x.pop("word_ids")
         assert torch.equal(encoder(**x).last_hidden_state, expected["hidden"])
         print("REMOTE-OK", type(tagger).__module__)
@@ -232,14 +260,20 @@ def test_remote_code_loads_in_a_clean_process(tmp_path: Path) -> None:
 
 def test_composing_pretrained_parts_keeps_their_weights(tmp_path: Path) -> None:
     torch.manual_seed(5)
-    bert = BertModel(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=64), add_pooling_layer=False)
+    bert = BertModel(
+        BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        add_pooling_layer=False,
+    )
     bert.save_pretrained(tmp_path / "bert")
     backbone = timm.create_model("test_resnet")  # with its classifier, as published checkpoints are
     save_file(backbone.state_dict(), tmp_path / "resnet.safetensors")
     model = UMGFForTokenClassification.from_text_vision_pretrained(
-        str(tmp_path / "bert"), vision_backbone="test_resnet", vision_weights=tmp_path / "resnet.safetensors",
-        hidden_size=16, num_attention_heads=2, intermediate_size=32,
+        str(tmp_path / "bert"),
+        vision_backbone="test_resnet",
+        vision_weights=tmp_path / "resnet.safetensors",
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
     )
     assert model.config.vision_feature_dim == 96 and model.config.text_config.hidden_size == 32
     for name, value in bert.state_dict().items():
@@ -250,8 +284,9 @@ def test_composing_pretrained_parts_keeps_their_weights(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "umgf")
     reloaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "umgf")
     assert torch.equal(reloaded.umgf.vision_backbone.conv1[0].weight, backbone.conv1[0].weight)
-    text_only = UMGFForTokenClassification.from_text_vision_pretrained(str(tmp_path / "bert"), vision_backbone=None,
-                                                                        hidden_size=16, num_attention_heads=2)
+    text_only = UMGFForTokenClassification.from_text_vision_pretrained(
+        str(tmp_path / "bert"), vision_backbone=None, hidden_size=16, num_attention_heads=2
+    )
     assert not text_only.config.use_visual
 
 
@@ -268,7 +303,9 @@ def test_bad_visual_inputs_give_clear_errors() -> None:
     with pytest.raises(ValueError, match="give object_features instead"):
         released(**tiny_inputs())
     with pytest.raises(ValueError, match="inter_modal_adjacency must be"):
-        model(**{**x, "inter_modal_adjacency": x["inter_modal_adjacency"][:, :3]}, object_features=torch.zeros(2, 3, 96))
+        model(
+            **{**x, "inter_modal_adjacency": x["inter_modal_adjacency"][:, :3]}, object_features=torch.zeros(2, 3, 96)
+        )
 
 
 def test_object_features_equal_encoding_the_crops() -> None:

@@ -75,7 +75,7 @@ def test_word_and_entity_offsets_are_exact_with_emoji_urls_and_hashtags(pipe) ->
 def test_word_offsets_search_left_to_right() -> None:
     text = "NBA  NBA\t#NBA\nNBA"
     assert word_offsets(text, ["NBA", "NBA", "#", "NBA", "NBA"]) == [(0, 3), (5, 8), (9, 10), (10, 13), (14, 17)]
-    with pytest.raises(ValueError, match="word 1 .'Kohl'. not found"):
+    with pytest.raises(ValueError, match=r"word 1 .'Kohl'. not found"):
         word_offsets("Helmut Kohl", ["Kohl", "Kohl"])
 
 
@@ -110,7 +110,9 @@ def test_entity_probabilities_equal_brute_force_enumeration(decoder: str) -> Non
     for parameter in crf.parameters():
         torch.nn.init.uniform_(parameter, -0.1, 0.1)
     # the method on a stand-in that has only what it reads: the decoder and the label names
-    model = SimpleNamespace(crf=crf if decoder == "crf" else None, config=SimpleNamespace(id2label=dict(enumerate(LABELS))))
+    model = SimpleNamespace(
+        crf=crf if decoder == "crf" else None, config=SimpleNamespace(id2label=dict(enumerate(LABELS)))
+    )
     for row, length in enumerate(lengths):
         sequences = list(itertools.product(range(num_tags), repeat=length))
         tags = torch.tensor(sequences)

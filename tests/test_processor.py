@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from conftest import run_without_package
+from PIL import Image
 from processor_fixtures import VOCAB, tiny_processor
 
 from modeling_umgf.image_utils_umgf import UnreadableImageError, load_rgb_image

@@ -13,8 +13,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import tiny_config, tiny_inputs
+
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.modeling_umgf import UMGFFusionLayer
 
@@ -55,8 +55,10 @@ def test_dynamic_padding_gives_the_same_outputs_as_padding_to_max_length() -> No
     model = build()
     x = with_labels(tiny_inputs(batch=3, tokens=10, objects=3))
     longest = int(x["attention_mask"].sum(1).max())
-    trimmed = {k: v[:, :longest] if k in ("input_ids", "attention_mask", "word_ids", "inter_modal_adjacency") else v
-               for k, v in x.items()}
+    trimmed = {
+        k: v[:, :longest] if k in ("input_ids", "attention_mask", "word_ids", "inter_modal_adjacency") else v
+        for k, v in x.items()
+    }
     assert trimmed["input_ids"].shape[1] < 64
     pad = 64 - 10  # the tiny BERT's max_position_embeddings
     padded = dict(x)
@@ -81,13 +83,16 @@ def test_channels_last_backbone_gives_the_same_outputs() -> None:
         convs = [m for m in model.umgf.vision_backbone.modules() if isinstance(m, torch.nn.Conv2d)]
         assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
         pv = x["pixel_values"]
-        out = model(**{**x, "pixel_values": pv.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(pv.shape)})
+        out = model(
+            **{**x, "pixel_values": pv.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(pv.shape)}
+        )
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(out.predictions, ref.predictions)
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="TorchInductor needs a C++ compiler on CPU")
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="TorchInductor needs a C++ compiler on CPU"
+)
 def test_optimize_for_inference_keeps_outputs_across_crop_counts() -> None:
     """Compiled, frozen, channels-last backbone: same outputs as eager, also when the crop count changes."""
     model = build()
@@ -116,8 +121,12 @@ def test_identical_crops_are_encoded_once_in_eval_mode_with_the_same_features() 
     model.umgf.vision_backbone.register_forward_pre_hook(lambda _, args: batch_sizes.append(len(args[0])))
     with torch.no_grad():
         features = model.umgf.encode_objects(pixel_values, object_mask)
-        alone = {(b, o): model.umgf.vision_backbone(pixel_values[b, o][None])[0]
-                 for b in range(3) for o in range(4) if object_mask[b, o]}
+        alone = {
+            (b, o): model.umgf.vision_backbone(pixel_values[b, o][None])[0]
+            for b in range(3)
+            for o in range(4)
+            if object_mask[b, o]
+        }
     assert batch_sizes[0] == 9 - 3  # 9 real crops, 3 of them repeats
     for (b, o), feature in alone.items():
         torch.testing.assert_close(features[b, o], feature, rtol=1e-5, atol=1e-5)
@@ -161,9 +170,13 @@ def test_gradient_checkpointing_covers_bert_fusion_and_backbone_and_keeps_gradie
     model = build(dropout=0.3)
     x = with_labels(tiny_inputs(batch=3, tokens=10, objects=3))
     # transformers checkpoints a layer's `forward` (its own hooks stay outside), so count its first sub-module.
-    counts = _count_forwards([model.umgf.text_encoder.encoder.layer[0].attention,
-                              model.umgf.layers[0].text.attention,
-                              model.umgf.vision_backbone.layer1[0]])
+    counts = _count_forwards(
+        [
+            model.umgf.text_encoder.encoder.layer[0].attention,
+            model.umgf.layers[0].text.attention,
+            model.umgf.vision_backbone.layer1[0],
+        ]
+    )
     ref_loss, ref_grads = _train_step(model, x, seed=7)
     assert counts == [1, 1, 1]
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
-from conftest import tiny_config
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.text_packing import MIN_SAVING, can_pack, encode_packed, pack_rows
 
@@ -19,9 +19,17 @@ LENGTHS = [12, 3, 5, 2, 12, 4, 9]
 
 def tiny_bert(attn: str = "sdpa") -> BertModel:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     config._attn_implementation = attn
     return BertModel(config, add_pooling_layer=False).eval()
 
@@ -42,8 +50,11 @@ def ragged(lengths: list[int], width: int, left: bool = False, seed: int = 0) ->
 def alone(encoder: BertModel, x: dict[str, torch.Tensor], b: int) -> torch.Tensor:
     """BERT on sequence b by itself (no padding), with the position ids its tokens have in the batch."""
     cols = x["attention_mask"][b].bool().nonzero().squeeze(1)
-    return encoder(input_ids=x["input_ids"][b, cols][None], token_type_ids=x["token_type_ids"][b, cols][None],
-                   position_ids=cols[None]).last_hidden_state[0]
+    return encoder(
+        input_ids=x["input_ids"][b, cols][None],
+        token_type_ids=x["token_type_ids"][b, cols][None],
+        position_ids=cols[None],
+    ).last_hidden_state[0]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -99,14 +110,16 @@ def test_pack_rows_matches_a_brute_force_layout() -> None:
 def test_no_packing_when_it_saves_too_little() -> None:
     encoder = tiny_bert()
     x = ragged([12, 12, 11, 12], width=12)  # 47 of 48 slots are real
-    assert 1 - 47 / 48 < MIN_SAVING
+    assert MIN_SAVING > 1 - 47 / 48
     assert encode_packed(encoder, x["attention_mask"], x["input_ids"]) is None
 
 
 def test_only_bert_encoders_on_eager_or_sdpa_are_packed() -> None:
     assert can_pack(tiny_bert("sdpa")) and can_pack(tiny_bert("eager"))
-    roberta = RobertaModel(RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         intermediate_size=64), add_pooling_layer=False)
+    roberta = RobertaModel(
+        RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        add_pooling_layer=False,
+    )
     assert not can_pack(roberta)  # RoBERTa's position ids start after its padding index: not column indices
 
 
@@ -120,8 +133,12 @@ def model_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
     for b, n in enumerate(LENGTHS):
         word_ids[b, 1 : n - 1] = torch.arange(n - 2)
         labels[b, : n - 2] = torch.randint(0, 9, (n - 2,), generator=g)
-    return {**x, "word_ids": word_ids, "labels": labels,
-            "object_features": torch.rand(len(LENGTHS), 2, 96, generator=g)}
+    return {
+        **x,
+        "word_ids": word_ids,
+        "labels": labels,
+        "object_features": torch.rand(len(LENGTHS), 2, 96, generator=g),
+    }
 
 
 @pytest.mark.parametrize("preset_overrides", [{}, {"classifier_input": "concat"}])

@@ -20,11 +20,11 @@ from seqeval.metrics import f1_score
 import compare_predictions
 import run_seeds
 import train_umgf
+from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.metrics import entity_scores, format_table2, mean_std, paired_bootstrap
 from modeling_umgf.processing_umgf import UMGFProcessor
 from modeling_umgf.schema_umgf import GROUNDING_COLUMNS
-from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset
 
 # ------------------------------------------------------------------------------------------------ metrics
 # Gold entities: PER(0-1), LOC(3) | ORG(0), MISC(2-3) | PER(1), which starts with I- and still counts (conlleval).
@@ -44,7 +44,9 @@ def test_entity_scores_match_hand_counts():
     assert per_type["PER"] == pytest.approx({"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2})
     assert per_type["LOC"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
     org_p, org_r = 1 / 2, 1 / 1
-    assert per_type["ORG"] == pytest.approx({"precision": org_p, "recall": org_r, "f1": 2 * org_p * org_r / (org_p + org_r), "support": 1})
+    assert per_type["ORG"] == pytest.approx(
+        {"precision": org_p, "recall": org_r, "f1": 2 * org_p * org_r / (org_p + org_r), "support": 1}
+    )
     assert per_type["MISC"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
 
 
@@ -112,8 +114,11 @@ def test_results_score_every_gold_entity(trained):
     gold = [[names[t] for t in tags] for tags in test["ner_tags"]]
     records = [json.loads(line) for line in (trained / "predictions_test.jsonl").read_text().splitlines()]
     assert [r["gold"] for r in records] == gold
-    assert results["test"]["support"] == sum(r["gold_entities"] for r in records) == sum(
-        tag.startswith("B-") for sentence in gold for tag in sentence)
+    assert (
+        results["test"]["support"]
+        == sum(r["gold_entities"] for r in records)
+        == sum(tag.startswith("B-") for sentence in gold for tag in sentence)
+    )
     assert results["test"]["f1"] == pytest.approx(f1_score(gold, [r["pred"] for r in records]))
     assert results["best_epoch"] in (0, 1, 2) and "conlleval" in results["scoring"]
 
@@ -126,7 +131,7 @@ def test_saved_model_reloads_with_same_predictions(trained):
     collate = processor.data_collator(return_metadata=True)
     predicted = []
     for start in range(0, len(test), 16):
-        batch = collate(_examples(processor, test[start:start + 16]))
+        batch = collate(_examples(processor, test[start : start + 16]))
         with torch.no_grad():
             outputs = model(**train_umgf.model_inputs(batch, processor, use_objects=True))
         predicted += processor.decode_word_predictions(outputs.predictions, batch["num_words"])
@@ -167,8 +172,11 @@ def test_gradient_checkpointing_flag_trains_the_same_weights(tmp_path, monkeypat
 
     switched = []
     original = UMGFPreTrainedModel._set_gradient_checkpointing
-    monkeypatch.setattr(UMGFPreTrainedModel, "_set_gradient_checkpointing",
-                        lambda self, enable=True, *a, **k: switched.append(enable) or original(self, enable, *a, **k))
+    monkeypatch.setattr(
+        UMGFPreTrainedModel,
+        "_set_gradient_checkpointing",
+        lambda self, enable=True, *a, **k: switched.append(enable) or original(self, enable, *a, **k),
+    )
     args = ["--synthetic_sizes", "48", "16", "16", "--num_train_epochs", "1", "--checkpointing_steps", "3"]
     plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
     run(plain, *args)
@@ -183,8 +191,14 @@ def test_gradient_checkpointing_flag_trains_the_same_weights(tmp_path, monkeypat
 
 
 def test_compare_predictions_prefers_images(trained, capsys):
-    result = compare_predictions.main([str(trained / "predictions_test.jsonl"),
-                                       str(trained / "predictions_test_without_images.jsonl"), "--samples", "200"])
+    result = compare_predictions.main(
+        [
+            str(trained / "predictions_test.jsonl"),
+            str(trained / "predictions_test_without_images.jsonl"),
+            "--samples",
+            "200",
+        ]
+    )
     assert result["delta"] > 0 and result["p_value"] < 0.05
 
 
@@ -193,8 +207,17 @@ def test_compare_predictions_prefers_images(trained, capsys):
     ("argv", "message"),
     [
         (["--preset", "papr"], "invalid choice: 'papr'"),
-        (["--umt_data_dir", "/no/such/dir", "--dataset_config_name", "twitter2017", "--text_model_name_or_path", "x"],
-         "/no/such/dir/twitter2017 lacks"),
+        (
+            [
+                "--umt_data_dir",
+                "/no/such/dir",
+                "--dataset_config_name",
+                "twitter2017",
+                "--text_model_name_or_path",
+                "x",
+            ],
+            "/no/such/dir/twitter2017 lacks",
+        ),
         (["--image_dir", "/no/such/images"], "no such folder /no/such/images"),
         (["--resume_from_checkpoint", "/no/such/ckpt"], "no such checkpoint folder"),
         (["--config_overrides", "hiden_size=3"], "unknown UMGFConfig fields ['hiden_size']"),
@@ -211,7 +234,9 @@ def test_checkpoint_with_other_labels_is_refused(tmp_path):
     from conftest import tiny_config
 
     labels = ["O", "B-X", "I-X"]
-    UMGFForTokenClassification(tiny_config(id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})).save_pretrained(tmp_path / "ckpt")
+    UMGFForTokenClassification(
+        tiny_config(id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+    ).save_pretrained(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="label set mismatch"):
         run(tmp_path / "out", "--model_name_or_path", str(tmp_path / "ckpt"), "--synthetic_sizes", "8", "4", "4")
 
@@ -225,18 +250,46 @@ def test_umt_text_cross_domain_and_seeds(tmp_path):
 
     encoder = tmp_path / "tiny-bert"
     build_tokenizer(encoder)
-    BertModel(BertConfig(vocab_size=len(build_tokenizer()), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64), add_pooling_layer=False).save_pretrained(encoder)
+    BertModel(
+        BertConfig(
+            vocab_size=len(build_tokenizer()),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        add_pooling_layer=False,
+    ).save_pretrained(encoder)
     fixtures = Path(__file__).parent / "fixtures" / "twitter"
-    summary = run_seeds.main(["--seeds", "1", "2", "--", "--output_dir", str(tmp_path / "out"),
-                              "--umt_data_dir", str(fixtures), "--dataset_config_name", "twitter2015",
-                              "--test_dataset_config_name", "twitter2017", "--text_model_name_or_path", str(encoder),
-                              "--preset", "bert-crf", "--num_train_epochs", "1"])
+    summary = run_seeds.main(
+        [
+            "--seeds",
+            "1",
+            "2",
+            "--",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--umt_data_dir",
+            str(fixtures),
+            "--dataset_config_name",
+            "twitter2015",
+            "--test_dataset_config_name",
+            "twitter2017",
+            "--text_model_name_or_path",
+            str(encoder),
+            "--preset",
+            "bert-crf",
+            "--num_train_epochs",
+            "1",
+        ]
+    )
     runs = json.loads((tmp_path / "out" / "all_results.json").read_text())["runs"]
     assert set(runs) == {"1", "2"}
     cross = [runs[s]["cross_test_twitter2017"] for s in ("1", "2")]
-    gold_2017 = sum(line.split("\t")[-1].strip().startswith("B-")
-                    for line in (fixtures / "twitter2017" / "test.txt").read_text(encoding="utf-8").splitlines())
+    gold_2017 = sum(
+        line.split("\t")[-1].strip().startswith("B-")
+        for line in (fixtures / "twitter2017" / "test.txt").read_text(encoding="utf-8").splitlines()
+    )
     assert all(c["support"] == gold_2017 for c in cross)
     assert summary["cross_test_twitter2017_mean_std"]["f1"]["mean"] == pytest.approx(np.mean([c["f1"] for c in cross]))
     assert "test_without_images" not in runs["1"]  # no image anywhere: nothing to remove
@@ -253,8 +306,9 @@ def test_feature_cache_holds_backbone_features_of_each_crop(trained):
     processor = UMGFProcessor.from_pretrained(trained)
     rows = [i for i, boxes in enumerate(test["object_boxes"]) if boxes][:3]
     for i in rows:
-        crops = processor(images=test[i]["image"], words=test[i]["tokens"],
-                          grounding={c: test[i][c] for c in GROUNDING_COLUMNS})["pixel_values"]
+        crops = processor(
+            images=test[i]["image"], words=test[i]["tokens"], grounding={c: test[i][c] for c in GROUNDING_COLUMNS}
+        )["pixel_values"]
         with torch.no_grad():
             expected = model.umgf.vision_backbone(crops)
         torch.testing.assert_close(torch.tensor(cached[i]["object_features"]), expected, rtol=1e-4, atol=1e-5)
