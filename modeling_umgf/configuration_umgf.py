@@ -1,4 +1,4 @@
-"""UMGF configuration: the paper's defaults, the authors' release variant and the paper's baselines/ablations."""
+"""UMGF configuration: the paper's defaults, the authors' released network, and the paper's baselines/ablations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .schema_umgf import LABELS
+from .schema_umgf import LABELS, RELEASE_TOKEN_LABELS, token_label_of
 
 #: bert-base-cased, the paper's text encoder (its vocabulary is cased, 28,996 word pieces).
 BERT_BASE_CASED: dict[str, Any] = {"vocab_size": 28996}
@@ -16,9 +16,31 @@ BERT_BASE_CASED: dict[str, Any] = {"vocab_size": 28996}
 PRESETS: dict[str, dict[str, Any]] = {
     # Zhang et al. (AAAI 2021), Implementation Details: L=2, d=512, 8 heads, dropout 0.5.
     "paper": {},
-    # The authors' released code: 6 fusion layers, BERT output concatenated with the fused nodes before
-    # the CRF (its grounding, the four type words linked to every sub-token, is the processor's: PRESET_GROUNDERS).
-    "release": {"num_fusion_layers": 6, "classifier_input": "concat"},
+    # The authors' released network (MMNerModel of ddp_mmner.py in github.com/TransformersWsz/UMGF), exactly, so
+    # that their trained checkpoints load (modeling_umgf.convert_original_checkpoint). Its grounding, the four
+    # general words linked to every sub-token, is the processor's (PRESET_GROUNDERS).
+    "release": {
+        "vision_backbone": "resnet152.tv_in1k",  # torchvision's ResNet-152, its weights and its crop transform
+        "num_fusion_layers": 6,
+        "intermediate_size": 256,
+        "dropout": 0.4,
+        "attention_dropout": 0.4,
+        "activation_dropout": 0.0,
+        "classifier_dropout": 0.0,
+        "layer_norm_eps": 1e-5,
+        "use_position_encoding": False,
+        "text_node_projection": "linear",
+        "visual_mlp_output_activation": True,
+        "vision_projection": True,
+        "visual_value_projection": False,
+        "gate_layer_norm": True,
+        "link_special_tokens": True,
+        "classifier_input": "concat",
+        "crf_level": "token",
+        "token_labels": list(RELEASE_TOKEN_LABELS),
+        "loss_reduction": "sum",
+        "initializer": "xavier_uniform",
+    },
     # Text-only baselines of the paper's Table 2.
     "bert": {"use_visual": False, "num_fusion_layers": 0, "classifier_input": "text", "decoder_type": "softmax"},
     "bert-crf": {"use_visual": False, "num_fusion_layers": 0, "classifier_input": "text", "decoder_type": "crf"},
@@ -41,19 +63,21 @@ class UMGFConfig(PreTrainedConfig):
     r"""Configuration of a UMGF model (unified multi-modal graph fusion, Zhang et al., AAAI 2021).
 
     The defaults reproduce the paper's settings: a bert-base-cased text encoder, a ResNet-152 object
-    encoder, d=512 node states, 8 attention heads, L=2 fusion layers, dropout 0.5 and a word-level CRF.
+    encoder, d=512 node states, 8 attention heads, L=2 fusion layers, dropout 0.5 and a word-level CRF. The
+    fields after ``text_packing`` are the switches between the paper and the authors' released network (the
+    "release" preset sets them all).
 
     Args:
         text_config: configuration of any BERT-like encoder loadable with `AutoModel` (default:
             bert-base-cased shape).
         vision_backbone: timm model name of the object-crop encoder.
-        vision_feature_dim: size of the backbone's pooled features (2048 for ResNet-152).
+        vision_feature_dim: size of the object features the backbone outputs (2048 for ResNet-152).
         vision_backbone_kwargs: extra keyword arguments for `timm.create_model` (e.g. for tiny test models).
         hidden_size: d, the node state size after the text and visual MLPs.
         num_attention_heads: heads of the intra-modal self-attention (eq 1-2).
         num_fusion_layers: L, the number of graph-based multi-modal fusion layers.
         intermediate_size: inner size of the position-wise FFN (eq 7-8).
-        dropout: dropout on MLPs, attention outputs, fusion messages and FFNs.
+        dropout: dropout on MLPs, attention outputs, fusion messages, FFN outputs and (by default) the classifier.
         attention_dropout: dropout on attention probabilities.
         layer_norm_eps: LayerNorm epsilon.
         use_visual: build the visual branch (False: text-only model with no vision parameters).
@@ -68,6 +92,26 @@ class UMGFConfig(PreTrainedConfig):
             with a block-diagonal attention mask (same outputs, no BERT work on padding; see
             `text_packing.py`). Used only with a BERT text encoder on eager or SDPA attention and when it
             saves at least 20 % of the token slots; otherwise the padded batch is encoded as usual.
+        activation_dropout: dropout inside the FFN, after its ReLU (None: ``dropout``; authors: 0).
+        classifier_dropout: dropout on the decoder's input features (None: ``dropout``; authors: 0).
+        text_node_projection: "mlp", the paper's text MLP (Linear-ReLU-Dropout-Linear), or "linear", the
+            authors' single Linear from the BERT output to d.
+        visual_mlp_output_activation: end the visual MLP with ReLU + dropout too (authors).
+        vision_projection: the backbone's classifier is a trainable Linear(num_features, vision_feature_dim)
+            (authors: ResNet-152's fc as a 2048 -> 2048 layer) instead of nothing (pooled features).
+        visual_value_projection: False: the object self-attention has no value and no output projection
+            (authors: the attention-weighted sum of the objects' own states).
+        gate_layer_norm: LayerNorm after the gated sum: ``R = LN(C + dropout(message))`` (authors) instead of
+            ``R = C + dropout(message)`` (eq 3, 5).
+        link_special_tokens: link [CLS] and [SEP] to every object (authors).
+        crf_level: "word": the CRF runs over words, read at their first sub-token (paper); "token": over every
+            sub-token with ``token_labels``, continuation sub-tokens tagged X and the special tokens CLS/SEP
+            (authors). The model's ``predictions`` are word-level either way.
+        token_labels: the tag set of a token-level CRF; must hold X, CLS, SEP and every word label (or its
+            alias, e.g. B-OTHER for B-MISC).
+        loss_reduction: "mean" of the sentences' negative log-likelihoods or their "sum" (authors; pytorch-crf).
+        initializer: "normal" (``initializer_range``) or "xavier_uniform" (authors: xavier for the fusion layers
+            and the visual MLP, PyTorch's default for the text projection and the classifier).
     """
 
     model_type = "umgf"
@@ -94,6 +138,18 @@ class UMGFConfig(PreTrainedConfig):
     decoder_type: Literal["crf", "softmax"] = "crf"
     initializer_range: float = 0.02
     text_packing: bool = True
+    activation_dropout: float | None = None
+    classifier_dropout: float | None = None
+    text_node_projection: Literal["mlp", "linear"] = "mlp"
+    visual_mlp_output_activation: bool = False
+    vision_projection: bool = False
+    visual_value_projection: bool = True
+    gate_layer_norm: bool = False
+    link_special_tokens: bool = False
+    crf_level: Literal["word", "token"] = "word"
+    token_labels: list[str] | None = None
+    loss_reduction: Literal["mean", "sum"] = "mean"
+    initializer: Literal["normal", "xavier_uniform"] = "normal"
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.id2label is None and kwargs.get("num_labels") is None:
@@ -103,10 +159,17 @@ class UMGFConfig(PreTrainedConfig):
         self._check()
 
     def _check(self) -> None:
-        if self.classifier_input not in ("fused", "concat", "text"):
-            raise ValueError(f"classifier_input must be 'fused', 'concat' or 'text', got {self.classifier_input!r}")
-        if self.decoder_type not in ("crf", "softmax"):
-            raise ValueError(f"decoder_type must be 'crf' or 'softmax', got {self.decoder_type!r}")
+        choices = {
+            "classifier_input": ("fused", "concat", "text"),
+            "decoder_type": ("crf", "softmax"),
+            "text_node_projection": ("mlp", "linear"),
+            "crf_level": ("word", "token"),
+            "loss_reduction": ("mean", "sum"),
+            "initializer": ("normal", "xavier_uniform"),
+        }
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by "
@@ -116,12 +179,36 @@ class UMGFConfig(PreTrainedConfig):
             raise ValueError(f"num_fusion_layers must be >= 0, got {self.num_fusion_layers}")
         if self.use_visual and self.num_fusion_layers == 0:
             raise ValueError("use_visual=True needs at least one fusion layer: objects only reach words through them")
+        if self.crf_level == "token":
+            if self.decoder_type != "crf":
+                raise ValueError("crf_level='token' needs decoder_type='crf'")
+            if not self.token_labels:
+                raise ValueError("crf_level='token' needs token_labels (e.g. schema_umgf.RELEASE_TOKEN_LABELS)")
+            for label in self.label_names:
+                token_label_of(label, self.token_labels)  # raises for a word label without a token tag
+
+    @property
+    def label_names(self) -> list[str]:
+        """The word labels in id order."""
+        id2label = {int(i): label for i, label in (self.id2label or {}).items()}
+        return [id2label[i] for i in range(len(id2label))]
+
+    @property
+    def text_encoder_config(self) -> PreTrainedConfig:
+        """``text_config`` as the configuration object it is once built."""
+        assert isinstance(self.text_config, PreTrainedConfig), "text_config is not built"
+        return self.text_config
+
+    @property
+    def num_decoder_tags(self) -> int:
+        """Size of the decoder's tag set: the token labels of a token-level CRF, else the word labels."""
+        return len(self.token_labels) if self.crf_level == "token" and self.token_labels else len(self.label_names)
 
     @classmethod
     def from_preset(cls, preset: str = "paper", **kwargs: Any) -> UMGFConfig:
         """Build the configuration of a named preset; keyword arguments override the preset's values.
 
-        Presets: "paper" (default), "release" (the authors' released code), "bert", "bert-crf",
+        Presets: "paper" (default), "release" (the authors' released network), "bert", "bert-crf",
         "text-only", and the ablations "wo-vcorr", "wo-ind", "wo-tar".
         """
         if preset not in PRESETS:

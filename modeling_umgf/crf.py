@@ -1,13 +1,18 @@
-"""Linear-chain conditional random field over words (UMGF paper, eq 9-11).
+"""Linear-chain conditional random field (UMGF paper, eq 9-11), over words or, for the authors' network, sub-tokens.
 
 Written by hand because the maintained options do not fit: ``pytorch-crf`` has had no release since
 2019 and offers no marginals, and transformers ships no CRF layer. This one is small, batched and
 vectorised over the batch: the forward algorithm gives the log-partition (eq 9-10), Viterbi the best
-path (eq 11), and forward-backward the per-word marginals used as calibrated entity scores.
+path (eq 11), and forward-backward the per-position marginals used as calibrated entity scores. Its parameters
+and the ``score`` / ``log_partition`` / ``log_likelihood`` semantics are pytorch-crf's (``transitions[i, j]`` is
+the score of tag ``j`` following tag ``i``), so the authors' trained CRF loads as it is.
 
-Masks must be left-aligned: ``mask[b, :n_b]`` is True for the ``n_b`` real words of sequence ``b``
-and False after them. Every sequence must hold at least one word; an empty one has no label sequence
-to score and is skipped by the model before it reaches the CRF.
+It computes in float32 (or float64, when given so), whatever the model's dtype: in bfloat16 the sums over a
+sentence lose the differences between tag sequences (Viterbi paths and marginals change).
+
+Masks must be left-aligned: ``mask[b, :n_b]`` is True for the ``n_b`` real positions of sequence ``b``
+and False after them. Every sequence must hold at least one position (checked where it costs no device sync,
+i.e. on CPU tensors; the model never passes an empty sequence).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ class CRF(nn.Module):
     """Linear-chain CRF with start, end and transition scores (zero at construction; a UMGF model initialises
     them uniformly in [-0.1, 0.1], as pytorch-crf does).
 
-    ``S_i(y_{i-1}, y_i, X) = exp(emission[i, y_i] + transition[y_{i-1}, y_i])`` (eq 9); the first word
+    ``S_i(y_{i-1}, y_i, X) = exp(emission[i, y_i] + transition[y_{i-1}, y_i])`` (eq 9); the first position
     uses ``start_transitions`` in place of a previous tag and the last adds ``end_transitions``.
     """
 
@@ -33,88 +38,93 @@ class CRF(nn.Module):
         self.end_transitions = nn.Parameter(torch.zeros(num_tags))
         self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
 
+    def _transition_scores(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.start_transitions.to(dtype), self.end_transitions.to(dtype), self.transitions.to(dtype)
+
     @staticmethod
-    def _check(emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _check(emissions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Emissions in float32 (or float64, when given so) and the mask as bool, after the shape checks."""
         if emissions.dim() != 3:
-            raise ValueError(f"emissions must be [batch, words, tags], got shape {tuple(emissions.shape)}")
+            raise ValueError(f"emissions must be [batch, positions, tags], got shape {tuple(emissions.shape)}")
         if mask.shape != emissions.shape[:2]:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match emissions {tuple(emissions.shape[:2])}")
         mask = mask.bool()
-        if emissions.shape[1] == 0 or not bool(mask[:, 0].all()):
-            raise ValueError("every sequence given to the CRF needs at least one word (mask[:, 0] must be True)")
-        return mask
+        empty = emissions.shape[1] == 0 or (mask.device.type == "cpu" and not bool(mask[:, 0].all()))
+        if empty:
+            raise ValueError("every sequence given to the CRF needs at least one position (mask[:, 0] must be True)")
+        return emissions.to(torch.promote_types(emissions.dtype, torch.float32)), mask
 
     def score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Unnormalised log-score of ``tags`` (the numerator of eq 9, in log space): [batch]."""
-        mask = self._check(emissions, mask)
+        emissions, mask = self._check(emissions, mask)
+        start, end, transitions = self._transition_scores(emissions.dtype)
         tags = tags.masked_fill(~mask, 0)
         maskf = mask.to(emissions.dtype)
         emit = emissions.gather(2, tags.unsqueeze(-1)).squeeze(-1)  # [B, W]
-        trans = self.transitions[tags[:, :-1], tags[:, 1:]]  # [B, W-1]
-        total = self.start_transitions[tags[:, 0]] + (emit * maskf).sum(1) + (trans * maskf[:, 1:]).sum(1)
+        trans = transitions[tags[:, :-1], tags[:, 1:]]  # [B, W-1]
+        total = start[tags[:, 0]] + (emit * maskf).sum(1) + (trans * maskf[:, 1:]).sum(1)
         last = tags.gather(1, (mask.sum(1) - 1).unsqueeze(1)).squeeze(1)
-        return total + self.end_transitions[last]
+        return total + end[last]
 
     def _forward_alphas(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Forward variables log alpha_i(y): [batch, words, tags]; frozen after a sequence ends."""
-        alpha = self.start_transitions + emissions[:, 0]
+        """Forward variables log alpha_i(y): [batch, positions, tags]; frozen after a sequence ends."""
+        start, _, transitions = self._transition_scores(emissions.dtype)
+        alpha = start + emissions[:, 0]
         alphas = [alpha]
         for i in range(1, emissions.shape[1]):
-            nxt = torch.logsumexp(alpha.unsqueeze(2) + self.transitions, dim=1) + emissions[:, i]
+            nxt = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + emissions[:, i]
             alpha = torch.where(mask[:, i : i + 1], nxt, alpha)
             alphas.append(alpha)
         return torch.stack(alphas, 1)
 
     def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log Z(X): the log of the denominator of eq 9, by the forward algorithm: [batch]."""
-        mask = self._check(emissions, mask)
+        emissions, mask = self._check(emissions, mask)
         alpha_last = self._forward_alphas(emissions, mask)[:, -1]
-        return torch.logsumexp(alpha_last + self.end_transitions, dim=1)
+        return torch.logsumexp(alpha_last + self._transition_scores(emissions.dtype)[1], dim=1)
 
     def log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log p(y | X) of each sequence (eq 9-10): [batch]."""
         return self.score(emissions, tags, mask) - self.log_partition(emissions, mask)
 
     def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """p(y_i = k | X) for every word, by forward-backward: [batch, words, tags] (0 at padding)."""
-        mask = self._check(emissions, mask)
+        """p(y_i = k | X) at every position, by forward-backward: [batch, positions, tags] (0 at padding)."""
+        emissions, mask = self._check(emissions, mask)
+        _, end, transitions = self._transition_scores(emissions.dtype)
         alphas = self._forward_alphas(emissions, mask)
         lengths = mask.sum(1)
         # Backward variables, computed right to left; positions past a sequence's end stay at the end score.
-        beta = self.end_transitions.expand(emissions.shape[0], -1)
+        beta = end.expand(emissions.shape[0], -1)
         betas = [beta]
         for i in range(emissions.shape[1] - 2, -1, -1):
-            prev = torch.logsumexp(self.transitions + (emissions[:, i + 1] + beta).unsqueeze(1), dim=2)
+            prev = torch.logsumexp(transitions + (emissions[:, i + 1] + beta).unsqueeze(1), dim=2)
             beta = torch.where(mask[:, i + 1 : i + 2], prev, beta)
             betas.append(beta)
         backward = torch.stack(betas[::-1], 1)
-        log_z = torch.logsumexp(
-            alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, self.num_tags)).squeeze(1)
-            + self.end_transitions,
-            dim=1,
-        )
+        last_alpha = alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, self.num_tags)).squeeze(1)
+        log_z = torch.logsumexp(last_alpha + end, dim=1)
         probs = torch.exp(alphas + backward - log_z.view(-1, 1, 1))
         return probs * mask.unsqueeze(-1).to(probs.dtype)
 
     @torch.no_grad()
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor, pad_value: int = -100) -> torch.Tensor:
-        """Viterbi best tag sequence (eq 11): [batch, words] long, ``pad_value`` after each sequence."""
-        mask = self._check(emissions, mask)
-        batch, words, _ = emissions.shape
-        score = self.start_transitions + emissions[:, 0]
+        """Viterbi best tag sequence (eq 11): [batch, positions] long, ``pad_value`` after each sequence."""
+        emissions, mask = self._check(emissions, mask)
+        start, end, transitions = self._transition_scores(emissions.dtype)
+        batch, positions, _ = emissions.shape
+        score = start + emissions[:, 0]
         history = []
-        for i in range(1, words):
-            best, idx = (score.unsqueeze(2) + self.transitions).max(dim=1)
-            nxt = best + emissions[:, i]
+        for i in range(1, positions):
+            best, idx = (score.unsqueeze(2) + transitions).max(dim=1)
             history.append(idx)
-            score = torch.where(mask[:, i : i + 1], nxt, score)
-        score = score + self.end_transitions
+            score = torch.where(mask[:, i : i + 1], best + emissions[:, i], score)
+        score = score + end
         lengths = mask.sum(1)
         best_last = score.argmax(1)
-        path = torch.full((batch, words), pad_value, dtype=torch.long, device=emissions.device)
+        path = torch.full((batch, positions), pad_value, dtype=torch.long, device=emissions.device)
         tag = best_last
-        for i in range(words - 1, -1, -1):
-            # A sequence whose last word is i takes its best final tag here; shorter ones are still padding.
+        for i in range(positions - 1, -1, -1):
+            # A sequence whose last position is i takes its best final tag here; shorter ones are still padding.
             tag = torch.where(lengths - 1 == i, best_last, tag)
             path[:, i] = torch.where(i < lengths, tag, path[:, i])
             if i > 0:

@@ -1,25 +1,18 @@
 """UMGF: unified multi-modal graph fusion for multimodal NER (Zhang et al., AAAI 2021).
 
-Tensor contract (batch B, sub-tokens T, words W, objects O, backbone feature size F):
+The input contract (shapes, meanings, defaults) is CONTRACT.md, "Model inputs"; inputs are checked at the model's
+boundary by `validation_umgf.check_inputs`. In short: ``input_ids`` / ``attention_mask`` / ``word_ids`` ``[B, T]``
+(``word_ids``: the word of each sub-token, -1 for special tokens and padding), the objects as crops
+``pixel_values`` ``[B, O, 3, H, W]`` or cached features ``object_features`` ``[B, O, F]``, ``object_mask``
+``[B, O]``, ``inter_modal_adjacency`` ``[B, T, O]`` and word-level ``labels`` ``[B, W]``. Every visual input is
+optional: without them, or with O = 0, no object reaches any word and the model is a plain Transformer encoder
+over BERT outputs (paper, footnote 1).
 
-- ``input_ids`` [B, T], ``attention_mask`` [B, T] (1 real, 0 padding), ``token_type_ids`` [B, T] (optional).
-- ``word_ids`` [B, T] long: the word each sub-token belongs to, numbered 0..n-1 in order; -1 for special
-  tokens and padding. Each word is represented by its first sub-token. ``None``: every attended token
-  is its own word.
-- ``pixel_values`` [B, O, 3, H, W]: object crops, already transformed for the backbone; **or**
-  ``object_features`` [B, O, F]: pooled backbone features precomputed for the crops (a feature cache).
-- ``object_mask`` [B, O]: 1 for a real object, 0 for padding (default: all real).
-- ``inter_modal_adjacency`` [B, T, O]: 1 where sub-token t and object o share an inter-modal edge
-  (default: every real token linked to every real object, the authors' release wiring).
-- ``labels`` [B, W'] long (W' >= W): word-level tag ids, -100 at padded word slots.
-
-Every visual input is optional: without them, or with O = 0, no object reaches any word and the model
-is a plain Transformer encoder over BERT outputs (paper, footnote 1).
-
-Graph: text nodes are the sub-tokens (BERT outputs); a word's label is read at its first sub-token.
-Intra-modal edges are complete, so intra-modal fusion is ordinary self-attention (eq 1-2). Inter-modal
-fusion (eq 3-6) sums gated messages over the adjacency; the gates are computed as ``W1 C_x`` and
-``W2 C_o`` broadcast over (token, object) pairs, never from a concatenated [B, T, O, 2d] tensor.
+Graph: text nodes are the sub-tokens (BERT outputs); intra-modal edges are complete, so intra-modal fusion is
+ordinary self-attention (eq 1-2). Inter-modal fusion (eq 3-6) sums gated messages over the adjacency; the gates
+are computed as ``W1 C_x`` and ``W2 C_o`` broadcast over (token, object) pairs, never from a concatenated
+``[B, T, O, 2d]`` tensor. The decoder reads a word at its first sub-token (word-level CRF, the paper), or runs a CRF
+over every sub-token and reads each word's tag there (``crf_level="token"``, the authors' released network).
 """
 
 from __future__ import annotations
@@ -41,8 +34,17 @@ from transformers.utils import ModelOutput
 
 from .configuration_umgf import UMGFConfig
 from .crf import CRF
-from .schema_umgf import entity_tag_masks
+from .schema_umgf import (
+    CONTINUATION_TAG,
+    FIRST_SPECIAL_TAG,
+    LABEL_PAD_VALUE,
+    LAST_SPECIAL_TAG,
+    entity_tag_masks,
+    token_label_of,
+    word_label_of,
+)
 from .text_packing import can_pack, encode_packed
+from .validation_umgf import ModelInputs, check_inputs
 
 
 def sinusoidal_position_encoding(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -58,24 +60,45 @@ def sinusoidal_position_encoding(length: int, dim: int, device: torch.device, dt
     return pe.to(dtype)
 
 
-def node_mlp(in_dim: int, config: UMGFConfig) -> nn.Sequential:
-    """The text / visual MLP with ReLU that projects node features to d (paper, "Multi-modal Graph")."""
-    return nn.Sequential(
+def _torch_default_init(linear: nn.Linear) -> nn.Linear:
+    """Mark a linear map that keeps PyTorch's own initialisation under ``initializer="xavier_uniform"``."""
+    linear._umgf_torch_default_init = True  # type: ignore[assignment,unused-ignore]
+    return linear
+
+
+def node_mlp(in_dim: int, config: UMGFConfig, output_activation: bool = False) -> nn.Sequential:
+    """The text / visual MLP with ReLU that projects node features to d (paper, "Multi-modal Graph");
+    ``output_activation`` ends it with ReLU + dropout too (the authors' visual MLP)."""
+    layers: list[nn.Module] = [
         nn.Linear(in_dim, config.hidden_size),
         nn.ReLU(),
         nn.Dropout(config.dropout),
         nn.Linear(config.hidden_size, config.hidden_size),
-    )
+    ]
+    if output_activation:
+        layers += [nn.ReLU(), nn.Dropout(config.dropout)]
+    return nn.Sequential(*layers)
+
+
+def text_node_projection(in_dim: int, config: UMGFConfig) -> nn.Sequential:
+    """H_x^(0) from the BERT output: the paper's text MLP, or the authors' single linear map."""
+    if config.text_node_projection == "linear":
+        return nn.Sequential(_torch_default_init(nn.Linear(in_dim, config.hidden_size)))
+    return node_mlp(in_dim, config)
 
 
 class UMGFSelfAttention(nn.Module):
-    """Multi-head self-attention within one modality (eq 1-2) with residual + LayerNorm, on SDPA."""
+    """Multi-head self-attention within one modality (eq 1-2) with residual + LayerNorm, on SDPA.
 
-    def __init__(self, config: UMGFConfig) -> None:
+    ``value_projection=False`` (the authors' object attention) attends with query and key projections only:
+    the values are the nodes' own states and there is no output projection.
+    """
+
+    def __init__(self, config: UMGFConfig, value_projection: bool = True) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = nn.Linear(config.hidden_size, (3 if value_projection else 2) * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size) if value_projection else None
         self.dropout = nn.Dropout(config.dropout)
         self.attention_dropout = config.attention_dropout
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -83,7 +106,10 @@ class UMGFSelfAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """hidden [B, N, d], key_mask [B, N] bool (True = real node). Returns C = LN(H + MHA(H, H, H))."""
         batch, length, dim = hidden.shape
-        q, k, v = self.qkv(hidden).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        heads = self.num_heads
+        projected = self.qkv(hidden).view(batch, length, -1, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        q, k = projected[0], projected[1]
+        v = projected[2] if self.out is not None else hidden.view(batch, length, heads, dim // heads).transpose(1, 2)
         # A sequence with no real node (a tweet without objects) attends everywhere: its output is finite and
         # never used, since padded nodes have no inter-modal edges and are zeroed after each layer.
         key_mask = key_mask | ~key_mask.any(dim=1, keepdim=True)
@@ -95,7 +121,9 @@ class UMGFSelfAttention(nn.Module):
             dropout_p=self.attention_dropout if self.training else 0.0,
         )
         context = context.transpose(1, 2).reshape(batch, length, dim)
-        return self.norm(hidden + self.dropout(self.out(context)))
+        if self.out is not None:
+            context = self.out(context)
+        return self.norm(hidden + self.dropout(context))
 
 
 class UMGFFeedForward(nn.Module):
@@ -106,10 +134,12 @@ class UMGFFeedForward(nn.Module):
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
+        inner = config.dropout if config.activation_dropout is None else config.activation_dropout
+        self.activation_dropout = nn.Dropout(inner)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.norm(hidden + self.dropout(self.fc2(self.dropout(F.relu(self.fc1(hidden))))))
+        return self.norm(hidden + self.dropout(self.fc2(self.activation_dropout(F.relu(self.fc1(hidden))))))
 
 
 class UMGFCrossModalGate(nn.Module):
@@ -117,7 +147,8 @@ class UMGFCrossModalGate(nn.Module):
 
     ``R_i = C_i + sum_j A_ij * alpha_ij ⊙ C'_j`` with ``alpha_ij = sigmoid(W_self C_i + W_other C'_j)``.
     ``W [C_i; C'_j]`` equals ``W_self C_i + W_other C'_j``, so each side is projected once and the gate
-    is formed by broadcasting over the (i, j) pairs.
+    is formed by broadcasting over the (i, j) pairs. With ``config.gate_layer_norm`` (the authors' network),
+    ``R_i`` is layer-normalised.
     """
 
     def __init__(self, config: UMGFConfig) -> None:
@@ -125,6 +156,7 @@ class UMGFCrossModalGate(nn.Module):
         self.w_self = nn.Linear(config.hidden_size, config.hidden_size)  # W1 (eq 4) / W3 (eq 6)
         self.w_other = nn.Linear(config.hidden_size, config.hidden_size, bias=False)  # W2 (eq 4) / W4 (eq 6)
         self.dropout = nn.Dropout(config.dropout)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.gate_layer_norm else None
 
     def forward(
         self, c_self: torch.Tensor, c_other: torch.Tensor, adjacency: torch.Tensor
@@ -136,15 +168,16 @@ class UMGFCrossModalGate(nn.Module):
         gate = torch.sigmoid(self.w_self(c_self).unsqueeze(2) + self.w_other(c_other).unsqueeze(1))  # [B, N, M, d]
         gate = gate * adjacency.unsqueeze(-1)
         message = torch.einsum("bnmd,bmd->bnd", gate, c_other)  # sum over neighbours (eq 3 / eq 5)
-        return c_self + self.dropout(message), gate.mean(-1)
+        fused = c_self + self.dropout(message)
+        return (self.norm(fused) if self.norm is not None else fused), gate.mean(-1)
 
 
 class UMGFModalityBlock(nn.Module):
     """The per-modality parameters of one fusion layer: self-attention, cross-modal gate, FFN."""
 
-    def __init__(self, config: UMGFConfig, self_attention: bool = True) -> None:
+    def __init__(self, config: UMGFConfig, self_attention: bool = True, value_projection: bool = True) -> None:
         super().__init__()
-        self.attention = UMGFSelfAttention(config) if self_attention else None
+        self.attention = UMGFSelfAttention(config, value_projection) if self_attention else None
         self.gate = UMGFCrossModalGate(config) if config.use_visual else None
         self.ffn = UMGFFeedForward(config)
 
@@ -157,7 +190,11 @@ class UMGFFusionLayer(GradientCheckpointingLayer):
         self.text = UMGFModalityBlock(config)
         # "w/o Ind" shares one set of parameters between the modalities; "w/o VCorr" drops eq 2.
         self.visual = (
-            UMGFModalityBlock(config, self_attention=config.visual_self_attention)
+            UMGFModalityBlock(
+                config,
+                self_attention=config.visual_self_attention,
+                value_projection=config.visual_value_projection,
+            )
             if config.use_visual and not config.share_modality_parameters
             else None
         )
@@ -172,15 +209,17 @@ class UMGFFusionLayer(GradientCheckpointingLayer):
         adjacency: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the new H_x [B, T, d], H_o [B, O, d] (or None) and the mean alpha gates [B, T, O]."""
-        c_x = self.text.attention(h_x, text_mask)  # eq 1
-        if h_o is None:
-            return self.text.ffn(c_x), None, None  # no objects: a Transformer layer
-        visual = self.visual or self.text
-        c_o = visual.attention(h_o, object_mask) if self.visual_self_attention else h_o  # eq 2
-        r_x, alpha = self.text.gate(c_x, c_o, adjacency)  # eq 3-4
+        text, visual = self.text, self.visual or self.text
+        assert text.attention is not None
+        c_x = text.attention(h_x, text_mask)  # eq 1
+        if h_o is None or object_mask is None or adjacency is None:
+            return text.ffn(c_x), None, None  # no objects: a Transformer layer
+        assert text.gate is not None and visual.gate is not None
+        c_o = visual.attention(h_o, object_mask) if self.visual_self_attention and visual.attention else h_o  # eq 2
+        r_x, alpha = text.gate(c_x, c_o, adjacency)  # eq 3-4
         r_o, _ = visual.gate(c_o, c_x, adjacency.transpose(1, 2))  # eq 5-6
-        h_o = visual.ffn(r_o) * object_mask.unsqueeze(-1).to(r_o.dtype)  # eq 8; padded objects stay zero
-        return self.text.ffn(r_x), h_o, alpha  # eq 7
+        h_o = torch.where(object_mask.unsqueeze(-1), visual.ffn(r_o), 0.0)  # eq 8; padded objects stay zero
+        return text.ffn(r_x), h_o, alpha  # eq 7
 
 
 @dataclass
@@ -206,12 +245,15 @@ class UMGFTokenClassifierOutput(ModelOutput):
     """Output of `UMGFForTokenClassification`.
 
     Args:
-        loss: negative log-likelihood of the gold tags (eq 10) averaged over sequences (CRF), or the mean
-            token cross-entropy (softmax decoder).
-        logits: word-level emission scores, [B, W, num_labels].
-        predictions: best tag per word (Viterbi, eq 11, or argmax), [B, W], -100 at padded word slots.
-            Filled in eval mode or when no labels are given.
+        loss: negative log-likelihood of the gold tags (eq 10) averaged over (``loss_reduction="mean"``) or
+            summed over the sentences (CRF), or the mean token cross-entropy (softmax decoder).
+        logits: the decoder's emission scores: word-level [B, W, num_labels], or for a token-level CRF
+            (``crf_level="token"``, the authors' network) sub-token-level [B, T, len(token_labels)].
+        predictions: best tag per word (Viterbi, eq 11, or argmax) as word label ids, [B, W], -100 at padded word
+            slots. Filled in eval mode or when no labels are given.
         word_mask: [B, W] bool, True at real words.
+        word_positions: [B, W] long, the position of each word's first sub-token (0 at padded slots).
+        token_mask: [B, T] bool, True at real sub-tokens.
         gates: see `UMGFModelOutput.gates`.
     """
 
@@ -219,6 +261,8 @@ class UMGFTokenClassifierOutput(ModelOutput):
     logits: torch.Tensor | None = None
     predictions: torch.Tensor | None = None
     word_mask: torch.Tensor | None = None
+    word_positions: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None
     gates: tuple[torch.Tensor, ...] | None = None
 
 
@@ -227,12 +271,19 @@ class UMGFPreTrainedModel(PreTrainedModel):
 
     The text encoder is a `PreTrainedModel` and initialises itself; the timm vision backbone is initialised
     by timm when built, so `_init_weights` leaves both alone (a loaded pretrained backbone is never wiped).
+    The attention implementation (``attn_implementation="sdpa" | "eager" | "flash_attention_2"``) applies to the
+    text encoder; the fusion layers always use `torch.nn.functional.scaled_dot_product_attention`. The CRF is
+    kept in float32 when the model is loaded in half precision.
     """
 
     config_class = UMGFConfig
+    config: UMGFConfig
     base_model_prefix = "umgf"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _keep_in_fp32_modules = ["crf"]
     _no_split_modules = ["UMGFFusionLayer"]
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -282,11 +333,21 @@ class UMGFPreTrainedModel(PreTrainedModel):
                 backbone.set_grad_checkpointing(enable)
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
+            if self.config.initializer == "normal":
+                init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+                bias = 0.0
+            elif getattr(module, "_umgf_torch_default_init", False):  # nn.Linear's own reset_parameters
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                bias = 1 / math.sqrt(module.in_features)
+            else:
+                init.xavier_uniform_(module.weight)
+                bias = 0.0
             if module.bias is not None:
-                init.zeros_(module.bias)
+                if bias:
+                    init.uniform_(module.bias, -bias, bias)
+                else:
+                    init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -298,7 +359,7 @@ class UMGFPreTrainedModel(PreTrainedModel):
 def _mark_initialized(module: nn.Module) -> None:
     """Tell transformers' initialisation to leave a module that built (or loaded) its own weights alone."""
     for sub in module.modules():
-        sub._is_hf_initialized = True
+        sub._is_hf_initialized = True  # type: ignore[assignment,unused-ignore]
 
 
 def _text_encoder(factory: Callable[..., nn.Module], source: PreTrainedConfig | str) -> nn.Module:
@@ -309,12 +370,29 @@ def _text_encoder(factory: Callable[..., nn.Module], source: PreTrainedConfig | 
         return factory(source)
 
 
+def build_vision_backbone(config: UMGFConfig, backbone: nn.Module | None = None) -> nn.Module:
+    """The timm object encoder of ``config`` (``backbone``: one already built with ``num_classes=0``, e.g.
+    pretrained): pooled features, or (``vision_projection``) features through a trainable
+    Linear(num_features, vision_feature_dim) in place of the classifier (timm's ``reset_classifier``)."""
+    if backbone is None:
+        kwargs = config.vision_backbone_kwargs or {}
+        backbone = timm.create_model(config.vision_backbone, pretrained=False, num_classes=0, **kwargs)
+    if config.vision_projection:
+        backbone.reset_classifier(config.vision_feature_dim)  # type: ignore[operator]
+    size = backbone.num_classes if config.vision_projection else backbone.num_features
+    if size != config.vision_feature_dim:
+        raise ValueError(
+            f"vision backbone {config.vision_backbone!r} gives {size}-d features, "
+            f"but config.vision_feature_dim is {config.vision_feature_dim}"
+        )
+    return backbone
+
+
 class UMGFModel(UMGFPreTrainedModel):
     """The UMGF encoder: text encoder + object encoder + L graph-based multi-modal fusion layers.
 
-    See the module docstring for the tensor contract. Pass ``text_encoder`` / ``vision_backbone`` to use
-    modules that are already built (pretrained); `UMGFForTokenClassification.from_text_vision_pretrained`
-    does that for you.
+    See CONTRACT.md for the inputs. Pass ``text_encoder`` / ``vision_backbone`` to use modules that are already
+    built (pretrained); `UMGFForTokenClassification.from_text_vision_pretrained` does that for you.
     """
 
     def __init__(
@@ -325,42 +403,35 @@ class UMGFModel(UMGFPreTrainedModel):
     ) -> None:
         super().__init__(config)
         if text_encoder is None:
-            text_encoder = _text_encoder(AutoModel.from_config, config.text_config)
+            text_encoder = _text_encoder(AutoModel.from_config, config.text_encoder_config)
         else:
             _mark_initialized(text_encoder)
         self.text_encoder = text_encoder
-        self.text_mlp = node_mlp(config.text_config.hidden_size, config)
+        self.text_mlp = text_node_projection(config.text_encoder_config.hidden_size, config)
+        self.vision_backbone: nn.Module | None = None
         if config.use_visual:
-            if vision_backbone is None:
-                vision_backbone = timm.create_model(
-                    config.vision_backbone, pretrained=False, num_classes=0, **(config.vision_backbone_kwargs or {})
-                )
-            if vision_backbone.num_features != config.vision_feature_dim:
-                raise ValueError(
-                    f"vision backbone {config.vision_backbone!r} gives {vision_backbone.num_features}-d features, "
-                    f"but config.vision_feature_dim is {config.vision_feature_dim}"
-                )
-            _mark_initialized(vision_backbone)
-            self.vision_backbone = vision_backbone
-            self.visual_mlp = node_mlp(config.vision_feature_dim, config)
+            backbone = vision_backbone if vision_backbone is not None else build_vision_backbone(config)
+            _mark_initialized(backbone)
+            self.vision_backbone = backbone
+            self.visual_mlp = node_mlp(config.vision_feature_dim, config, config.visual_mlp_output_activation)
         self.layers = nn.ModuleList([UMGFFusionLayer(config) for _ in range(config.num_fusion_layers)])
         self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.text_encoder.get_input_embeddings()
+        return self.text_encoder.get_input_embeddings()  # type: ignore[operator]
 
     def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_encoder.set_input_embeddings(value)
+        self.text_encoder.set_input_embeddings(value)  # type: ignore[operator]
 
     def encode_objects(self, pixel_values: torch.Tensor, object_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features of the real object crops: [B, O, 3, H, W] -> [B, O, F] (zeros at padding).
+        """Backbone features of the real object crops: [B, O, 3, H, W] -> [B, O, F] (zeros at padding).
 
         With the backbone in eval mode, identical crops are encoded once (exact: the same features).
         """
         if not self.config.use_visual:
             raise ValueError("this UMGF model has no visual branch (config.use_visual=False)")
-        if getattr(self, "vision_backbone", None) is None:
+        if self.vision_backbone is None:
             raise ValueError(
                 "this model's vision backbone was released (vision_backbone=None, e.g. to save memory "
                 "when training from cached features): give object_features instead of pixel_values"
@@ -368,61 +439,54 @@ class UMGFModel(UMGFPreTrainedModel):
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [batch, objects, 3, H, W], got shape {tuple(pixel_values.shape)}")
         real = object_mask.bool()
-        features = pixel_values.new_zeros(*pixel_values.shape[:2], self.config.vision_feature_dim)
-        if real.any():
-            crops = pixel_values[real]
-            inverse = None
-            if not self.vision_backbone.training:
-                # Identical crops (one box grounded from several phrases) go through the backbone once. Only in
-                # eval mode: in training, BatchNorm's batch statistics depend on every crop of the batch.
-                _, inverse = torch.unique(crops.flatten(1), dim=0, return_inverse=True)
-                first = torch.full((int(inverse.max()) + 1,), len(crops), device=crops.device)
+        dtype = next(self.vision_backbone.parameters()).dtype
+        features = pixel_values.new_zeros(*pixel_values.shape[:2], self.config.vision_feature_dim, dtype=dtype)
+        crops = pixel_values[real].to(dtype)  # the one device sync of the visual branch: how many crops are real
+        if len(crops) == 0:
+            return features
+        inverse = None
+        if not self.vision_backbone.training:
+            # Identical crops (one box grounded from several phrases) go through the backbone once. Only in
+            # eval mode: in training, BatchNorm's batch statistics depend on every crop of the batch.
+            unique, inverse = torch.unique(crops.flatten(1), dim=0, return_inverse=True)
+            if len(unique) < len(crops):
+                first = torch.full((len(unique),), len(crops), device=crops.device)
                 first = first.scatter_reduce(0, inverse, torch.arange(len(crops), device=crops.device), "amin")
-                crops, inverse = (crops[first], inverse) if len(first) < len(crops) else (crops, None)
-            # NHWC crops let oneDNN / cuDNN pick their channels-last convolutions (BENCHMARKS.md)
-            encoded = self.vision_backbone(crops.contiguous(memory_format=torch.channels_last))
-            features[real] = (encoded if inverse is None else encoded[inverse]).to(features.dtype)
+                crops = crops[first]
+            else:
+                inverse = None
+        # NHWC crops let oneDNN / cuDNN pick their channels-last convolutions (BENCHMARKS.md)
+        encoded = self.vision_backbone(crops.contiguous(memory_format=torch.channels_last))
+        features[real] = (encoded if inverse is None else encoded[inverse]).to(features.dtype)
         return features
 
     def _visual_inputs(
-        self,
-        pixel_values: torch.Tensor | None,
-        object_features: torch.Tensor | None,
-        object_mask: torch.Tensor | None,
-        inter_modal_adjacency: torch.Tensor | None,
-        attention_mask: torch.Tensor,
+        self, x: ModelInputs, text_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Initial object states H_o^(0) [B, O, d], the object mask and the adjacency; None without objects."""
-        if pixel_values is not None and object_features is not None:
-            raise ValueError("give either pixel_values or object_features, not both")
-        given = pixel_values if pixel_values is not None else object_features
+        given = x.pixel_values if x.pixel_values is not None else x.object_features
         if given is None or given.shape[1] == 0 or not self.config.use_visual:
-            if given is not None and given.shape[1] > 0:
-                raise ValueError("this UMGF model has no visual branch (config.use_visual=False) but got objects")
             return None
         batch, num_objects = given.shape[:2]
-        if object_mask is None:
-            object_mask = torch.ones(batch, num_objects, dtype=torch.bool, device=given.device)
-        if object_mask.shape != (batch, num_objects):
-            raise ValueError(f"object_mask must be [{batch}, {num_objects}], got {tuple(object_mask.shape)}")
-        object_mask = object_mask.bool()
-        if object_features is None:
-            object_features = self.encode_objects(pixel_values, object_mask)
-        elif object_features.shape[-1] != self.config.vision_feature_dim:
-            raise ValueError(
-                f"object_features must have {self.config.vision_feature_dim} features, got {object_features.shape[-1]}"
-            )
-        h_o = self.visual_mlp(object_features) * object_mask.unsqueeze(-1).to(object_features.dtype)
-        text_real = attention_mask.bool()
-        if inter_modal_adjacency is None:
-            adjacency = text_real.unsqueeze(2) & object_mask.unsqueeze(1)
+        object_mask = (
+            x.object_mask.bool()
+            if x.object_mask is not None
+            else torch.ones(batch, num_objects, dtype=torch.bool, device=given.device)
+        )
+        if x.pixel_values is not None:
+            features = self.encode_objects(x.pixel_values, object_mask)
         else:
-            if inter_modal_adjacency.shape != (batch, attention_mask.shape[1], num_objects):
-                raise ValueError(
-                    f"inter_modal_adjacency must be [{batch}, {attention_mask.shape[1]}, {num_objects}], "
-                    f"got {tuple(inter_modal_adjacency.shape)}"
-                )
-            adjacency = inter_modal_adjacency.bool() & text_real.unsqueeze(2) & object_mask.unsqueeze(1)
+            assert x.object_features is not None
+            features = x.object_features.to(next(self.visual_mlp.parameters()).dtype)
+        # Padded object slots may hold anything (even NaN): they are replaced, never multiplied by 0.
+        present = object_mask.unsqueeze(-1)
+        h_o = torch.where(present, self.visual_mlp(torch.where(present, features, 0.0)), 0.0)
+        adjacency = text_mask.unsqueeze(2) & object_mask.unsqueeze(1)
+        if x.inter_modal_adjacency is not None:
+            edges = x.inter_modal_adjacency.bool()
+            if self.config.link_special_tokens and x.word_ids is not None:
+                edges = edges | (x.word_ids < 0).unsqueeze(2)  # [CLS] / [SEP] linked to every object (authors)
+            adjacency = adjacency & edges
         return h_o, object_mask, adjacency.to(h_o.dtype)
 
     def forward(
@@ -430,6 +494,7 @@ class UMGFModel(UMGFPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        word_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         object_features: torch.Tensor | None = None,
         object_mask: torch.Tensor | None = None,
@@ -438,28 +503,48 @@ class UMGFModel(UMGFPreTrainedModel):
         output_gates: bool = False,
         **kwargs: Any,
     ) -> UMGFModelOutput:
-        """Encode a batch of (sentence, objects) graphs; see the module docstring for the inputs."""
-        reference = input_ids if input_ids is not None else inputs_embeds
-        if reference is None:
-            raise ValueError("UMGFModel needs input_ids or inputs_embeds")
-        if attention_mask is None:
-            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        """Encode a batch of (sentence, objects) graphs; the inputs are CONTRACT.md's ("Model inputs")."""
+        x = ModelInputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            word_ids=word_ids,
+            pixel_values=pixel_values,
+            object_features=object_features,
+            object_mask=object_mask,
+            inter_modal_adjacency=inter_modal_adjacency,
+        )
+        check_inputs(self.config, x)
+        return self.encode(x, output_gates)
+
+    def encode(self, x: ModelInputs, output_gates: bool = False) -> UMGFModelOutput:
+        """The forward pass on inputs already checked by `validation_umgf.check_inputs`."""
+        reference = x.input_ids if x.input_ids is not None else x.inputs_embeds
+        assert reference is not None
+        attention_mask = (
+            x.attention_mask
+            if x.attention_mask is not None
+            else torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        )
         text_states = None
         if self.config.text_packing and can_pack(self.text_encoder):
-            text_states = encode_packed(self.text_encoder, attention_mask, input_ids, inputs_embeds, token_type_ids)
+            text_states = encode_packed(
+                self.text_encoder, attention_mask, x.input_ids, x.inputs_embeds, x.token_type_ids
+            )
         if text_states is None:  # not packable, or packing would not save enough (see text_packing.py)
-            encoder_kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            encoder_kwargs = {"token_type_ids": x.token_type_ids} if x.token_type_ids is not None else {}
             text_states = self.text_encoder(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **encoder_kwargs
+                input_ids=x.input_ids, attention_mask=attention_mask, inputs_embeds=x.inputs_embeds, **encoder_kwargs
             ).last_hidden_state
         h_x = text_states
         if self.config.use_position_encoding:
             h_x = h_x + sinusoidal_position_encoding(h_x.shape[1], h_x.shape[2], h_x.device, h_x.dtype)
         h_x = self.text_mlp(h_x)  # H_x^(0)
 
-        visual = self._visual_inputs(pixel_values, object_features, object_mask, inter_modal_adjacency, attention_mask)
-        h_o, object_mask, adjacency = visual if visual is not None else (None, None, None)
         text_mask = attention_mask.bool()
+        visual = self._visual_inputs(x, text_mask)
+        h_o, object_mask, adjacency = visual if visual is not None else (None, None, None)
         gates = []
         for layer in self.layers:
             h_x, h_o, alpha = layer(h_x, text_mask, h_o, object_mask, adjacency)
@@ -473,31 +558,29 @@ class UMGFModel(UMGFPreTrainedModel):
         )
 
 
-def first_subtoken_index(word_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position of each word's first sub-token and the word mask: ([B, W] long, [B, W] bool).
-
-    Raises a ValueError when words are not numbered 0..n-1 in order in some sequence.
-    """
+def first_subtoken_index(word_ids: torch.Tensor, num_words: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position of each word's first sub-token and the word mask: ([B, W] long, [B, W] bool), for ``word_ids``
+    already checked (`validation_umgf.check_inputs`, which also gives ``num_words``)."""
     batch, length = word_ids.shape
-    num_words = int(word_ids.max().item()) + 1 if word_ids.numel() else 0
     previous = torch.cat([word_ids.new_full((batch, 1), -1), word_ids[:, :-1]], dim=1)
     is_first = (word_ids >= 0) & (word_ids != previous)
     slot = torch.where(is_first, word_ids, torch.full_like(word_ids, num_words))  # num_words = discard slot
     positions = torch.arange(length, device=word_ids.device).expand(batch, -1)
     first = word_ids.new_zeros(batch, num_words + 1).scatter_(1, slot, positions)[:, :num_words]
-    counts = word_ids.new_zeros(batch, num_words + 1).scatter_add_(1, slot, torch.ones_like(word_ids))[:, :num_words]
-    word_mask = counts > 0
-    if bool((counts > 1).any()) or bool((~word_mask[:, :-1] & word_mask[:, 1:]).any()):
-        bad = int(((counts > 1).any(1) | (~word_mask[:, :-1] & word_mask[:, 1:]).any(1)).nonzero()[0, 0])
-        raise ValueError(
-            f"word_ids of batch item {bad} must number words 0..n-1 in order with each word's sub-tokens "
-            f"contiguous; got {word_ids[bad].tolist()}"
-        )
+    word_mask = torch.arange(num_words, device=word_ids.device) < (word_ids.max(1).values + 1).unsqueeze(1)
     return first, word_mask
 
 
+def _with_first_position(mask: torch.Tensor) -> torch.Tensor:
+    """A CRF mask whose rows all start with a real position: empty rows get a dummy first position (their
+    results are discarded), so no row has to be selected out with a device sync."""
+    return torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1) if mask.shape[1] else mask
+
+
 class UMGFForTokenClassification(UMGFPreTrainedModel):
-    """UMGF with a word-level decoder: a linear-chain CRF (eq 9-11, default) or a softmax."""
+    """UMGF with a decoder: a linear-chain CRF (eq 9-11, default) or a softmax, over words; or a CRF over every
+    sub-token (``crf_level="token"``, the authors' released network) whose tags are read at each word's first
+    sub-token, X / CLS / SEP as O and OTHER as MISC, exactly as their scoring reads them."""
 
     def __init__(
         self,
@@ -506,16 +589,19 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         vision_backbone: nn.Module | None = None,
     ) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
+        self.num_labels: int = len(config.label_names)
         self.umgf = UMGFModel(config, text_encoder=text_encoder, vision_backbone=vision_backbone)
+        text_size = config.text_encoder_config.hidden_size
         in_dim = {
             "fused": config.hidden_size,
-            "concat": config.text_config.hidden_size + config.hidden_size,
-            "text": config.text_config.hidden_size,
+            "concat": text_size + config.hidden_size,
+            "text": text_size,
         }[config.classifier_input]
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(in_dim, config.num_labels)
-        self.crf = CRF(config.num_labels) if config.decoder_type == "crf" else None
+        dropout = config.dropout if config.classifier_dropout is None else config.classifier_dropout
+        self.dropout = nn.Dropout(dropout)
+        classifier = nn.Linear(in_dim, config.num_decoder_tags)
+        self.classifier = _torch_default_init(classifier) if config.crf_level == "token" else classifier
+        self.crf = CRF(config.num_decoder_tags) if config.decoder_type == "crf" else None
         self.post_init()
 
     @classmethod
@@ -543,7 +629,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         backbone = None
         if vision_backbone is not None and config_kwargs.get("use_visual", True):
             overlay = None if isinstance(vision_weights, bool) else {"file": os.fspath(vision_weights)}
-            backbone = timm.create_model(
+            pooled = timm.create_model(
                 vision_backbone,
                 pretrained=bool(vision_weights),
                 pretrained_cfg_overlay=overlay,
@@ -551,22 +637,25 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
                 **(config_kwargs.get("vision_backbone_kwargs") or {}),
             )
             config_kwargs = {
+                "vision_feature_dim": pooled.num_features,
                 **config_kwargs,
                 "vision_backbone": vision_backbone,
-                "vision_feature_dim": backbone.num_features,
             }
+            config = UMGFConfig(text_config=text_config, **config_kwargs)
+            backbone = build_vision_backbone(config, pooled)
         else:
-            config_kwargs = {**config_kwargs, "use_visual": False}
-        config = UMGFConfig(text_config=text_config, **config_kwargs)
+            config = UMGFConfig(text_config=text_config, **{**config_kwargs, "use_visual": False})
         return cls(config, text_encoder=text_encoder, vision_backbone=backbone)
 
     def word_features(self, outputs: UMGFModelOutput) -> torch.Tensor:
         """The per-sub-token features the decoder reads, by ``config.classifier_input``: [B, T, *]."""
+        fused, text = outputs.last_hidden_state, outputs.text_encoder_hidden_state
+        assert fused is not None and text is not None
         if self.config.classifier_input == "fused":
-            return outputs.last_hidden_state
+            return fused
         if self.config.classifier_input == "text":
-            return outputs.text_encoder_hidden_state
-        return torch.cat([outputs.text_encoder_hidden_state, outputs.last_hidden_state], dim=-1)
+            return text
+        return torch.cat([text, fused], dim=-1)
 
     def forward(
         self,
@@ -583,124 +672,201 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         output_gates: bool = False,
         **kwargs: Any,
     ) -> UMGFTokenClassifierOutput:
-        """Tag every word; with ``labels``, also return the loss. See the module docstring for the inputs."""
-        outputs = self.umgf(
+        """Tag every word; with ``labels``, also return the loss. The inputs are CONTRACT.md's ("Model inputs")."""
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is not None and attention_mask is None:
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        if reference is not None and word_ids is None and attention_mask is not None:
+            word_ids = torch.where(attention_mask.bool(), attention_mask.long().cumsum(1) - 1, -1)  # token = word
+        x = ModelInputs(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            word_ids=word_ids,
+            labels=labels,
             pixel_values=pixel_values,
             object_features=object_features,
             object_mask=object_mask,
             inter_modal_adjacency=inter_modal_adjacency,
-            inputs_embeds=inputs_embeds,
-            output_gates=output_gates,
         )
+        num_words = check_inputs(self.config, x, labels_for_every_word=self.crf is not None)
+        assert word_ids is not None and attention_mask is not None and num_words is not None
+        outputs = self.umgf.encode(x, output_gates)
         features = self.word_features(outputs)
-        if word_ids is None:
-            mask = (
-                attention_mask if attention_mask is not None else torch.ones(features.shape[:2], device=features.device)
-            )
-            word_ids = torch.where(mask.bool(), mask.long().cumsum(1) - 1, -1)
-        first, word_mask = first_subtoken_index(word_ids.to(features.device))
-        word_states = features.gather(1, first.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-        logits = self.classifier(self.dropout(word_states))  # emission scores [B, W, C]
+        first, word_mask = first_subtoken_index(word_ids, num_words)
+        token_mask = attention_mask.bool()
+        if self.config.crf_level == "token":
+            logits = self.classifier(self.dropout(features))  # sub-token emission scores [B, T, K]
+        else:
+            word_states = features.gather(1, first.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+            logits = self.classifier(self.dropout(word_states))  # word emission scores [B, W, C]
 
         loss = None
         if labels is not None:
-            labels = self._word_labels(labels, word_mask)
-            loss = self._loss(logits, labels, word_mask)
+            labels = labels[:, :num_words].to(word_mask.device)
+            loss = self._loss(logits, labels, word_mask, first, token_mask, word_ids)
         predictions = None
         if labels is None or not self.training:
-            predictions = self.decode(logits, word_mask)
+            predictions = self._decode(logits, word_mask, first, token_mask)
         return UMGFTokenClassifierOutput(
-            loss=loss, logits=logits, predictions=predictions, word_mask=word_mask, gates=outputs.gates
+            loss=loss,
+            logits=logits,
+            predictions=predictions,
+            word_mask=word_mask,
+            word_positions=first,
+            token_mask=token_mask,
+            gates=outputs.gates,
         )
 
-    def _word_labels(self, labels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        """Labels cut to the words present in the input, checked against the word mask."""
-        num_words = word_mask.shape[1]
-        if labels.dim() != 2 or labels.shape[0] != word_mask.shape[0] or labels.shape[1] < num_words:
-            raise ValueError(
-                f"labels must be word-level [batch, >= {num_words} words], got shape {tuple(labels.shape)}"
-            )
-        labels = labels[:, :num_words].to(word_mask.device)
-        if self.crf is not None:
-            missing = word_mask & (labels < 0)
-            if bool(missing.any()):
-                b, w = (int(i) for i in missing.nonzero()[0])
-                raise ValueError(
-                    f"the CRF needs a label for every word in the input, but batch item {b} word {w} "
-                    f"has {labels[b, w].item()}"
-                )
-        outside = (labels >= self.num_labels) & word_mask
-        if bool(outside.any()):
-            raise ValueError(f"labels must be < num_labels={self.num_labels}; got {int(labels[outside].max())}")
-        return labels
+    # ----------------------------------------------------------------------------- the token-level tag set
+    def _tag_maps(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a token-level CRF: the token tag of each word label [C], and the word label each token tag
+        reads as [K] (X, CLS, SEP, PAD -> O; OTHER -> MISC)."""
+        token_labels = list(self.config.token_labels or [])
+        word_labels = self.config.label_names
+        to_token = [token_labels.index(token_label_of(label, token_labels)) for label in word_labels]
+        to_word = [word_labels.index(word_label_of(label)) for label in token_labels]
+        return torch.tensor(to_token, device=device), torch.tensor(to_word, device=device)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        if self.crf is None:
-            return F.cross_entropy(
-                logits.reshape(-1, self.num_labels), labels.masked_fill(~word_mask, -100).reshape(-1)
-            )
-        rows = word_mask.any(1)  # sequences with at least one word (a sequence without words has nothing to score)
-        if not bool(rows.any()):
+    def _token_tags(
+        self,
+        labels: torch.Tensor,
+        word_mask: torch.Tensor,
+        first: torch.Tensor,
+        token_mask: torch.Tensor,
+        word_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """The authors' sub-token tags of word-level ``labels``: the word's tag at its first sub-token, X at
+        its other sub-tokens, CLS at the first special token and SEP at the others."""
+        token_labels = list(self.config.token_labels or [])
+        to_token, _ = self._tag_maps(labels.device)
+        tags = torch.full_like(word_ids, token_labels.index(CONTINUATION_TAG))
+        special = token_mask & (word_ids < 0)
+        first_real = token_mask & (token_mask.long().cumsum(1) == 1)
+        tags = torch.where(special & first_real, token_labels.index(FIRST_SPECIAL_TAG), tags)
+        tags = torch.where(special & ~first_real, token_labels.index(LAST_SPECIAL_TAG), tags)
+        word_tags = to_token[labels.clamp(min=0)]
+        slots = torch.where(word_mask, first, tags.shape[1])  # padded word slots go to a discarded column
+        tags = torch.cat([tags, tags[:, :1]], dim=1).scatter(1, slots, word_tags)[:, :-1]
+        return torch.where(token_mask, tags, 0)
+
+    # ----------------------------------------------------------------------------------------------- loss
+    def _loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        word_mask: torch.Tensor,
+        first: torch.Tensor,
+        token_mask: torch.Tensor,
+        word_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        if logits.shape[1] == 0:  # no sentence of the batch has a word: nothing to score
             return logits.sum() * 0.0
-        nll = -self.crf.log_likelihood(logits[rows], labels[rows], word_mask[rows])  # eq 10
-        return nll.mean()
+        if self.crf is None:
+            flat = labels.masked_fill(~word_mask, LABEL_PAD_VALUE).reshape(-1)
+            return F.cross_entropy(logits.reshape(-1, self.num_labels).float(), flat)
+        if self.config.crf_level == "token":
+            tags, mask = self._token_tags(labels, word_mask, first, token_mask, word_ids), token_mask
+        else:
+            tags, mask = labels.clamp(min=0), word_mask
+        has_positions = mask.any(1)  # a sentence without words has nothing to score (eq 10)
+        nll = -self.crf.log_likelihood(logits, tags, _with_first_position(mask)) * has_positions
+        total = nll.sum()
+        if self.config.loss_reduction == "sum":
+            return total
+        return total / has_positions.sum().clamp(min=1)
+
+    # ------------------------------------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def _decode(
+        self, logits: torch.Tensor, word_mask: torch.Tensor, first: torch.Tensor, token_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Best tag per word as a word label id: Viterbi for the CRF (eq 11), argmax for softmax; -100 at padded
+        word slots. A token-level CRF's best path is read at each word's first sub-token."""
+        if self.crf is None or logits.shape[1] == 0:
+            best = logits.argmax(-1) if logits.shape[-1] else torch.zeros_like(word_mask, dtype=torch.long)
+        elif self.config.crf_level == "token":
+            path = self.crf.decode(logits, _with_first_position(token_mask), pad_value=0)
+            best = self._tag_maps(logits.device)[1][path.gather(1, first)]
+        else:
+            best = self.crf.decode(logits, _with_first_position(word_mask), pad_value=0)
+        return torch.where(word_mask, best, LABEL_PAD_VALUE)
+
+    def _word_level(self, values: torch.Tensor, outputs: UMGFTokenClassifierOutput) -> torch.Tensor:
+        """Sub-token-level per-tag values [B, T, K] read at each word's first sub-token and summed into the
+        word labels they read as: [B, W, C]."""
+        assert outputs.word_positions is not None
+        at_words = values.gather(1, outputs.word_positions.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+        reading = F.one_hot(self._tag_maps(values.device)[1], self.num_labels).to(values.dtype)  # [K, C]
+        return at_words @ reading
 
     @torch.no_grad()
-    def decode(self, logits: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        """Best tag per word: Viterbi for the CRF (eq 11), argmax for softmax; -100 at padded slots."""
-        predictions = torch.full(word_mask.shape, -100, dtype=torch.long, device=logits.device)
+    def tag_probabilities(self, outputs: UMGFTokenClassifierOutput) -> torch.Tensor:
+        """Per-word tag probabilities [B, W, num_labels] of a forward's ``outputs``: CRF marginals
+        (forward-backward; for a token-level CRF, the marginals at each word's first sub-token summed into the
+        word labels they read as) or the softmax; 0 at padded word slots."""
+        logits, word_mask = outputs.logits, outputs.word_mask
+        assert logits is not None and word_mask is not None
         if self.crf is None:
-            return torch.where(word_mask, logits.argmax(-1), predictions)
-        rows = word_mask.any(1)
-        if bool(rows.any()):
-            predictions[rows] = self.crf.decode(logits[rows], word_mask[rows])
-        return predictions
+            probabilities = logits.float().softmax(-1)
+        elif self.config.crf_level == "token":
+            assert outputs.token_mask is not None
+            token_probabilities = self.crf.marginals(logits, _with_first_position(outputs.token_mask))
+            probabilities = self._word_level(token_probabilities, outputs)
+        else:
+            probabilities = self.crf.marginals(logits, _with_first_position(word_mask))
+        return probabilities * word_mask.unsqueeze(-1)
 
     @torch.no_grad()
     def entity_probabilities(
-        self, logits: torch.Tensor, word_mask: torch.Tensor, entities: Sequence[tuple[int, str, int, int]]
+        self, outputs: UMGFTokenClassifierOutput, entities: Sequence[tuple[int, str, int, int]]
     ) -> torch.Tensor:
-        """Probability of each entity ``(row, type, start, end)``: that words ``[start, end)`` of sentence ``row``
-        form exactly one entity of that type, summed over every tag sequence of the sentence, ``[len(entities)]``.
+        """Probability of each entity ``(row, type, start, end)`` of a forward's ``outputs``: that words
+        ``[start, end)`` of sentence ``row`` form exactly one entity of that type, summed over every tag
+        sequence of the sentence, ``[len(entities)]``.
 
         With the CRF (eq 9) this is ``exp(log Z_allowed - log Z)``: the forward algorithm over emissions with the
         disallowed tags (`schema_umgf.entity_tag_masks`) set to -inf, i.e. the exact sum over the tag sequences in
-        the set, not a product of per-word marginals. With the softmax decoder the words are independent and it
-        is the product over words of the allowed tags' probability mass.
+        the set, not a product of per-word marginals. A token-level CRF constrains each word's first sub-token to
+        the token tags that read as an allowed word tag and leaves the other sub-tokens free. With the softmax
+        decoder the words are independent and it is the product over words of the allowed tags' mass.
         """
-        label2id = {label: int(i) for i, label in self.config.id2label.items()}
+        logits, word_mask, first = outputs.logits, outputs.word_mask, outputs.word_positions
+        assert logits is not None and word_mask is not None and first is not None
+        label2id = {label: i for i, label in enumerate(self.config.label_names)}
+        word_counts = word_mask.sum(1).tolist()
         rows, masks, owners = [], [], []
         for index, (row, entity_type, start, end) in enumerate(entities):
-            num_words = int(word_mask[row].sum())
-            for mask in entity_tag_masks(label2id, entity_type, start, end, num_words, logits.shape[1]):
+            for mask in entity_tag_masks(label2id, entity_type, start, end, word_counts[row], word_mask.shape[1]):
                 rows.append(row)
                 masks.append(mask)
                 owners.append(index)
-        probabilities = logits.new_zeros(len(entities), dtype=torch.float32)
+        probabilities = torch.zeros(len(entities), dtype=torch.float32, device=logits.device)
         if not rows:
             return probabilities
         rows_t = torch.tensor(rows, device=logits.device)
-        emissions, mask = logits[rows_t].float(), word_mask[rows_t]
-        allowed = torch.stack(masks).to(logits.device) | ~mask.unsqueeze(-1)
+        allowed = torch.stack(masks).to(logits.device) | ~word_mask[rows_t].unsqueeze(-1)  # [K, W, C]
+        emissions = logits[rows_t].float()
         if self.crf is None:
             per_mask = (emissions.softmax(-1) * allowed).sum(-1).prod(-1)
         else:
-            constrained = emissions.masked_fill(~allowed, float("-inf"))
-            per_mask = (self.crf.log_partition(constrained, mask) - self.crf.log_partition(emissions, mask)).exp()
+            if self.config.crf_level == "token":
+                assert outputs.token_mask is not None
+                sequence_mask = _with_first_position(outputs.token_mask[rows_t])
+                reading = self._tag_maps(logits.device)[1]
+                # [K, T + 1, tags]: padded word slots write to the extra, discarded position
+                token_allowed = torch.ones_like(torch.cat([emissions, emissions[:, :1]], 1), dtype=torch.bool)
+                slots = torch.where(word_mask[rows_t], first[rows_t], emissions.shape[1])
+                positions = slots.unsqueeze(-1).expand(-1, -1, emissions.shape[-1])
+                token_allowed = token_allowed.scatter(1, positions, allowed[:, :, reading])[:, :-1]
+                constrained = emissions.masked_fill(~token_allowed, float("-inf"))
+            else:
+                sequence_mask = _with_first_position(word_mask[rows_t])
+                constrained = emissions.masked_fill(~allowed, float("-inf"))
+            log_z = self.crf.log_partition(emissions, sequence_mask)
+            per_mask = (self.crf.log_partition(constrained, sequence_mask) - log_z).exp()
         return probabilities.index_add_(0, torch.tensor(owners, device=logits.device), per_mask)
-
-    def tag_probabilities(self, logits: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        """Per-word tag probabilities: CRF marginals (forward-backward) or the softmax; 0 at padded slots."""
-        if self.crf is None:
-            return logits.softmax(-1) * word_mask.unsqueeze(-1).to(logits.dtype)
-        probs = logits.new_zeros(logits.shape)
-        rows = word_mask.any(1)
-        if bool(rows.any()):
-            probs[rows] = self.crf.marginals(logits[rows], word_mask[rows])
-        return probs
 
 
 __all__ = [
@@ -709,4 +875,6 @@ __all__ = [
     "UMGFModelOutput",
     "UMGFPreTrainedModel",
     "UMGFTokenClassifierOutput",
+    "build_vision_backbone",
+    "first_subtoken_index",
 ]

@@ -215,16 +215,16 @@ class MultimodalNERPipeline(Pipeline):
         batch, metadata = self.processor.split_batch(model_inputs["batch"])
         outputs = self.model(**batch, output_gates=True)
         tags = self.processor.decode_word_predictions(outputs.predictions, metadata["num_words"])
-        probabilities = self.model.tag_probabilities(outputs.logits, outputs.word_mask)
+        probabilities = self.model.tag_probabilities(outputs)
         kept_words = outputs.word_mask.sum(1).tolist()
         entities = [
             (b, entity_type, start, last + 1)
             for b in range(len(tags))
             for entity_type, start, last in get_entities(tags[b][: kept_words[b]])
         ]
-        scores = self.model.entity_probabilities(outputs.logits, outputs.word_mask, entities).tolist()
+        scores = self.model.entity_probabilities(outputs, entities).tolist()
         alphas = None if outputs.gates is None else torch.stack(outputs.gates).float()  # [layers, B, T, O]
-        word_ids = batch["word_ids"].tolist()
+        first = outputs.word_positions.tolist()  # each word's first sub-token: the node the decoder reads
         samples = []
         for b in range(len(tags)):
             kept = kept_words[b]
@@ -247,14 +247,8 @@ class MultimodalNERPipeline(Pipeline):
                     "entities": [],
                 }
             )
-        first: list[dict[int, int]] = []
-        for row in word_ids:
-            positions: dict[int, int] = {}
-            for position, word in enumerate(row):
-                positions.setdefault(word, position)
-            first.append(positions)
         for (b, entity_type, start, end), score in zip(entities, scores):
-            linked = [first[b][w] for w in range(start, end)]
+            linked = first[b][start:end]
             samples[b]["entities"].append(
                 {
                     "type": entity_type,

@@ -7,6 +7,7 @@ and the Space. The input contract these names belong to is written out in CONTRA
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +23,28 @@ TYPE_ALIASES: dict[str, str] = {"OTHER": "MISC"}
 
 LABELS: tuple[str, ...] = ("O",) + tuple(f"{prefix}-{t}" for t in ENTITY_TYPES for prefix in ("B", "I"))
 """Word-level BIO2 tags in class-id order: the default ``id2label`` of a model and the dataset's ClassLabel."""
+
+RELEASE_TOKEN_LABELS: tuple[str, ...] = (
+    "PAD",
+    "B-PER",
+    "I-PER",
+    "B-LOC",
+    "I-LOC",
+    "B-ORG",
+    "I-ORG",
+    "B-OTHER",
+    "I-OTHER",
+    "O",
+    "X",
+    "CLS",
+    "SEP",
+)
+"""The sub-token tag set of the authors' released CRF, in their id order (``tag2idx`` of their config.py): the
+word tags (OTHER for MISC) at each word's first sub-token, X at its other sub-tokens, CLS and SEP at the special
+tokens, PAD at padding."""
+
+CONTINUATION_TAG, FIRST_SPECIAL_TAG, LAST_SPECIAL_TAG, PADDING_TAG = "X", "CLS", "SEP", "PAD"
+"""The token-level tags that are not word tags: read as O when a word's tag is read at its first sub-token."""
 
 GENERAL_WORDS: tuple[str, ...] = ("person", "location", "organization", "misc")
 """The general words of the four types, grounded in every image and linked to every word (paper, "Multi-modal
@@ -70,6 +93,25 @@ def normalise_tag(tag: str) -> str | None:
         return tag if tag == "O" else None
     normalised = f"{prefix}-{TYPE_ALIASES.get(entity_type, entity_type)}"
     return normalised if normalised in LABELS else None
+
+
+def token_label_of(word_label: str, token_labels: Sequence[str]) -> str:
+    """The token-level tag of a word tag: the same name, or the name with the type's alias (B-MISC -> B-OTHER)."""
+    if word_label in token_labels:
+        return word_label
+    prefix, _, entity_type = word_label.partition("-")
+    for alias, name in TYPE_ALIASES.items():
+        if name == entity_type and f"{prefix}-{alias}" in token_labels:
+            return f"{prefix}-{alias}"
+    raise ValueError(f"the token labels {list(token_labels)} have no tag for the word label {word_label!r}")
+
+
+def word_label_of(token_label: str) -> str:
+    """How a token-level tag reads as a word tag (the authors' scoring): X, CLS, SEP and PAD read as O, OTHER as
+    MISC."""
+    if token_label in (CONTINUATION_TAG, FIRST_SPECIAL_TAG, LAST_SPECIAL_TAG, PADDING_TAG):
+        return "O"
+    return normalise_tag(token_label) or token_label
 
 
 def hex_colour(entity_type: str) -> str:
@@ -143,6 +185,7 @@ __all__ = [
     "LABEL_PAD_VALUE",
     "METADATA_KEYS",
     "OTHER_COLOUR",
+    "RELEASE_TOKEN_LABELS",
     "TYPE_ALIASES",
     "TYPE_COLOURS",
     "VISUAL_INPUTS",
@@ -151,4 +194,6 @@ __all__ = [
     "entity_tag_masks",
     "hex_colour",
     "normalise_tag",
+    "token_label_of",
+    "word_label_of",
 ]

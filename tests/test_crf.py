@@ -74,5 +74,5 @@ def test_marginals_match_enumeration(case) -> None:
 
 def test_empty_sequence_is_refused() -> None:
     crf = CRF(2)
-    with pytest.raises(ValueError, match="at least one word"):
+    with pytest.raises(ValueError, match="at least one position"):
         crf.log_partition(torch.zeros(2, 3, 2), torch.tensor([[1, 1, 0], [0, 0, 0]]))

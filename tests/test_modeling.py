@@ -138,13 +138,14 @@ def test_edges_are_respected_in_one_fusion_layer() -> None:
 
 def test_word_level_decoding_reads_first_subtokens() -> None:
     word_ids = torch.tensor([[-1, 0, 1, 1, 2, -1], [-1, 0, 0, -1, -1, -1]])
-    first, mask = first_subtoken_index(word_ids)
+    first, mask = first_subtoken_index(word_ids, 3)
     assert first.tolist() == [[1, 2, 4], [1, 0, 0]]
     assert mask.tolist() == [[True, True, True], [True, False, False]]
+    model, ids = build(), torch.tensor([[2, 5, 6, 7, 3]])
     with pytest.raises(ValueError, match="batch item 0"):
-        first_subtoken_index(torch.tensor([[-1, 1, 2, -1]]))
+        model(input_ids=ids[:, :4], word_ids=torch.tensor([[-1, 1, 2, -1]]))
     with pytest.raises(ValueError, match="contiguous"):
-        first_subtoken_index(torch.tensor([[-1, 0, 1, 0, -1]]))
+        model(input_ids=ids, word_ids=torch.tensor([[-1, 0, 1, 0, -1]]))
 
 
 def test_loss_is_the_crf_negative_log_likelihood_of_the_words() -> None:
@@ -152,7 +153,7 @@ def test_loss_is_the_crf_negative_log_likelihood_of_the_words() -> None:
     x = tiny_inputs()
     labels = torch.tensor([[1, 2, 0, 3, 4], [5, 6, 0, 7, -100]])
     out = model(**x, labels=labels)
-    _, word_mask = first_subtoken_index(x["word_ids"])
+    _, word_mask = first_subtoken_index(x["word_ids"], 5)
     expected = -model.crf.log_likelihood(out.logits, labels.clamp(min=0), word_mask).mean()
     torch.testing.assert_close(out.loss, expected)
     assert torch.equal(out.predictions, model.crf.decode(out.logits, word_mask))
@@ -296,7 +297,7 @@ def test_bad_visual_inputs_give_clear_errors() -> None:
     with pytest.raises(ValueError, match="either pixel_values or object_features"):
         model(**x, object_features=torch.zeros(2, 3, 96))
     x.pop("pixel_values")
-    with pytest.raises(ValueError, match="96 features"):
+    with pytest.raises(ValueError, match=r"object_features must be \[batch, objects, 96\]"):
         model(**x, object_features=torch.zeros(2, 3, 50))
     released = build()
     released.umgf.vision_backbone = None

@@ -97,7 +97,8 @@ def brute_force_chunk_probabilities(log_joint: torch.Tensor, sequences: list[tup
 def chunk_probability(model, logits, word_mask, row: int, chunk: tuple[str, int, int]) -> float:
     entity_type, start, last = chunk
     entities = [(row, entity_type, start, last + 1)]
-    return float(UMGFForTokenClassification.entity_probabilities(model, logits, word_mask, entities)[0])
+    outputs = SimpleNamespace(logits=logits, word_mask=word_mask, word_positions=torch.zeros_like(word_mask).long())
+    return float(UMGFForTokenClassification.entity_probabilities(model, outputs, entities)[0])
 
 
 @pytest.mark.parametrize("decoder", ["crf", "softmax"])
@@ -110,9 +111,8 @@ def test_entity_probabilities_equal_brute_force_enumeration(decoder: str) -> Non
     for parameter in crf.parameters():
         torch.nn.init.uniform_(parameter, -0.1, 0.1)
     # the method on a stand-in that has only what it reads: the decoder and the label names
-    model = SimpleNamespace(
-        crf=crf if decoder == "crf" else None, config=SimpleNamespace(id2label=dict(enumerate(LABELS)))
-    )
+    config = SimpleNamespace(label_names=list(LABELS), crf_level="word")
+    model = SimpleNamespace(crf=crf if decoder == "crf" else None, config=config)
     for row, length in enumerate(lengths):
         sequences = list(itertools.product(range(num_tags), repeat=length))
         tags = torch.tensor(sequences)
