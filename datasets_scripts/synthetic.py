@@ -1,12 +1,15 @@
 """A synthetic multimodal NER task, generated on the fly, where only the image tells some entity types.
 
 Sentences are made up from neutral templates ("look at {} today !") filled with made-up names. Every image
-(64 x 64, drawn with PIL) shows one coloured symbol per entity mention of its sentence:
+(96 x 64, drawn with PIL) shows one coloured symbol per entity mention of its sentence, left to right in the order
+of the mentions (each in its own third of the width):
 
     PER: red disc     LOC: green triangle     ORG: blue square     MISC: yellow diamond
 
-and the grounding of each mention is known exactly (the box of its symbol, linked to the mention's words),
-so the CONTRACT.md grounding columns are filled with ``grounder="precomputed"``: no detector is needed.
+The grounding columns hold where each symbol was drawn (grounder ``"synthetic"``: the exact, gold grounding). A
+model does not need it: the ``"symbols"`` grounder (`modeling_umgf.symbol_grounding`) finds the symbols in the
+pixels of any such image and links them to the sentence's phrases, as a detector does for a real post, and the main
+job's processor uses it in training and at inference.
 
 Two kinds of names:
 
@@ -22,8 +25,8 @@ clearly higher than without.
 
 The vocabulary (`vocabulary`) holds every template word, name stem and ``##`` suffix, so the BERT WordPiece
 tokenizer built from it (`build_tokenizer`) splits typed names into two sub-tokens and never needs [UNK].
-Hand-written because the task is ours. The columns and `datasets` features are the Twitter builder's
-(`datasets_scripts.twitter_mner.FEATURES`).
+Hand-written because the task is ours. The columns and `datasets` features are every umgf dataset's
+(`modeling_umgf.schema_umgf.dataset_features`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ from modeling_umgf.schema_umgf import ENTITY_TYPES
 
 from .twitter_mner import FEATURES
 
-IMAGE_SIZE = 64
+IMAGE_WIDTH, IMAGE_HEIGHT = 96, 64
+SLOTS = 3  # a mention's symbol is drawn in its own slot (a third of the width), slots in mention order
+SYMBOL_SIDES = (14, 26)
+GROUNDER = "synthetic"
 SYMBOL_COLOURS: dict[str, tuple[int, int, int]] = {
     "PER": (220, 40, 40),
     "LOC": (40, 170, 60),
@@ -72,18 +78,26 @@ TEMPLATES: tuple[str, ...] = (
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
+def function_words() -> list[str]:
+    """The words of the templates: everything in a sentence that is not part of a name."""
+    return sorted({word for template in TEMPLATES for word in template.split() if word != "{}"})
+
+
 def vocabulary() -> list[str]:
     """Every word piece of the task: special tokens, template words, name stems, ``##`` suffixes, ambiguous names."""
-    words = sorted({word for template in TEMPLATES for word in template.split() if word != "{}"})
+    words = function_words()
     suffixes = sorted({f"##{s}" for group in TYPE_SUFFIXES.values() for s in group})
     return [*SPECIAL_TOKENS, *words, *NAME_STEMS, *suffixes, *AMBIGUOUS_NAMES]
 
 
-def build_tokenizer(save_directory: str | os.PathLike | None = None):
-    """A lower-casing BERT WordPiece tokenizer over `vocabulary` (built offline, nothing downloaded)."""
+def build_tokenizer(save_directory: str | os.PathLike | None = None, model_max_length: int | None = None):
+    """A lower-casing BERT WordPiece tokenizer over `vocabulary` (built offline, nothing downloaded);
+    ``model_max_length``: the text encoder's positions (what the tokenizer truncates to)."""
     from transformers import BertTokenizerFast
 
     tokenizer = BertTokenizerFast(vocab={piece: i for i, piece in enumerate(vocabulary())}, do_lower_case=True)
+    if model_max_length is not None:
+        tokenizer.model_max_length = model_max_length
     if save_directory is not None:
         tokenizer.save_pretrained(save_directory)
     return tokenizer
@@ -152,11 +166,15 @@ def _example(index: int, split: str, rng: random.Random, config: SyntheticMNERCo
     grounding: dict[str, list[Any]] = {key: [] for key in FEATURES if key.startswith("object_")}
     image = None
     if rng.random() < config.image_fraction:
-        image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(rng.randint(200, 255) for _ in range(3)))
+        image = Image.new("RGB", (IMAGE_WIDTH, IMAGE_HEIGHT), tuple(rng.randint(200, 255) for _ in range(3)))
         draw = ImageDraw.Draw(image)
-        for entity_type, start, end in mentions:
-            side = rng.randint(14, 26)
-            x0, y0 = rng.randint(0, IMAGE_SIZE - side), rng.randint(0, IMAGE_SIZE - side)
+        slot_width = IMAGE_WIDTH // SLOTS
+        slots = sorted(rng.sample(range(SLOTS), len(mentions)))  # left to right in mention order
+        for (entity_type, start, end), slot in zip(mentions, slots):
+            side = rng.randint(*SYMBOL_SIDES)
+            # inside the slot with a pixel to spare on each side, so that neighbouring symbols never touch
+            x0 = rng.randint(slot * slot_width + 1, (slot + 1) * slot_width - 1 - side)
+            y0 = rng.randint(0, IMAGE_HEIGHT - side)
             _draw_symbol(draw, entity_type, (x0, y0, x0 + side - 1, y0 + side - 1), rng)
             grounding["object_boxes"].append([float(x0), float(y0), float(x0 + side), float(y0 + side)])
             grounding["object_scores"].append(1.0)
@@ -170,7 +188,7 @@ def _example(index: int, split: str, rng: random.Random, config: SyntheticMNERCo
         "ner_tags": tags,
         "image": image,
         **grounding,
-        "grounder": "precomputed" if image is not None else "",
+        "grounder": GROUNDER if image is not None else "",
     }
 
 
@@ -182,8 +200,16 @@ def build_synthetic_dataset(config: SyntheticMNERConfig | None = None) -> datase
     for offset, (split, size) in enumerate(sizes.items()):
         rng = random.Random(config.seed * 1000 + offset)
         rows = [_example(index, split, rng, config) for index in range(size)]
-        splits[split] = datasets.Dataset.from_list(rows, features=FEATURES)
+        columns = {name: [row[name] for row in rows] for name in FEATURES}  # also right for an empty split
+        splits[split] = datasets.Dataset.from_dict(columns, features=FEATURES)
     return datasets.DatasetDict(splits)
 
 
-__all__ = ["FEATURES", "SyntheticMNERConfig", "build_synthetic_dataset", "build_tokenizer", "vocabulary"]
+__all__ = [
+    "FEATURES",
+    "SyntheticMNERConfig",
+    "build_synthetic_dataset",
+    "build_tokenizer",
+    "function_words",
+    "vocabulary",
+]

@@ -112,6 +112,10 @@ class UMGFConfig(PreTrainedConfig):
         loss_reduction: "mean" of the sentences' negative log-likelihoods or their "sum" (authors; pytorch-crf).
         initializer: "normal" (``initializer_range``) or "xavier_uniform" (authors: xavier for the fusion layers
             and the visual MLP, PyTorch's default for the text projection and the classifier).
+        word_readout: how a word-level decoder reads a word from its sub-token nodes: at its "first" sub-token (the
+            paper's and most BERT taggers' choice, good with a pretrained encoder, whose first sub-token already
+            carries the word) or the "mean" over its sub-tokens (an encoder trained from scratch learns slowly to move
+            what a later sub-token says onto the first; see BENCHMARKS.md, "Synthetic task").
     """
 
     model_type = "umgf"
@@ -150,6 +154,7 @@ class UMGFConfig(PreTrainedConfig):
     token_labels: list[str] | None = None
     loss_reduction: Literal["mean", "sum"] = "mean"
     initializer: Literal["normal", "xavier_uniform"] = "normal"
+    word_readout: Literal["first", "mean"] = "first"
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.id2label is None and kwargs.get("num_labels") is None:
@@ -166,6 +171,7 @@ class UMGFConfig(PreTrainedConfig):
             "crf_level": ("word", "token"),
             "loss_reduction": ("mean", "sum"),
             "initializer": ("normal", "xavier_uniform"),
+            "word_readout": ("first", "mean"),
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:

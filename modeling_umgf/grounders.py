@@ -6,10 +6,11 @@ from typing import Any
 
 from .detector_grounding import ReleaseGrounder, ZeroShotDetectorGrounder
 from .grounding import GridGrounder, Grounder, PrecomputedGrounder
+from .symbol_grounding import SymbolGrounder
 
 GROUNDERS: dict[str, type[Grounder]] = {
     grounder.name: grounder
-    for grounder in (ZeroShotDetectorGrounder, ReleaseGrounder, GridGrounder, PrecomputedGrounder)
+    for grounder in (ZeroShotDetectorGrounder, ReleaseGrounder, GridGrounder, PrecomputedGrounder, SymbolGrounder)
 }
 
 

@@ -117,6 +117,20 @@ def _score_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def write_examples(folder: str | os.PathLike, examples: Sequence[tuple[str, Any]]) -> Path:
+    """Save posts with their images as ``folder/examples/`` (``examples.json`` + PNGs), the examples a demo Space
+    shows (``spaces/app.py`` reads them from the model folder or repo). ``examples``: (text, PIL image) pairs."""
+    target = Path(folder) / "examples"
+    target.mkdir(parents=True, exist_ok=True)
+    listing = []
+    for index, (text, image) in enumerate(examples):
+        name = f"example_{index}.png"
+        image.save(target / name, format="PNG")
+        listing.append({"text": text, "image": name})
+    (target / "examples.json").write_text(json.dumps(listing, indent=2), encoding="utf-8")
+    return target
+
+
 def widget_examples(pipe: MultimodalNERPipeline, texts: Sequence[str] = WIDGET_TEXTS) -> list[dict[str, Any]]:
     """Widget examples with the static ``output`` the pipeline gives for each text (text-only), in the
     token-classification output format (entity_group, score, word, start, end)."""
@@ -259,5 +273,6 @@ __all__ = [
     "push_to_hub",
     "save_for_hub",
     "widget_examples",
+    "write_examples",
     "write_model_card",
 ]

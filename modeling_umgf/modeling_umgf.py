@@ -699,8 +699,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         if self.config.crf_level == "token":
             logits = self.classifier(self.dropout(features))  # sub-token emission scores [B, T, K]
         else:
-            word_states = features.gather(1, first.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-            logits = self.classifier(self.dropout(word_states))  # word emission scores [B, W, C]
+            logits = self.classifier(self.dropout(self.read_words(features, word_ids, first, num_words)))  # [B, W, C]
 
         loss = None
         if labels is not None:
@@ -718,6 +717,21 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
             token_mask=token_mask,
             gates=outputs.gates,
         )
+
+    def read_words(
+        self, features: torch.Tensor, word_ids: torch.Tensor, first: torch.Tensor, num_words: int
+    ) -> torch.Tensor:
+        """Each word's state [B, W, *] from its sub-tokens' [B, T, *]: at its first sub-token
+        (``word_readout="first"``) or the mean over its sub-tokens ("mean")."""
+        if self.config.word_readout == "first":
+            return features.gather(1, first.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+        slots = torch.where(word_ids >= 0, word_ids, num_words).unsqueeze(-1)  # special tokens: a discarded slot
+        sums = features.new_zeros(features.shape[0], num_words + 1, features.shape[-1])
+        sums = sums.scatter_add(1, slots.expand(-1, -1, features.shape[-1]), features)
+        counts = features.new_zeros(features.shape[0], num_words + 1, 1).scatter_add(
+            1, slots, torch.ones_like(slots, dtype=features.dtype)
+        )
+        return (sums / counts.clamp(min=1))[:, :num_words]
 
     # ----------------------------------------------------------------------------- the token-level tag set
     def _tag_maps(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections.abc
 import functools
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .grounders import build_grounder
+from .grounders import GROUNDERS, build_grounder
 from .grounding import Grounder
 from .image_utils_umgf import load_images, load_rgb_image
 from .schema_umgf import ENTITY_TYPES, hex_colour
@@ -43,6 +44,8 @@ from .visualization_umgf import box_label, draw_entities, supported_entities
 if TYPE_CHECKING:
     from .modeling_umgf import UMGFForTokenClassification
     from .processing_umgf import UMGFProcessor
+
+logger = logging.getLogger(__name__)
 
 TASK = "multimodal-ner"
 
@@ -105,6 +108,18 @@ class MultimodalNERPipeline(Pipeline):
     _load_image_processor = False  # type: ignore[assignment]
     _load_feature_extractor = False  # type: ignore[assignment]
     _load_video_processor = False  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Sentences are cut to what the text encoder can read, whatever the tokenizer was saved with.
+        positions = getattr(self.model.config.text_encoder_config, "max_position_embeddings", None)
+        if positions and self.processor.effective_max_length > positions:
+            logger.info(
+                "cutting posts to the text encoder's %d positions (max_length was %d)",
+                positions,
+                self.processor.effective_max_length,
+            )
+            self.processor.tokenizer.model_max_length = positions
 
     def __call__(self, inputs: Any, image: Any = None, grounding: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """Tag ``inputs`` (see the class docstring); ``image`` / ``grounding`` go with string inputs."""
@@ -333,6 +348,11 @@ class MultimodalNERPipeline(Pipeline):
             (tuple(round(v) for v in box), box_label(linked[0]))  # type: ignore[misc]
             for box, linked in supported_entities(entities)
         ]
+
+    @staticmethod
+    def available_grounders() -> list[str]:
+        """The names a ``grounder`` parameter takes."""
+        return sorted(GROUNDERS)
 
     @staticmethod
     def entity_colours(entities: Sequence[dict[str, Any]] | None = None) -> dict[str, str]:

@@ -113,6 +113,7 @@ class ReferenceRelease(nn.Module):
             o = self.res4ffn_o[i].norm(newo + self.ffn_o[i](newo))
         return self.hidden2tag(torch.cat([bert_x, x], -1))
 
+    @torch.no_grad()
     def negative_log_likelihood(self, emissions: torch.Tensor, tags: list[list[int]]) -> float:
         """Sum over sentences of -log p(tags | emissions), one sentence at a time (float64 loops)."""
         start, end, trans = (

@@ -171,3 +171,84 @@ def test_bad_input_gives_one_line_and_exit_code_2(tiny_ner_folder, tmp_path, cap
     out, err = capfd.readouterr()
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("umgf-predict: error: ") and message in err
+
+
+def test_grounder_choice_and_json_grounding(tiny_ner_folder, tmp_path, image_path, capsys) -> None:
+    grounding = {
+        "object_boxes": [[0, 0, 60, 45]],
+        "object_scores": [0.9],
+        "object_phrases": ["Kawhi Leonard"],
+        "object_word_start": [0],
+        "object_word_end": [2],
+        "grounder": "detector",
+    }
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(
+        json.dumps({"id": "given", "text": TEXT, "image": str(image_path), "grounding": grounding})
+        + "\n"
+        + json.dumps({"id": "grid", "text": TEXT, "image": str(image_path)})
+        + "\n"
+    )
+    code, out, err = run_cli(
+        capsys,
+        "--model",
+        tiny_ner_folder,
+        "--input",
+        posts,
+        "--format",
+        "jsonl",
+        "--grounder",
+        "grid",
+        "--grounder-kwargs",
+        '{"grid_size": 2}',
+    )
+    assert code == 0, err
+    given, grid = (json.loads(line) for line in out.splitlines())
+    assert [o["phrase"] for o in given["objects"]] == ["Kawhi Leonard"]  # a post's own grounding is used as is
+    assert [o["box"] for o in given["objects"]] == [{"xmin": 0.0, "ymin": 0.0, "xmax": 60.0, "ymax": 45.0}]
+    assert len(grid["objects"]) == 4  # --grounder grid with a 2 x 2 grid
+    code, _, err = run_cli(capsys, "--model", tiny_ner_folder, "--text", TEXT, "--grounder", "yolo")
+    assert code == 2 and "invalid choice: 'yolo'" in err
+
+
+def test_draw_writes_one_picture_per_post_with_an_image(tiny_ner_folder, tmp_path, image_path, capsys, local) -> None:
+    posts = tmp_path / "posts.jsonl"
+    lines = [{"id": "a/1", "text": TEXT, "image": str(image_path)}, {"id": "b", "text": TEXT}]
+    posts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    code, _, err = run_cli(capsys, "--model", tiny_ner_folder, "--input", posts, "--draw", tmp_path / "drawn")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["a_1.png"]  # the post without image: none
+    expected = local.draw_entities(quadrant_image(), local(TEXT, image=quadrant_image()))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "drawn" / "a_1.png").convert("RGB")), np.asarray(expected))
+    assert not np.array_equal(np.asarray(expected), np.asarray(quadrant_image()))  # boxes were drawn
+    (tmp_path / "file.png").write_bytes(b"")
+    code, _, err = run_cli(capsys, "--model", tiny_ner_folder, "--input", posts, "--draw", tmp_path / "file.png")
+    assert code == 2 and "needs a folder" in err
+
+
+def test_device_default_is_cuda_when_available(tiny_ner_folder, monkeypatch) -> None:
+    from modeling_umgf import cli
+
+    chosen = {}
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            chosen.update(kwargs)
+
+    monkeypatch.setattr(cli, "MultimodalNERPipeline", Recorder)
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    cli.load_pipeline(str(tiny_ner_folder), None)
+    assert str(chosen["device"]) == "cuda"
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    cli.load_pipeline(str(tiny_ner_folder), None)
+    assert str(chosen["device"]) == "cpu"
+
+
+def test_a_300_word_post_is_cut_and_its_last_words_tagged_o(tiny_ner_folder, capsys, local) -> None:
+    text = " ".join(["Berlin", "rocks"] * 150)
+    code, out, err = run_cli(capsys, "--model", tiny_ner_folder, "--text", text, "--format", "jsonl")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["words"]) == 300 and result["truncated_words"] == 300 - 62  # 64 positions - [CLS], [SEP]
+    assert all(w["tag"] == "O" and w["score"] is None for w in result["words"][62:])
+    assert all(e["word_end"] <= 62 for e in result["entities"])

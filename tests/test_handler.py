@@ -71,3 +71,38 @@ def test_text_only_batch_and_parameters(handler) -> None:
 def test_bad_requests_are_rejected_clearly(handler, request_body, message) -> None:
     with pytest.raises(ValueError, match=message):
         handler(request_body)
+
+
+def test_parameters_choose_the_grounder_and_a_grounding_can_be_sent(handler) -> None:
+    grid = handler({"inputs": TWEET, "image": png_base64()})
+    symbols = handler({"inputs": TWEET, "image": png_base64(), "parameters": {"grounder": "symbols"}})
+    assert all(len(e["boxes"]) == 9 for e in grid) and all(len(e["boxes"]) == 1 for e in symbols)
+    grounding = {
+        "object_boxes": [[0, 0, 60, 45]],
+        "object_scores": [0.9],
+        "object_phrases": ["Kawhi"],
+        "object_word_start": [0],
+        "object_word_end": [1],
+        "grounder": "detector",
+    }
+    sent = handler(
+        {
+            "inputs": "Kawhi Leonard wins",
+            "image": png_base64(),
+            "grounding": grounding,
+            "parameters": {"return_words": True},
+        }
+    )
+    assert sent["objects"] == [
+        {"box": {"xmin": 0.0, "ymin": 0.0, "xmax": 60.0, "ymax": 45.0}, "phrase": "Kawhi", "score": 0.9}
+    ]
+    batch = handler(
+        {
+            "inputs": ["Kawhi Leonard wins", "Berlin rocks"],
+            "image": [png_base64(), None],
+            "grounding": [grounding, None],
+        }
+    )
+    assert [len(e["boxes"]) for e in batch[0]] == [1 if e["word_start"] == 0 else 0 for e in batch[0]]
+    with pytest.raises(ValueError, match='"grounding" must be a list of 2'):
+        handler({"inputs": ["a", "b"], "grounding": [grounding]})

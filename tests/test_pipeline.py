@@ -240,3 +240,49 @@ def test_standard_token_classification_pipeline_tags_words_by_their_first_sub_to
         else:
             assert by_index[position]["entity"] == label
             assert float(by_index[position]["score"]) == pytest.approx(float(logits[word].softmax(-1).max()), abs=1e-5)
+
+
+def test_grounder_and_grounding_parameters(pipe, tmp_path) -> None:
+    """A grounder chosen when the pipeline is built or per call, and a grounding given per post."""
+    folder = tmp_path / "saved"
+    pipe.save_pretrained(folder)
+    symbols = pipeline(model=str(folder), trust_remote_code=True, grounder="symbols")
+    result = symbols(TWEET, image=quadrant_image(), return_words=True)
+    assert [o["phrase"] for o in result["objects"]] == [" ".join(w["word"] for w in result["words"])]
+    assert len(pipe(TWEET, image=quadrant_image(), return_words=True)["objects"]) == 9  # the model's own: grid
+    per_call = pipe(TWEET, image=quadrant_image(), grounder="symbols", return_words=True)
+    assert per_call["objects"] == result["objects"]
+    grounding = {
+        "object_boxes": [[0, 0, 60, 45]],
+        "object_scores": [0.5],
+        "object_phrases": ["NBA"],
+        "object_word_start": [2],
+        "object_word_end": [3],
+        "grounder": "detector",
+    }
+    given = pipe(TWEET, image=quadrant_image(), grounding=grounding, return_words=True)
+    assert [(o["phrase"], o["score"]) for o in given["objects"]] == [("NBA", 0.5)]
+    linked = [e for e in given["entities"] if e["boxes"]]
+    assert all(e["word_start"] <= 2 < e["word_end"] for e in linked)
+    with pytest.raises(ValueError, match="unknown grounder"):
+        pipe(TWEET, grounder="yolo")
+
+
+def test_a_300_word_post_is_tagged_by_every_pipeline(pipe, tmp_path) -> None:
+    """The text encoder has 64 positions: the post is cut (words after it tagged O and counted), never a crash;
+    transformers' standard token-classification pipeline cuts it too (the saved tokenizer's model_max_length)."""
+    words = ["Kawhi", "Leonard", "wins", "!"] * 75
+    text = " ".join(words)
+    pieces = [len(pipe.processor.tokenizer.tokenize(word)) for word in words]  # "Kawhi" is Kaw ##hi
+    kept = sum(1 for total in itertools.accumulate(pieces) if total <= 62)  # 64 positions - [CLS], [SEP]
+    result = pipe(text, return_words=True)
+    assert len(result["words"]) == 300 and result["truncated_words"] == 300 - kept == 251
+    assert all(w["tag"] == "O" and w["score"] is None for w in result["words"][kept:])
+    assert all(w["score"] is not None for w in result["words"][:kept])
+    assert result["entities"] and all(e["word_end"] <= kept for e in result["entities"])
+    folder = tmp_path / "saved"
+    pipe.save_pretrained(folder)
+    standard = pipeline("token-classification", model=str(folder), trust_remote_code=True, aggregation_strategy="first")
+    assert standard.tokenizer.model_max_length == 64
+    entities = standard(text)
+    assert entities and max(e["end"] for e in entities) <= len(text)

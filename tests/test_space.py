@@ -44,10 +44,18 @@ def client(tiny_ner_folder):
         demo.close()
 
 
+def annotations(update: dict) -> dict | None:
+    """The AnnotatedImage value of a predict answer (the Space returns it as a component update)."""
+    return update.get("value") if update and "__type__" in update else update
+
+
 def test_space_highlights_entities_and_draws_boxes(client, tmp_path) -> None:
     image_path = tmp_path / "tweet.png"
     quadrant_image().save(image_path)
-    highlighted, annotated, raw = client.predict(TWEET, gradio_client.handle_file(str(image_path)), api_name="/predict")
+    own = "the model's own (grid)"
+    highlighted, annotated, raw = client.predict(
+        TWEET, gradio_client.handle_file(str(image_path)), own, api_name="/predict"
+    )
     expected = tiny_ner_pipeline()(TWEET, image=quadrant_image())
     spans = [(e["entity_group"], e["word"]) for e in expected]
     assert [
@@ -57,15 +65,26 @@ def test_space_highlights_entities_and_draws_boxes(client, tmp_path) -> None:
     assert [(e["entity_group"], e["start"], e["end"]) for e in raw["entities"]] == [
         (e["entity_group"], e["start"], e["end"]) for e in expected
     ]
+    annotated = annotations(annotated)
     assert len(annotated["annotations"]) == 9  # the grid grounder's 3 x 3 cells, each supporting the entities
     assert {a["label"] for a in annotated["annotations"]} <= {f"{t}: {w}" for t, w in spans}
+    # another grounder, chosen in the Space: for the symbols grounder (no function words given) the three saturated
+    # quadrants, which touch, are one symbol spanning the image, grounded to the one phrase, the whole post
+    _, annotated, raw = client.predict(
+        TWEET, gradio_client.handle_file(str(image_path)), "symbols", api_name="/predict"
+    )
+    assert len(annotations(annotated)["annotations"]) == 1
+    assert [(o["phrase"], o["box"]) for o in raw["objects"]] == [
+        (" ".join(w["word"] for w in raw["words"]), {"xmin": 0.0, "ymin": 0.0, "xmax": 120.0, "ymax": 90.0})
+    ]
 
 
 def test_space_runs_text_only_and_rejects_empty_posts(client) -> None:
-    highlighted, annotated, raw = client.predict("Kawhi Leonard wins", None, api_name="/predict")
-    assert annotated is None and all(not e["boxes"] for e in raw["entities"])
+    own = "the model's own (grid)"
+    highlighted, annotated, raw = client.predict("Kawhi Leonard wins", None, own, api_name="/predict")
+    assert annotations(annotated) is None and all(not e["boxes"] for e in raw["entities"])
     assert [item["token"] for item in highlighted if item["class_or_confidence"]] == [
         e["word"] for e in tiny_ner_pipeline()("Kawhi Leonard wins")
     ]
     with pytest.raises(gradio_client.exceptions.AppError, match="Enter the text of a post"):
-        client.predict("  ", None, api_name="/predict")
+        client.predict("  ", None, own, api_name="/predict")

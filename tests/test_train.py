@@ -313,3 +313,61 @@ def test_feature_cache_holds_backbone_features_of_each_crop(trained):
             expected = model.umgf.vision_backbone(crops)
         torch.testing.assert_close(torch.tensor(cached[i]["object_features"]), expected, rtol=1e-4, atol=1e-5)
     assert all(cached[i]["object_features"] is None for i, boxes in enumerate(test["object_boxes"]) if not boxes)
+
+
+def test_the_saved_model_reads_raw_test_images_in_a_clean_process(trained, tmp_path):
+    """The main job's model, given the test images as pixels (no grounding) through
+    pipeline(model=folder, trust_remote_code=True) where umgf cannot be imported, scores what the run scored: its
+    symbols grounder finds the same objects at inference as in training."""
+    from conftest import run_without_package
+
+    processor = UMGFProcessor.from_pretrained(trained)
+    assert processor.grounder == "symbols" and "look" in processor.grounder_kwargs["function_words"]
+    test = build_synthetic_dataset(SyntheticMNERConfig(train_size=320, validation_size=40, test_size=80))["test"]
+    names = test.features["ner_tags"].feature.names
+    posts = []
+    for row in test:
+        image = None
+        if row["image"] is not None:
+            image = str(tmp_path / f"{row['id']}.png")
+            row["image"].save(image)
+        posts.append({"words": row["tokens"], "image": image, "gold": [names[t] for t in row["ner_tags"]]})
+    (tmp_path / "posts.json").write_text(json.dumps(posts))
+    script = f"""
+import json
+from transformers import pipeline
+from seqeval.metrics import f1_score
+posts = json.load(open({str(tmp_path / "posts.json")!r}))
+ner = pipeline(model={str(trained)!r}, trust_remote_code=True)
+assert type(ner).__module__.startswith("transformers_modules."), type(ner).__module__
+gold = [p["gold"] for p in posts]
+scores = {{}}
+for key, with_images in (("images", True), ("text", False)):
+    outputs = ner([{{"words": p["words"], "image": p["image"] if with_images else None}} for p in posts],
+                  batch_size=16, return_words=True)
+    scores[key] = f1_score(gold, [[w["tag"] for w in o["words"]] for o in outputs])
+print(json.dumps(scores))
+"""
+    done = run_without_package(script, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = json.loads(done.stdout.strip().splitlines()[-1])
+    results = json.loads((trained / "all_results.json").read_text())
+    assert scores["images"] == pytest.approx(results["test"]["f1"], abs=1e-9)
+    assert scores["text"] == pytest.approx(results["test_without_images"]["f1"], abs=1e-9)
+
+
+def test_the_synthetic_tasks_symbols_are_found_where_they_were_drawn():
+    """The symbols grounder on the pixels gives the generator's own (gold) grounding, object for object."""
+    from datasets_scripts.synthetic import function_words
+    from modeling_umgf.symbol_grounding import SymbolGrounder
+
+    data = build_synthetic_dataset(SyntheticMNERConfig(train_size=200, validation_size=0, test_size=0))["train"]
+    rows = [row for row in data if row["image"] is not None]
+    found = SymbolGrounder(function_words()).ground(
+        [r["image"] for r in rows], [r["tokens"] for r in rows], [r["id"] for r in rows]
+    )
+    assert len(rows) > 150
+    for row, grounding in zip(rows, found):
+        assert grounding.boxes == row["object_boxes"], row["id"]
+        assert (grounding.word_starts, grounding.word_ends) == (row["object_word_start"], row["object_word_end"])
+        assert grounding.phrases == row["object_phrases"]
