@@ -4,9 +4,9 @@ The folder holds the model and processor with their remote code, the "multimodal
 in config.json), ``handler.py`` for Inference Endpoints, ``requirements.txt`` (what the remote code needs besides
 transformers), a ``.gitignore`` that keeps a training run's checkpoints and caches out of the repo, and
 ``README.md``: the ``model_card.md`` template rendered by huggingface_hub's `ModelCard.from_template` (YAML metadata
-with a ``model-index`` of the measured results, and widget examples whose static outputs are computed here by the
-pipeline, since the Hub does not run custom code serverlessly). Repo creation and upload are huggingface_hub's
-(`create_repo`, `upload_folder`).
+with a ``model-index`` of the measured results on a Hub dataset, and widget examples whose static outputs are
+computed here by the pipeline, since the Hub does not run custom code serverlessly). Repo creation and upload are
+huggingface_hub's (`create_repo`, `upload_folder`).
 
 Published files name Hub repos only, never a local path: the text encoder's ``_name_or_path`` (``base_model``) and
 the training dataset appear only when they are Hub ids. A local dataset folder built by ``python -m
