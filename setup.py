@@ -40,6 +40,7 @@ setup(
             "pytest>=8",
             "gradio>=6.0,<7",
             "hypothesis>=6.100",
+            "pathspec>=0.12",  # gitignore rules, to test what an upload of an output folder skips
             "ruff>=0.17,<0.18",
             "mypy>=2.4,<3",
             "selenium>=4.20",

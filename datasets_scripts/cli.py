@@ -71,8 +71,8 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
                 print(f"{name} {split}: {report.summary()}")
             data_files[name] = write_config(built[name], args.output_dir, name, args.max_shard_size)
             statistics.update(config_statistics(name, built[name]))
-        source = str(args.data_dir) if args.data_dir else f"{UMT_DATA_URL}/<dataset>/<split>.txt"
-        card = write_dataset_card(args.output_dir, built, data_files, statistics, reports, source)
+        source = "a local copy of its `data/` folder" if args.data_dir else f"{UMT_DATA_URL}/<dataset>/<split>.txt"
+        card = write_dataset_card(args.output_dir, built, data_files, statistics, reports, source, args.push_to_hub)
     print(f"\n{format_table1(statistics)}\n\nwrote {args.output_dir} ({card.name} + Parquet shards)")
     if args.push_to_hub:
         print(f"pushed: {push_folder_to_hub(args.output_dir, args.push_to_hub, args.private)}")

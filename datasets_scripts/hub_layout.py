@@ -21,10 +21,11 @@ from datasets.utils.metadata import MetadataConfigs
 from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
+from modeling_umgf.hub import DATASET_REPO_KEY
 from modeling_umgf.schema_umgf import LABELS
 
 from .statistics import PAPER_TABLE1, SplitStatistics, format_table1
-from .twitter_mner import CITATION, LICENSE_NOTE, UMT_HOMEPAGE, ImageReport
+from .twitter_mner import CITATION, LICENSE_LINK, LICENSE_NAME, LICENSE_NOTE, UMT_HOMEPAGE, ImageReport
 
 CARD_TEMPLATE = Path(__file__).with_name("dataset_card_template.md")
 
@@ -54,6 +55,7 @@ def write_dataset_card(
     statistics: Mapping[str, SplitStatistics],
     image_reports: Mapping[str, Mapping[str, ImageReport]],
     source: str,
+    repo_id: str | None = None,
 ) -> Path:
     """Write ``folder/README.md``: YAML metadata for ``load_dataset`` and the human-readable card.
 
@@ -63,15 +65,20 @@ def write_dataset_card(
         data_files: config name -> result of :func:`write_config`.
         statistics: Table 1 columns of the built configs.
         image_reports: config name -> split -> image report.
-        source: where the text came from, for the card.
+        source: where the text came from, for the card: a URL or a description, never a local path.
+        repo_id: the Hub repo the folder is pushed to; recorded in the metadata (``DATASET_REPO_KEY``) so that a
+            model trained on the local folder can name it in its card.
     """
     card_data = DatasetCardData(
         language=["en"],
         license="other",
+        license_name=LICENSE_NAME,
+        license_link=LICENSE_LINK,
         pretty_name="Twitter-2015 / Twitter-2017 / Twitter-2017c (multimodal NER)",
         task_categories=["token-classification"],
         task_ids=["named-entity-recognition"],
         tags=["multimodal", "image-text", "twitter", "mner"],
+        **({DATASET_REPO_KEY: repo_id} if repo_id else {}),
     )
     MetadataConfigs(data_files).to_dataset_card_data(card_data)
     DatasetInfosDict(
@@ -81,6 +88,7 @@ def write_dataset_card(
         card_data,
         template_path=str(CARD_TEMPLATE),
         configs=list(built),
+        repo_id=repo_id,
         source=source,
         homepage=UMT_HOMEPAGE,
         labels=list(LABELS),

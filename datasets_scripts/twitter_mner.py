@@ -34,6 +34,7 @@ import datasets
 import PIL.Image
 from datasets.exceptions import DatasetGenerationError
 
+from modeling_umgf.hub import UMGF_CITATION
 from modeling_umgf.schema_umgf import dataset_features, empty_grounding
 
 from .umt_format import TwitterFormatError, read_umt_file
@@ -59,7 +60,13 @@ LICENSE_NOTE = (
     "beyond those terms."
 )
 
-CITATION = """\
+LICENSE_NAME = "twitter-mner-research-only"
+"""Id of the licence for the dataset card's ``license: other`` (the terms of ``LICENSE_NOTE``)."""
+LICENSE_LINK = "https://x.com/en/tos"
+"""The Twitter/X Terms of Service, which the tweets and images are subject to."""
+
+CITATION = (
+    """\
 @inproceedings{zhang2018adaptive,
   title = {Adaptive Co-attention Network for Named Entity Recognition in Tweets},
   author = {Zhang, Qi and Fu, Jinlan and Liu, Xiaoyu and Huang, Xuanjing},
@@ -78,12 +85,9 @@ CITATION = """\
   booktitle = {Proceedings of the 58th Annual Meeting of the Association for Computational Linguistics},
   year = {2020}
 }
-@inproceedings{zhang2021multimodal,
-  title = {Multi-modal Graph Fusion for Named Entity Recognition with Targeted Visual Guidance},
-  author = {Zhang, Dong and Wei, Suzhong and Li, Shoushan and Wu, Hanqian and Zhu, Qiaoming and Zhou, Guodong},
-  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
-  year = {2021}
-}"""
+"""
+    + UMGF_CITATION
+)
 
 FEATURES = dataset_features()
 """Columns of every config (CONTRACT.md "Dataset columns")."""

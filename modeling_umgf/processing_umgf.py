@@ -95,6 +95,15 @@ class UMGFProcessor(ProcessorMixin):
             raise ValueError("UMGFProcessor needs a fast tokenizer (word_ids), got " + type(self.tokenizer).__name__)
 
     @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> UMGFProcessor:
+        """`ProcessorMixin.from_pretrained` without the model's loading arguments ``dtype`` / ``torch_dtype``, which
+        transformers' `pipeline` hands to the processor too: the tokenizer would keep them in its configuration,
+        and ``save_pretrained`` would fail on a `torch.dtype` (not JSON serialisable)."""
+        for key in ("dtype", "torch_dtype"):
+            kwargs.pop(key, None)
+        return super().from_pretrained(*args, **kwargs)
+
+    @classmethod
     def from_backbones(
         cls, text_model: str = "bert-base-cased", vision_backbone: str = "resnet152", **kwargs: Any
     ) -> UMGFProcessor:

@@ -7,10 +7,18 @@ padded batch, and masks attention block-diagonally, so that every token attends 
 attends to in the padded batch. The outputs at real tokens are the padded outputs up to float rounding, and
 no linear layer runs on padding (BERT forward + backward on 16 real tweets: 1.4x faster on 2 CPU cores).
 
-Why by hand: transformers packs sequences ("padding-free" training with ``position_ids``) only for
-flash-attention kernels, which do not run on CPU and need the sequences flattened by the data collator.
-Here the batch stays padded for the rest of the model; only the text encoder sees the packed rows, through
-the prepared 4D attention mask that BERT's eager and SDPA attention accept as they are.
+Why by hand (checked on transformers 5.24): transformers' padding-free format, `DataCollatorWithFlattening`,
+concatenates a batch into one row whose ``position_ids`` restart at every sequence, with no attention mask.
+Only two places keep such packed sequences apart: the flash-attention kernels (``_flash_attention_forward``
+derives the sequence boundaries from the position ids, or takes the collator's ``cu_seq_lens``), which need a
+GPU, and the causal masks: `masking_utils.create_causal_mask` calls `find_packed_sequence_indices` on the
+position ids when no attention mask is given. BERT is bidirectional: `BertModel` builds its mask with
+`create_bidirectional_mask`, which is not given the position ids, so on eager and SDPA attention every token of
+the row attends to every packed sequence and the outputs differ from encoding each sequence alone (the position
+ids only pick the position embeddings; tests/test_text_packing.py shows it). Speed is then moot on these
+kernels, and the flattened batch would not fit the rest of UMGF either, which needs the padded batch (word ids,
+objects, edges). So only the text encoder sees packed rows here, through a prepared 4D block-diagonal mask, which
+`create_bidirectional_mask` passes on as it is to BERT's eager and SDPA attention.
 
 Fallback (documented in ``UMGFConfig.text_packing``): an encoder that is not a BERT (other encoders
 compute position ids their own way, e.g. RoBERTa offsets them past the padding index), that uses another

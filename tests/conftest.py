@@ -70,6 +70,21 @@ def tiny_config(**overrides) -> UMGFConfig:
     return UMGFConfig(**kwargs)
 
 
+def save_tiny_text_encoder(folder: Path) -> Path:
+    """Save a random 1-layer BERT and the synthetic task's tokenizer to ``folder``: a local pretrained-style text
+    encoder (``--text_model_name_or_path``)."""
+    from transformers import BertModel
+
+    from datasets_scripts.synthetic import build_tokenizer
+
+    tokenizer = build_tokenizer(folder)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
 def tiny_inputs(batch: int = 2, tokens: int = 8, objects: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random model inputs with ragged lengths: padded tokens, padded objects, a sparse adjacency."""
     g = torch.Generator().manual_seed(seed)

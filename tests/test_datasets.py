@@ -15,6 +15,7 @@ from pathlib import Path
 import datasets
 import pytest
 import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 from datasets_scripts import cli, hub_layout
@@ -406,6 +407,45 @@ def test_cli_build_round_trip_and_stats(
     tweets_row = "| Tweets | " + " | ".join(str(c[1]) for c in counts) + " |"
     assert tweets_row in table
     assert tweets_row in card_text
+
+
+def export_fixture_text(
+    out: Path, config: str, *extra: str, monkeypatch: pytest.MonkeyPatch | None = None
+) -> list[tuple[Path, str]]:
+    """`python -m datasets_scripts build` of one config of the fixture text (no images) into ``out``; with
+    ``--push_to_hub`` in ``extra``, the upload is replaced (by ``monkeypatch``) by a record of (folder, repo id)."""
+    pushed: list[tuple[Path, str]] = []
+    if monkeypatch is not None:
+        monkeypatch.setattr(
+            cli, "push_folder_to_hub", lambda folder, repo_id, private: pushed.append((folder, repo_id)) or "url"
+        )
+    cli.main(["build", "--data_dir", str(FIXTURES), "--output_dir", str(out), "--configs", config, *extra])
+    return pushed
+
+
+def test_dataset_card_names_no_local_path_records_its_repo_and_has_a_valid_licence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "export"
+    pushed = export_fixture_text(out, "twitter2015", "--push_to_hub", "someone/twitter-mner", monkeypatch=monkeypatch)
+    assert pushed == [(out, "someone/twitter-mner")]
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert not any(local in text for local in (str(FIXTURES), str(FIXTURES.resolve()), str(tmp_path)))
+    assert "read from a local copy of its `data/` folder." in text
+    card = DatasetCard.load(out / "README.md")
+    DatasetCardData(**card.data.to_dict())
+    assert (card.data.license, card.data.license_name, card.data.license_link) == (
+        "other",
+        "twitter-mner-research-only",
+        "https://x.com/en/tos",
+    )
+    assert re.fullmatch(r"[a-z0-9][a-z0-9.-]*", card.data.license_name)  # a licence id, as the Hub asks for
+    assert card.data.hub_repo_id == "someone/twitter-mner"
+    assert 'load_dataset("someone/twitter-mner", "twitter2015")' in text
+    assert "@inproceedings{zhang2021multimodal," in text  # Twitter-2017c and this project come from UMGF
+
+    export_fixture_text(out, "twitter2015", "--overwrite")  # no --push_to_hub: no repo recorded
+    assert "hub_repo_id" not in DatasetCard.load(out / "README.md").data.to_dict()
 
 
 def test_cli_without_images_skips_2017c_loudly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
+import logging
 import re
 import textwrap
+from importlib import metadata
+from pathlib import Path
 
 import pytest
-from conftest import run_without_package
-from huggingface_hub import ModelCard
+from conftest import run_without_package, save_tiny_text_encoder
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from huggingface_hub.utils import filter_repo_objects
 from inference_fixtures import tiny_ner_pipeline
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from pathspec import GitIgnoreSpec
+from test_datasets import export_fixture_text
 from test_pipeline import TWEET, quadrant_image
 
+import train_umgf
 from modeling_umgf import hub
+from modeling_umgf.noun_phrases import SPACY_MODELS
 
 RESULTS = {
     "best_epoch": 3,
@@ -147,7 +161,7 @@ def test_push_to_hub_uploads_the_saved_folder_in_one_commit(monkeypatch) -> None
     monkeypatch.setattr(hub, "create_repo", lambda repo_id, **kwargs: calls.setdefault("create", (repo_id, kwargs)))
 
     def upload_folder(repo_id, folder_path, **kwargs):
-        calls["upload"] = (repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir()), kwargs)
+        calls["upload"] = (repo_id, sorted(p.name for p in Path(folder_path).iterdir()), kwargs)
         return "https://huggingface.co/someone/x/commit/abc"
 
     monkeypatch.setattr(hub, "upload_folder", upload_folder)
@@ -159,4 +173,154 @@ def test_push_to_hub_uploads_the_saved_folder_in_one_commit(monkeypatch) -> None
     assert calls["create"] == (REPO, {"token": "t", "private": True, "exist_ok": True, "repo_type": "model"})
     repo_id, files, kwargs = calls["upload"]
     assert repo_id == REPO and kwargs["token"] == "t"
-    assert {"README.md", "handler.py", "pipeline_umgf.py", "model.safetensors", "processor_config.json"} <= set(files)
+    assert kwargs["ignore_patterns"] == ["checkpoints/*", "best_model/*", "feature_cache/*"]
+    assert {
+        "README.md",
+        "handler.py",
+        "pipeline_umgf.py",
+        "model.safetensors",
+        "processor_config.json",
+        "requirements.txt",
+        ".gitignore",
+    } <= set(files)
+
+
+# --------------------------------------------------------------------- a run on local folders: Hub ids or nothing
+TRAINING_LEFTOVERS = {"checkpoints", "best_model", "feature_cache"}
+
+
+def published_files(folder: Path) -> dict[str, str]:
+    """Every text file of ``folder``: relative path -> content."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8")
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in {".md", ".json", ".txt", ".py", ".jsonl", ""}
+    }
+
+
+def card_metadata(folder: Path) -> dict:
+    """README.md's YAML metadata, validated by huggingface_hub's classes (ModelCard, ModelCardData and the
+    model-index parser), as plain data."""
+    card = ModelCard.load(folder / "README.md")
+    card_yaml = card.data.to_dict()
+    ModelCardData(**card_yaml)  # raises on a malformed model-index
+    if "model-index" in card_yaml:
+        name, results = model_index_to_eval_results(card_yaml["model-index"])
+        assert name == card.data.model_name and results == card.data.eval_results
+    return card_yaml
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> tuple[Path, Path]:
+    """train_umgf.py on a dataset folder exported by `python -m datasets_scripts build` (no --push_to_hub) with a
+    text encoder from a local folder, keeping checkpoints; returns (run folder, base folder of every local path)."""
+    base = tmp_path_factory.mktemp("local")
+    encoder = save_tiny_text_encoder(base / "tiny-bert")
+    dataset = base / "twitter_mner"
+    export_fixture_text(dataset, "twitter2017")
+    out = base / "run"
+    data = ["--dataset_name", str(dataset), "--dataset_config_name", "twitter2017"]
+    model = ["--text_model_name_or_path", str(encoder), "--preset", "bert-crf"]
+    train_umgf.main(
+        ["--output_dir", str(out), *data, *model, "--num_train_epochs", "1", "--checkpointing_steps", "epoch"]
+    )
+    (out / "feature_cache").mkdir(exist_ok=True)
+    (out / "feature_cache" / "features.arrow").write_bytes(b"cached features")
+    return out, base
+
+
+def test_cards_of_a_run_on_local_folders_hold_no_local_path_and_parse(local_run) -> None:
+    out, base = local_run
+    files = published_files(out)
+    assert {"README.md", "config.json", "requirements.txt", ".gitignore"} <= set(files)
+    uploaded = set(filter_repo_objects(files, ignore_patterns=list(hub.IGNORE_PATTERNS)))
+    assert str(base) in files["best_model/config.json"]  # save_pretrained's own copy (not uploaded) names it
+    assert [name for name in uploaded if str(base) in files[name] or str(base.resolve()) in files[name]] == []
+    card_yaml = card_metadata(out)
+    assert "base_model" not in card_yaml and "datasets" not in card_yaml and "model-index" not in card_yaml
+    text = ModelCard.load(out / "README.md").text
+    assert "Trained on Twitter-2017." in text and "huggingface.co/datasets" not in text
+    assert "Text encoder: `bert` (32-d)" in text
+    assert "_name_or_path" not in json.loads(files["config.json"])["text_config"]
+    test = {k: round(100 * v, 2) for k, v in json.loads(files["all_results.json"])["test"].items() if k != "per_type"}
+    assert f"| test | {test['precision']} | {test['recall']} | {test['f1']} |" in text  # the scores stay in the table
+
+
+def test_left_out_local_paths_are_logged_and_the_model_keeps_its_name(tmp_path, caplog) -> None:
+    pipe = tiny_ner_pipeline()
+    pipe.model.config.text_config._name_or_path = str(tmp_path / "encoder")
+    with caplog.at_level(logging.WARNING, logger="modeling_umgf.hub"):
+        hub.save_for_hub(pipe.model, pipe.processor, tmp_path / "out", RESULTS, dataset_id=str(tmp_path))
+    left_out = [r.getMessage() for r in caplog.records if "left out of the published files" in r.getMessage()]
+    assert len(left_out) == 2
+    assert str(tmp_path / "encoder") in left_out[0] and str(tmp_path) in left_out[1]
+    assert pipe.model.config.text_config._name_or_path == str(tmp_path / "encoder")
+    assert str(tmp_path) not in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_dataset_folder_pushed_by_the_build_names_its_repo_and_hub_encoders_are_the_base_model(
+    tmp_path, monkeypatch
+) -> None:
+    dataset = tmp_path / "twitter_mner"
+    export_fixture_text(dataset, "twitter2017", "--push_to_hub", "someone/twitter-mner", monkeypatch=monkeypatch)
+    pipe = tiny_ner_pipeline()
+    pipe.model.config.text_config._name_or_path = "google-bert/bert-base-cased"
+    out = tmp_path / "out"
+    hub.save_for_hub(pipe.model, pipe.processor, out, RESULTS, dataset_id=str(dataset), dataset_config="twitter2017")
+    assert not [name for name, text in published_files(out).items() if str(tmp_path) in text]
+    card_yaml = card_metadata(out)
+    assert card_yaml["base_model"] == "google-bert/bert-base-cased"
+    assert card_yaml["datasets"] == ["someone/twitter-mner"]
+    entries = ModelCard.load(out / "README.md").data.eval_results
+    assert {e.dataset_type for e in entries} == {"someone/twitter-mner"} and len(entries) == 6
+    text = ModelCard.load(out / "README.md").text
+    assert (
+        "Trained on Twitter-2017 ([someone/twitter-mner](https://huggingface.co/datasets/someone/twitter-mner))" in text
+    )
+    assert "Text encoder: `google-bert/bert-base-cased`" in text
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["_name_or_path"] == "google-bert/bert-base-cased"
+
+
+# ----------------------------------------------------------------------------------- deployment files, uploads
+def test_upload_of_a_run_folder_skips_checkpoints_duplicates_and_caches(local_run) -> None:
+    out, _ = local_run
+    files = [p.relative_to(out).as_posix() for p in sorted(out.rglob("*")) if p.is_file()]
+    leftovers = [f for f in files if f.split("/")[0] in TRAINING_LEFTOVERS]
+    assert {f.split("/")[0] for f in leftovers} == TRAINING_LEFTOVERS  # the run did write them
+    expected = [f for f in files if f not in leftovers]
+    assert {"model.safetensors", "README.md", "predictions_test.jsonl", "requirements.txt", ".gitignore"} <= set(
+        expected
+    )
+    # push_to_hub's ignore_patterns, as huggingface_hub's upload_folder applies them
+    assert list(filter_repo_objects(files, ignore_patterns=list(hub.IGNORE_PATTERNS))) == expected
+    # the folder's .gitignore, as the Hub applies it to `hf upload DIR` (git's rules)
+    gitignore = GitIgnoreSpec.from_lines((out / ".gitignore").read_text().splitlines())
+    assert [f for f in files if not gitignore.match_file(f)] == expected
+
+
+def test_requirements_are_the_remote_code_imports_with_setup_py_ranges(hub_folder) -> None:
+    """requirements.txt: the distributions the copied modules import, beyond transformers' own dependencies,
+    each with the version range of setup.py (read from the installed umgf metadata)."""
+    lines = (hub_folder / "requirements.txt").read_text().splitlines()
+
+    def specifiers(requirements: list[str]) -> dict[str, SpecifierSet]:
+        parsed = [Requirement(r) for r in requirements if ";" not in r]  # not the extras
+        return {canonicalize_name(r.name): r.specifier for r in parsed}
+
+    required, setup_py = specifiers(lines), specifiers(metadata.requires("umgf"))
+    assert required == {name: setup_py[name] for name in required}
+    transformers_own = {"transformers", *specifiers(metadata.requires("transformers"))}
+    modules = set()
+    for path in hub_folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                modules.add(node.module.split(".")[0])
+    modules |= {name for name in SPACY_MODELS if importlib.util.find_spec(name)}  # spaCy pipelines load by name
+    distributions = metadata.packages_distributions()
+    imported = {canonicalize_name(distributions[m][0]) for m in modules if m in distributions} - transformers_own
+    # datasets: only schema_umgf.dataset_features imports it, to build datasets; it never runs from a model repo
+    assert imported - {"datasets"} == set(required) - {"transformers"}
+    assert {"transformers", "torch", "timm", "seqeval", "httpx"} <= set(required)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from types import SimpleNamespace
 
 import pytest
 import torch
-from inference_fixtures import QUADRANT_SIZE, tiny_ner_pipeline
+from inference_fixtures import QUADRANT_SIZE, saved_tiny_ner_folder, tiny_ner_pipeline
 from PIL import Image
 from seqeval.metrics.sequence_labeling import get_entities
 from transformers import pipeline
@@ -286,3 +287,17 @@ def test_a_300_word_post_is_tagged_by_every_pipeline(pipe, tmp_path) -> None:
     assert standard.tokenizer.model_max_length == 64
     entities = standard(text)
     assert entities and max(e["end"] for e in entities) <= len(text)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pipeline_loaded_with_a_dtype_saves_and_reloads(dtype, tmp_path_factory, tmp_path) -> None:
+    """transformers' `pipeline` also passes its model arguments (``dtype``) to the processor; they must not end up
+    in the saved tokenizer configuration (a `torch.dtype` is not JSON serialisable)."""
+    ner = pipeline(model=str(saved_tiny_ner_folder(tmp_path_factory)), trust_remote_code=True, dtype=dtype, device=-1)
+    assert next(ner.model.parameters()).dtype == dtype
+    ner.save_pretrained(tmp_path / "saved")
+    assert "dtype" not in json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["dtype"] == str(dtype).removeprefix("torch.")
+    again = pipeline(model=str(tmp_path / "saved"), trust_remote_code=True, device=-1)
+    assert next(again.model.parameters()).dtype == dtype
+    assert again("Kawhi Leonard wins the fan vote") == ner("Kawhi Leonard wins the fan vote")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_config
-from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+from transformers import BertConfig, BertModel, DataCollatorWithFlattening, RobertaConfig, RobertaModel
+from transformers.masking_utils import create_bidirectional_mask, find_packed_sequence_indices
 
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.text_packing import MIN_SAVING, can_pack, encode_packed, pack_rows
@@ -172,3 +173,33 @@ def test_model_with_packing_matches_the_padded_model_in_outputs_loss_and_gradien
     assert packed_grads.keys() == padded_grads.keys()
     for name in padded_grads:
         torch.testing.assert_close(packed_grads[name], padded_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_transformers_packed_sequences_are_not_separated_for_bert_on_eager_or_sdpa(attn: str) -> None:
+    """Why text_packing.py builds its own mask: `DataCollatorWithFlattening` packs sequences into one row with
+    restarting ``position_ids`` and no attention mask. transformers finds the sequences in such position ids
+    (`find_packed_sequence_indices`) only for causal masks; BERT builds its mask with `create_bidirectional_mask`,
+    which does not look at them, so on eager/SDPA attention every token attends to every packed sequence."""
+    encoder = tiny_bert(attn)
+    x = ragged([7, 5, 9], width=9)
+    sequences = [x["input_ids"][b, : int(x["attention_mask"][b].sum())].tolist() for b in range(3)]
+    flat = DataCollatorWithFlattening(return_tensors="pt")([{"input_ids": ids} for ids in sequences])
+    assert flat["position_ids"].tolist() == [[*range(7), *range(5), *range(9)]]
+    assert find_packed_sequence_indices(flat["position_ids"]).tolist() == [[0] * 7 + [1] * 5 + [2] * 9]
+    embeds = torch.zeros(1, 21, 32)
+    mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=embeds, attention_mask=None)
+    assert mask is None or not mask.any()  # no blocking between the sequences
+    with torch.no_grad():
+        flattened = encoder(input_ids=flat["input_ids"], position_ids=flat["position_ids"]).last_hidden_state[0]
+        packed = encode_packed(encoder, x["attention_mask"], x["input_ids"])
+        assert packed is not None
+        for b, (start, n) in enumerate(zip((0, 7, 12), (7, 5, 9))):
+            single = encoder(input_ids=torch.tensor([sequences[b]])).last_hidden_state[0]
+            torch.testing.assert_close(packed[b, :n], single, rtol=1e-5, atol=1e-5)
+            # float rounding is ~1e-6: these tokens attended to the other sequences
+            assert (flattened[start : start + n] - single).abs().max() > 1e-3
+        everything = encoder(
+            input_ids=flat["input_ids"], position_ids=flat["position_ids"], attention_mask=torch.ones(1, 21)
+        ).last_hidden_state[0]
+        torch.testing.assert_close(flattened, everything, rtol=1e-5, atol=1e-5)  # = one 21-token sequence

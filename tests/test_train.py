@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_text_encoder
 from safetensors.torch import load_file
 from seqeval.metrics import f1_score
 
@@ -244,22 +245,7 @@ def test_checkpoint_with_other_labels_is_refused(tmp_path):
 def test_umt_text_cross_domain_and_seeds(tmp_path):
     """Twitter text (UMT format fixtures) with a pretrained-style text encoder folder: train on 2015, also test
     on 2017, two seeds; the summary's mean is the mean of the runs."""
-    from transformers import BertConfig, BertModel
-
-    from datasets_scripts.synthetic import build_tokenizer
-
-    encoder = tmp_path / "tiny-bert"
-    build_tokenizer(encoder)
-    BertModel(
-        BertConfig(
-            vocab_size=len(build_tokenizer()),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-        ),
-        add_pooling_layer=False,
-    ).save_pretrained(encoder)
+    encoder = save_tiny_text_encoder(tmp_path / "tiny-bert")
     fixtures = Path(__file__).parent / "fixtures" / "twitter"
     summary = run_seeds.main(
         [
