@@ -201,6 +201,25 @@ def test_reader_accepts_crlf_repeated_blanks_and_imgid_without_blank(tmp_path: P
     assert got == [(0, "1", ["a"], ["B-PER"], 1), (1, "2", ["b"], ["O"], 6), (2, "3", ["c"], ["I-ORG"], 8)]
 
 
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*/*.txt")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_reader_reads_old_mac_line_endings(tmp_path: Path, path: Path) -> None:
+    mac = tmp_path / path.name
+    mac.write_bytes(path.read_bytes().replace(b"\n", b"\r"))
+    assert b"\n" not in mac.read_bytes()
+    got = [{"id": str(t.index), "image_id": t.image_id, "tokens": t.tokens, "tags": t.tags} for t in read_umt_file(mac)]
+    assert got == parse_fixture(path)
+
+
+@pytest.mark.parametrize(("content", "what"), [(b"", "it is empty"), (b"\n\r\n \n", "its 3 lines are blank")])
+def test_a_file_without_tweets_is_an_error_naming_it(tmp_path: Path, content: bytes, what: str) -> None:
+    path = tmp_path / "train.txt"
+    path.write_bytes(content)
+    with pytest.raises(TwitterFormatError) as caught:
+        list(read_umt_file(path))
+    assert (caught.value.path, caught.value.line) == (str(path), None)
+    assert str(caught.value) == f"{path}: the file holds no tweet ({what})"
+
+
 @pytest.mark.parametrize(
     ("content", "line", "reason"),
     [
@@ -214,6 +233,10 @@ def test_reader_accepts_crlf_repeated_blanks_and_imgid_without_blank(tmp_path: P
         (b"IMGID:1\nx\tO\n\ny\tO\n", 4, "not preceded by an 'IMGID:<id>' line"),
         (b"IMGID:1\nx\tO\ncaf\xe9\tO\n", 3, "invalid UTF-8 byte 0xe9 at column 4"),
         (b"IMGID:  \nx\tO\n", 1, "empty image id"),
+        (b"IMGID:1\nx\tO\n\nIMGID:../x\ny\tO\n", 4, "image id '../x' is not a plain file name"),
+        (b"IMGID:..\nx\tO\n", 1, "image id '..' is not a plain file name"),
+        (b"IMGID:/etc/x\nx\tO\n", 1, "image id '/etc/x' is not a plain file name"),
+        (b"IMGID:a\x00b\nx\tO\n", 1, "image id 'a\\x00b' is not a plain file name"),
     ],
     ids=[
         "no-tab",
@@ -226,6 +249,10 @@ def test_reader_accepts_crlf_repeated_blanks_and_imgid_without_blank(tmp_path: P
         "missing-imgid-after-blank",
         "non-utf8",
         "empty-imgid",
+        "imgid-parent-path",
+        "imgid-dot-dot",
+        "imgid-absolute",
+        "imgid-nul",
     ],
 )
 def test_bad_input_names_file_and_line(tmp_path: Path, content: bytes, line: int, reason: str) -> None:
