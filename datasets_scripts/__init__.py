@@ -5,7 +5,7 @@ Modules: :mod:`.umt_format` (strict reader of the UMT release text), :mod:`.twit
 (Parquet + dataset card + Hub upload) and :mod:`.cli` (``python -m datasets_scripts build|stats``).
 """
 
-from .twitter_mner import FEATURES, ImageReport, TwitterMNER, build_dataset
+from .twitter_mner import FEATURES, EmptySplitError, ImageReport, TwitterMNER, build_dataset
 from .umt_format import TwitterFormatError
 
-__all__ = ["FEATURES", "ImageReport", "TwitterFormatError", "TwitterMNER", "build_dataset"]
+__all__ = ["FEATURES", "EmptySplitError", "ImageReport", "TwitterFormatError", "TwitterMNER", "build_dataset"]

@@ -19,7 +19,7 @@ import datasets
 
 from .hub_layout import push_folder_to_hub, write_config, write_dataset_card
 from .statistics import config_statistics, format_table1
-from .twitter_mner import IMAGE_INSTRUCTIONS, UMT_DATA_URL, TwitterMNER, build_dataset
+from .twitter_mner import IMAGE_INSTRUCTIONS, UMT_DATA_URL, EmptySplitError, TwitterMNER, build_dataset
 from .umt_format import TwitterFormatError
 
 CONFIG_NAMES = [config.name for config in TwitterMNER.BUILDER_CONFIGS]
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             _build(args, parser)
         else:
             _stats(args)
-    except (TwitterFormatError, FileNotFoundError) as error:
+    except (TwitterFormatError, EmptySplitError, FileNotFoundError) as error:
         parser.exit(1, f"error: {error}\n")
 
 

@@ -113,7 +113,7 @@ def write_image(path: Path, kind: str) -> None:
 def expected_image(image_dir: Path | None, image_id: str) -> dict | None:
     if image_dir is None or IMAGE_PLAN.get(image_id) != "good":
         return None
-    return {"bytes": (image_dir / f"{image_id}.jpg").read_bytes(), "path": f"{image_id}.jpg"}
+    return {"bytes": (image_dir / f"{image_id}.jpg").read_bytes(), "path": None}
 
 
 def expected_rows(config: str, split: str, image_dir: Path | None) -> list[dict]:
@@ -473,6 +473,50 @@ def test_cli_overwrites_only_a_previous_export(tmp_path: Path, capsys: pytest.Ca
         cli.main([*args, "--overwrite"])
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_build_run_from_inside_the_image_folder_embeds_the_image_bytes(
+    image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "export"
+    monkeypatch.chdir(image_dir)
+    cli.main(["build", "--data_dir", str(FIXTURES), "--image_dir_2017", ".", "--output_dir", str(out)])
+    monkeypatch.chdir(tmp_path)
+    for config in ("twitter2017", "twitter2017c"):
+        loaded = datasets.load_dataset(str(out), config, cache_dir=str(tmp_path / "hf_cache"))
+        for split, dataset in loaded.items():
+            rows = undecoded_rows(dataset)
+            assert rows == expected_rows(config, split, image_dir)
+            assert all(row["image"]["bytes"] for row in rows if row["image"] is not None)
+    row = datasets.load_dataset(str(out), "twitter2017c", split="test", cache_dir=str(tmp_path / "hf_cache"))[0]
+    with Image.open(image_dir / f"{row['image_id']}.jpg") as original:
+        assert list(row["image"].get_flattened_data()) == list(original.get_flattened_data())
+
+
+def run_build(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int | str | None, str, str]:
+    """Run ``python -m datasets_scripts build ARGS`` expecting it to stop: its exit code, stdout and the last line of
+    stderr (after the progress bars)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["build", *args])
+    captured = capsys.readouterr()
+    return caught.value.code, captured.out, captured.err.rstrip("\n").rsplit("\n", 1)[-1]
+
+
+def test_cli_says_when_twitter2017c_keeps_no_tweet_of_a_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "not_the_images"
+    images.mkdir()
+    args = ["--data_dir", str(FIXTURES), "--image_dir_2017", str(images), "--output_dir", str(tmp_path / "o")]
+    code, _, err = run_build(capsys, *args, "--configs", "twitter2017c")
+    train = FIXTURES / "twitter2017" / "train.txt"
+    tweets = len(parse_fixture(train))
+    assert code == 1
+    assert err.startswith(
+        f"error: twitter2017c train: none of the {tweets} tweets of {train} has a usable image in {images} "
+        f"({tweets} tweets: 0 images found, {tweets} missing"
+    )
 
 
 def test_cli_reports_format_error_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
