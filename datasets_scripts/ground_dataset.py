@@ -2,9 +2,15 @@
 
 python -m datasets_scripts.ground_dataset --dataset FOLDER_OR_REPO [--config twitter2017] --split train
     --output_dir OUT [--grounder detector] [--grounder_kwargs '{"box_threshold": 0.3}'] [--chunk_size 256]
-Several processes / GPUs: ``accelerate launch -m datasets_scripts.ground_dataset ...`` (same arguments).
+Several processes / GPUs: ``accelerate launch -m datasets_scripts.ground_dataset ...`` (same arguments), or
+``torchrun --nproc_per_node N -m datasets_scripts.ground_dataset ...``. Without a GPU (no torch accelerator) the
+processes form a CPU process group (gloo; ``Accelerator(cpu=True)``, since accelerate forms one on CPU only then):
+``torchrun --nproc_per_node N`` or ``accelerate launch --multi_gpu --num_processes N`` start them, while
+``accelerate launch --cpu --num_processes N`` starts a single process (accelerate starts several CPU processes only
+through mpirun, ``--mpirun_hostfile``). Each process logs which chunks it grounds.
 
-The split is cut into chunks of ``chunk_size`` rows; chunk ``k`` is grounded by process ``k % processes``
+``OUT`` is checked first: a file in its place or a folder that cannot be written is an error before the dataset is
+loaded. The split is cut into chunks of ``chunk_size`` rows; chunk ``k`` is grounded by process ``k % processes``
 (batched inside the grounder) and written atomically to ``OUT/.chunks/<split>/``, so an interrupted run
 resumes where it stopped. Once every chunk exists, the main process joins them to the split and writes
 ``OUT/<split>.parquet`` (load it with ``datasets.load_dataset("parquet", data_files=...)``). Tweets without a
@@ -24,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from tqdm.auto import tqdm
 
 from modeling_umgf.grounders import build_grounder
 from modeling_umgf.grounding import Grounder, Grounding, ground_batch
 from modeling_umgf.image_utils_umgf import load_images
 
+from .output_folder import OutputFolderError, writable_folder
 from .twitter_mner import FEATURES
 
 logger = logging.getLogger(__name__)
@@ -86,11 +94,19 @@ def ground_split(
     work_dir.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(split), chunk_size)
     paths = [work_dir / f"rows-{start:09d}-{min(start + chunk_size, len(split)):09d}.parquet" for start in starts]
-    mine = [(start, path) for k, (start, path) in enumerate(zip(starts, paths)) if k % num_processes == process_index]
-    todo = [(start, path) for start, path in mine if not path.exists()]
-    for start, path in tqdm(
-        todo, desc=f"grounding ({len(mine) - len(todo)} chunks already done)", disable=not show_progress
-    ):
+    mine = range(process_index, len(paths), num_processes)
+    todo = [k for k in mine if not paths[k].exists()]
+    done = len(mine) - len(todo)
+    logger.info(
+        "process %d of %d grounds chunks %s of %d (%d already done)",
+        process_index,
+        num_processes,
+        list(mine),
+        len(paths),
+        done,
+    )
+    for k in tqdm(todo, desc=f"grounding ({done} chunks already done)", disable=not show_progress):
+        start, path = starts[k], paths[k]
         rows = split.select_columns(["id", "tokens", "image"])[start : start + chunk_size]
         partial = path.with_suffix(".partial")
         datasets.Dataset.from_dict(ground_rows(rows, grounder), features=GROUNDING_FEATURES).to_parquet(str(partial))
@@ -117,8 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--grounder", default="detector", help="detector, release, grid or precomputed")
     parser.add_argument("--grounder_kwargs", type=json.loads, default={}, help="JSON keyword arguments of the grounder")
-    parser.add_argument("--chunk_size", type=int, default=256, help="rows per resumable chunk")
+    parser.add_argument("--chunk_size", type=_positive_int, default=256, help="rows per resumable chunk")
     return parser
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def _load(dataset: str, config: str | None, split: str) -> datasets.Dataset:
@@ -128,14 +151,26 @@ def _load(dataset: str, config: str | None, split: str) -> datasets.Dataset:
     return datasets.load_dataset(dataset, config, split=split)
 
 
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU (or another accelerator); ``torch.accelerator`` exists from torch 2.6."""
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the command; returns the written Parquet file."""
     from accelerate import Accelerator
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    accelerator = Accelerator()
-    split = _load(args.dataset, args.config, args.split)
+    try:
+        writable_folder(args.output_dir)
+    except OutputFolderError as error:
+        parser.error(f"--output_dir {args.output_dir}: {error}")
+    accelerator = Accelerator(cpu=not _has_accelerator())
+    with accelerator.main_process_first():
+        split = _load(args.dataset, args.config, args.split)
     kwargs = dict(args.grounder_kwargs)
     if args.grounder in ("detector", "release"):
         kwargs.setdefault("device", str(accelerator.device))

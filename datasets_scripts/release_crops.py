@@ -33,6 +33,8 @@ from PIL import Image
 from modeling_umgf.image_utils_umgf import UnreadableImageError, load_rgb_image
 from modeling_umgf.schema_umgf import GENERAL_WORDS, empty_grounding
 
+from .umt_format import is_plain_file_name
+
 logger = logging.getLogger(__name__)
 
 #: The crop files of a tweet in the order the authors' dataset reads them, and the general word of each.
@@ -81,7 +83,7 @@ def tiled(crops: list[Image.Image]) -> tuple[Image.Image, list[list[float]]]:
 def release_crops_row(crops_dir: Path, image_id: str, sample: str) -> dict[str, Any]:
     """The ``image`` (tiled crops, PNG bytes) and grounding columns of one tweet. Raises FileNotFoundError naming
     the tweet and the file when a crop is missing or unreadable."""
-    if not image_id or Path(image_id).name != image_id or image_id in (".", ".."):
+    if not is_plain_file_name(image_id):
         raise ValueError(f"tweet {sample!r}: image id {image_id!r} is not a plain file name")
     crops = []
     for path in crop_paths(crops_dir, image_id):

