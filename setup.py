@@ -45,6 +45,7 @@ setup(
             "ruff>=0.17,<0.18",
             "mypy>=2.4,<3",
             "selenium>=4.20",
+            "trackio>=0.30",
         ],
         "dev": ["pre-commit>=3.0", "mutmut>=3.0"],
         "demo": ["gradio>=6.0,<7"],

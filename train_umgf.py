@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,12 +44,16 @@ import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import imports as accelerate_imports
+from huggingface_hub import create_repo
+from huggingface_hub.utils import validate_repo_id
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, BertConfig, get_scheduler
 
-from datasets_scripts.ground_dataset import ground_dataset
+from datasets_scripts.ground_dataset import ground_dataset, has_accelerator
+from datasets_scripts.output_folder import OutputFolderError, writable_folder
 from datasets_scripts.release_crops import attach_release_crops
 from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset, build_tokenizer, function_words
 from modeling_umgf import PRESETS, UMGFConfig, UMGFForTokenClassification, hub
@@ -112,6 +117,27 @@ SYNTHETIC_TRAINING: dict[str, Any] = {
     "num_train_epochs": 10,
     "freeze_vision_backbone": True,
 }
+#: accelerate's experiment trackers (`--report_to`).
+TRACKERS: tuple[str, ...] = (
+    "tensorboard",
+    "wandb",
+    "trackio",
+    "mlflow",
+    "comet_ml",
+    "aim",
+    "clearml",
+    "dvclive",
+    "swanlab",
+)
+#: What a checkpoint must share with the run that resumes from it (unless --force_resume).
+RESUME_KEYS: tuple[str, ...] = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_processes",
+    "data",
+    "preset",
+    "max_train_samples",
+)
 #: StepLR of the "step" scheduler: the lr is multiplied by STEP_GAMMA every STEP_EPOCHS epochs (the authors').
 STEP_EPOCHS, STEP_GAMMA = 2, 0.8
 
@@ -126,7 +152,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument(
         "--dataset_name", help="dataset folder or Hub repo exported by `python -m datasets_scripts build`"
     )
-    data.add_argument("--dataset_config_name", help="twitter2015, twitter2017 or twitter2017c")
+    data.add_argument(
+        "--dataset_config_name", help="twitter2015, twitter2017 or twitter2017c (optional for a one-config dataset)"
+    )
+    data.add_argument("--text_column_name", help="the dataset's column of words (default: tokens)")
+    data.add_argument("--label_column_name", help="the dataset's column of word tags (default: ner_tags)")
     data.add_argument("--image_dir", type=Path, help="folder of <IMGID>.jpg images (with --umt_data_dir)")
     data.add_argument("--test_dataset_config_name", help="cross-domain: also test on this config's test split")
     data.add_argument("--test_image_dir", type=Path, help="image folder of --test_dataset_config_name")
@@ -207,6 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"default: linear; 'step' multiplies the lr by {STEP_GAMMA} every {STEP_EPOCHS} epochs (release preset)",
     )
     optim.add_argument("--warmup_ratio", type=float, help="share of the steps with a linear warmup (default 0.1)")
+    optim.add_argument("--num_warmup_steps", type=int, help="warmup steps (instead of --warmup_ratio)")
     optim.add_argument("--max_grad_norm", type=float, help="gradient clipping (default 1.0; 0: none)")
     optim.add_argument("--seed", type=int, default=42)
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate's config")
@@ -214,13 +245,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("outputs, checkpoints, tracking, Hub")
     run.add_argument("--output_dir", type=Path, default=Path("outputs/umgf"))
     run.add_argument("--checkpointing_steps", help="'epoch', or save every N optimizer steps")
+    run.add_argument(
+        "--checkpoints_total_limit", type=int, help="keep only the newest N checkpoints (accelerate's total_limit)"
+    )
     run.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' (newest in --output_dir)")
-    run.add_argument("--report_to", default="none", choices=["none", "tensorboard"], help="experiment tracker")
+    run.add_argument(
+        "--force_resume",
+        action="store_true",
+        help="resume even if the checkpoint was made with another batch size, accumulation, dataset or preset",
+    )
+    run.add_argument("--with_tracking", action="store_true", help="log to --report_to (default: every installed one)")
+    run.add_argument(
+        "--report_to",
+        choices=["none", "all", *TRACKERS],
+        help="experiment tracker(s) of accelerate (default: none; 'all' with --with_tracking)",
+    )
     run.add_argument("--logging_steps", type=int, default=10)
     run.add_argument("--push_to_hub", action="store_true", help="push the best model, processor and card to the Hub")
     run.add_argument("--hub_model_id", help="Hub repo of --push_to_hub (default: the output folder's name)")
     run.add_argument("--hub_token")
     run.add_argument("--hub_private_repo", action="store_true")
+    run.add_argument("--hub_dataset_id", help="Hub id of the training dataset, for the model card")
     args = parser.parse_args(argv)
     try:
         check_args(args)
@@ -256,8 +301,8 @@ def check_args(args: argparse.Namespace) -> None:
     Reads ``args`` only."""
     if args.umt_data_dir is not None and args.dataset_name is not None:
         raise ValueError("give --umt_data_dir or --dataset_name, not both")
-    if not is_synthetic(args) and not args.dataset_config_name:
-        raise ValueError("--dataset_config_name is required with --umt_data_dir / --dataset_name (e.g. twitter2017)")
+    if args.umt_data_dir is not None and not args.dataset_config_name:
+        raise ValueError("--dataset_config_name is required with --umt_data_dir (twitter2015, twitter2017 or 2017c)")
     if args.umt_data_dir is not None:
         for config_name in filter(None, (args.dataset_config_name, args.test_dataset_config_name)):
             folder = args.umt_data_dir / config_name.removesuffix("c")
@@ -277,7 +322,10 @@ def check_args(args: argparse.Namespace) -> None:
         if name and hub.is_local_path(name) and not Path(name).is_dir():
             raise FileNotFoundError(f"--{flag}: no such folder {name}")
     if args.model_name_or_path and args.text_model_name_or_path:
-        raise ValueError("give --model_name_or_path (a UMGF checkpoint) or --text_model_name_or_path, not both")
+        raise ValueError(
+            "give --model_name_or_path (a UMGF checkpoint, or a text encoder to start from) or "
+            "--text_model_name_or_path, not both"
+        )
     if not is_synthetic(args) and not (args.model_name_or_path or args.text_model_name_or_path):
         raise ValueError("real data needs --text_model_name_or_path (e.g. bert-base-cased) or --model_name_or_path")
     if args.vision_weights not in ("none", "timm") and not Path(args.vision_weights).is_file():
@@ -299,13 +347,22 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint: no such checkpoint folder {args.resume_from_checkpoint}")
-    if args.report_to == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise ValueError("--report_to tensorboard needs the tensorboard package: pip install tensorboard") from None
+    if args.report_to in TRACKERS and not getattr(accelerate_imports, f"is_{args.report_to}_available")():
+        raise ValueError(f"--report_to {args.report_to} needs its package: pip install {args.report_to}")
     if args.gradient_accumulation_steps < 1:
         raise ValueError("--gradient_accumulation_steps must be >= 1")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
+    if args.num_warmup_steps is not None and args.num_warmup_steps < 0:
+        raise ValueError(f"--num_warmup_steps must be >= 0, got {args.num_warmup_steps}")
+    if args.push_to_hub and args.hub_model_id:
+        validate_repo_id(args.hub_model_id)  # raises HFValidationError (a ValueError) naming what is wrong
+    if args.hub_dataset_id and hub.hub_id(args.hub_dataset_id) is None:
+        raise ValueError(f"--hub_dataset_id must be a Hub dataset id (user/name), got {args.hub_dataset_id!r}")
+    try:
+        writable_folder(args.output_dir)
+    except OutputFolderError as error:
+        raise ValueError(f"--output_dir: {error}") from None
 
 
 def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
@@ -318,6 +375,13 @@ def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
     settings["text_encoder_learning_rate"] = args.text_encoder_learning_rate or settings["learning_rate"]
     settings["vision_learning_rate"] = args.vision_learning_rate or settings["text_encoder_learning_rate"]
     settings["hub_model_id"] = args.hub_model_id or (args.output_dir.resolve().name if args.push_to_hub else None)
+    settings["report_to"] = args.report_to or ("all" if args.with_tracking else "none")
+    settings["dataset_config_name"] = dataset_config(args)
+    settings["encoder_as_model_name"] = False
+    if args.model_name_or_path and AutoConfig.from_pretrained(args.model_name_or_path).model_type != "umgf":
+        # run_ner_no_trainer's habit: --model_name_or_path names the pretrained encoder to fine-tune
+        settings["text_model_name_or_path"], settings["model_name_or_path"] = args.model_name_or_path, None
+        settings["encoder_as_model_name"] = True
     return argparse.Namespace(**settings)
 
 
@@ -335,10 +399,29 @@ def load_splits(args: argparse.Namespace, config_name: str | None, image_dir: Pa
             logger.info(f"{config_name} {split}: {report.summary()}")
     else:
         dataset = datasets.load_dataset(args.dataset_name, config_name)
+        renames = {args.text_column_name: "tokens", args.label_column_name: "ner_tags"}
+        for split in dataset:
+            for column, name in renames.items():
+                if column and column != name:
+                    if column not in dataset[split].column_names:
+                        raise ValueError(f"--dataset_name {args.dataset_name}: split {split} has no column {column!r}")
+                    dataset[split] = dataset[split].rename_column(column, name)
     missing = {"train", "validation", "test"} - set(dataset)
     if missing:
         raise ValueError(f"dataset {config_name!r} lacks the splits {sorted(missing)}")
     return dataset
+
+
+def dataset_config(args: argparse.Namespace) -> str | None:
+    """The config to load: --dataset_config_name, or the only config of --dataset_name."""
+    if args.dataset_config_name or args.dataset_name is None:
+        return args.dataset_config_name
+    names = datasets.get_dataset_config_names(args.dataset_name)
+    if len(names) > 1:
+        raise ValueError(
+            f"--dataset_name {args.dataset_name} has the configs {names}: pick one with --dataset_config_name"
+        )
+    return names[0] if names else None
 
 
 def label_names_of(dataset: datasets.Dataset) -> list[str]:
@@ -383,8 +466,7 @@ def build_model_and_processor(
             )
         if args.preset != "paper" or args.config_overrides:
             logger.warning("--preset / --config_overrides are ignored: the checkpoint's configuration is used")
-        model = UMGFForTokenClassification.from_pretrained(args.model_name_or_path)
-        processor = UMGFProcessor.from_pretrained(args.model_name_or_path)
+        model, processor = hub.load_saved(args.model_name_or_path)
         processor.max_length = args.max_length
         if args.grounder:
             processor.set_grounder(args.grounder)
@@ -527,6 +609,22 @@ def score(
     return entity_scores(gold, pred), records
 
 
+def run_signature(args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
+    """What a checkpoint records of its run, so that resuming with other settings is refused (`RESUME_KEYS`)."""
+    if is_synthetic(args):
+        data = f"synthetic {args.synthetic_sizes or 'default sizes'}"
+    else:
+        data = f"{args.umt_data_dir or args.dataset_name} {args.dataset_config_name}"
+    return {
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_processes": num_processes,
+        "data": data,
+        "preset": args.preset,
+        "max_train_samples": args.max_train_samples,
+    }
+
+
 def latest_checkpoint(output_dir: Path) -> Path:
     checkpoints = [p for p in output_dir.glob("checkpoints/*") if (p / STATE_FILE).is_file()]
     if not checkpoints:
@@ -564,13 +662,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    # 1. Accelerator, logging, seed. DDP: a batch without objects leaves the visual branch unused, and the "bert"
-    #    presets never use the text MLP, so unused parameters must be expected.
+    # 1. Accelerator, logging, seed. Without a GPU the processes of `torchrun` / `accelerate launch` form a CPU
+    #    (gloo) process group only with cpu=True. DDP: a batch without objects leaves the visual branch unused, and
+    #    the "bert" presets never use the text MLP, so unused parameters must be expected. Checkpoints are named and
+    #    rotated by accelerate (checkpoints/checkpoint_<n>, --checkpoints_total_limit).
     accelerator = Accelerator(
+        cpu=not has_accelerator(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=str(args.output_dir),
+        project_config=ProjectConfiguration(
+            project_dir=str(args.output_dir),
+            automatic_checkpoint_naming=True,
+            total_limit=args.checkpoints_total_limit,
+        ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -578,11 +683,23 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
     )
     logger.info(accelerator.state, main_process_only=False)
+    if args.encoder_as_model_name:
+        logger.info(
+            f"--model_name_or_path {args.text_model_name_or_path} is a text encoder, not a UMGF model: a new "
+            "UMGF model is built over it (as with --text_model_name_or_path)"
+        )
     verbosity = "warning" if accelerator.is_local_main_process else "error"
     datasets.utils.logging.set_verbosity(getattr(logging, verbosity.upper()))
     transformers.utils.logging.set_verbosity(getattr(logging, verbosity.upper()))
     set_seed(args.seed)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.push_to_hub and accelerator.is_main_process:  # a bad repo id or token fails now, not after training
+        try:
+            create_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, exist_ok=True)
+        except Exception as error:  # network, authentication, permissions: huggingface_hub raises several kinds
+            raise SystemExit(
+                f"--push_to_hub: cannot create or reach the Hub repo {args.hub_model_id}: {error}"
+            ) from None
 
     # 2. Data: train / dev / test (+ the test split of a second config for cross-domain runs).
     raw = load_splits(args, args.dataset_config_name, args.image_dir)
@@ -616,12 +733,17 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         f"visual branch {'on' if use_visual else 'off'}, grounder {processor.grounder!r}"
     )
 
-    # 4. Visual preprocessing, once: ground the images, then (frozen backbone) cache the crops' features.
+    # 4. Visual preprocessing, once: ground the images, then (frozen backbone) cache the crops' features. The main
+    #    process grounds first (datasets caches the result for the others). A grounder that runs on a GPU is not
+    #    forked into dataset.map workers (CUDA cannot be used in a forked process): it batches on the GPU instead.
     if use_visual:
-        splits = {
-            name: ground_dataset(split, processor.visual_grounder, args.preprocessing_num_workers)
-            for name, split in splits.items()
-        }
+        grounder = processor.visual_grounder
+        workers = args.preprocessing_num_workers
+        if workers and str(getattr(grounder, "device", "cpu")).startswith("cuda"):
+            logger.info(f"grounding in this process on {grounder.device}, not in {workers} dataset.map workers")
+            workers = None
+        with accelerator.main_process_first():
+            splits = {name: ground_dataset(split, grounder, workers) for name, split in splits.items()}
     else:
         splits = {name: without_images(split) for name, split in splits.items()}
     if use_visual and args.freeze_vision_backbone:
@@ -667,7 +789,9 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         scheduler = get_scheduler(
             args.lr_scheduler_type,
             optimizer=optimizer,
-            num_warmup_steps=int(args.warmup_ratio * max_train_steps),
+            num_warmup_steps=(
+                args.num_warmup_steps if args.num_warmup_steps is not None else int(args.warmup_ratio * max_train_steps)
+            ),
             num_training_steps=max_train_steps,
         )
     model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
@@ -677,7 +801,25 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         accelerator.init_trackers("umgf", tracked)
 
     # 6. Resume: the accelerate state (model, optimizer, scheduler, RNGs) and where in which epoch it stopped.
-    state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best_f1": -1.0, "best_epoch": None, "history": []}
+    # accelerate numbers checkpoints from 0 in every process: continue after those already in the folder, and drop
+    # the ones a killed run left incomplete (no trainer state: written last)
+    numbered = {int(p.name.rsplit("_", 1)[1]): p for p in args.output_dir.glob("checkpoints/checkpoint_*")}
+    if accelerator.is_main_process:
+        for path in (p for p in numbered.values() if not (p / STATE_FILE).is_file()):
+            logger.warning(f"removing {path}, a checkpoint left incomplete")
+            shutil.rmtree(path)
+    accelerator.wait_for_everyone()
+    accelerator.project_configuration.iteration = max(numbered, default=-1) + 1
+    run = run_signature(args, accelerator.num_processes)
+    state = {
+        "global_step": 0,
+        "epoch": 0,
+        "batches_in_epoch": 0,
+        "best_f1": -1.0,
+        "best_epoch": None,
+        "history": [],
+        "run": run,
+    }
     if args.resume_from_checkpoint:
         checkpoint = (
             latest_checkpoint(args.output_dir)
@@ -686,13 +828,26 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         )
         if not (checkpoint / STATE_FILE).is_file():
             raise FileNotFoundError(f"{checkpoint} is not a checkpoint of this script (no {STATE_FILE})")
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
+        changed = {
+            key: (saved.get("run", {}).get(key), run[key])
+            for key in RESUME_KEYS
+            if saved.get("run", {}).get(key) != run[key]
+        }
+        if changed and not args.force_resume:
+            raise SystemExit(
+                f"{checkpoint} was made by another run: "
+                + "; ".join(f"{key} {old!r} there, {new!r} now" for key, (old, new) in changed.items())
+                + ". Resume with the same settings, or pass --force_resume to continue anyway."
+            )
+        if changed:
+            logger.warning(f"resuming {checkpoint} with changed settings (--force_resume): {changed}")
         accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / STATE_FILE).read_text())
+        state = {**saved, "run": run}
         logger.info(f"resumed from {checkpoint}: epoch {state['epoch']}, optimizer step {state['global_step']}")
 
-    def save_checkpoint(name: str) -> None:
-        folder = args.output_dir / "checkpoints" / name
-        accelerator.save_state(str(folder))
+    def save_checkpoint() -> None:
+        folder = Path(accelerator.save_state())  # checkpoints/checkpoint_<n>; the oldest removed past the limit
         if accelerator.is_main_process:
             (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
 
@@ -759,14 +914,14 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 args.checkpointing_steps not in (None, "epoch")
                 and state["global_step"] % int(args.checkpointing_steps) == 0
             ):
-                save_checkpoint(f"step_{state['global_step']}")
+                save_checkpoint()
             if state["global_step"] >= max_train_steps:
                 break
         select_on_dev()
         state["epoch"] += 1
         state["batches_in_epoch"] = 0
         if args.checkpointing_steps == "epoch":
-            save_checkpoint(f"epoch_{state['epoch'] - 1}")
+            save_checkpoint()
     if max_train_steps == 0:  # --num_train_epochs 0: the given model, evaluated as it is
         select_on_dev()
     progress.close()
@@ -804,7 +959,11 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     # 9. Outputs: model + processor + pipeline code (pipeline(model=output_dir, trust_remote_code=True) works),
     #    handler, all_results.json and the model card filled with these results; then the Hub.
     if accelerator.is_main_process:
-        card = dict(repo_id=args.hub_model_id, dataset_id=args.dataset_name, dataset_config=args.dataset_config_name)
+        card = dict(
+            repo_id=args.hub_model_id,
+            dataset_id=args.hub_dataset_id or args.dataset_name,
+            dataset_config=args.dataset_config_name,
+        )
         hub.save_for_hub(accelerator.unwrap_model(model), processor, args.output_dir, results, **card)
         if is_synthetic(args):  # example posts with images for a demo Space (the Twitter images may not be shared)
             shown = [row for row in raw["test"] if row["image"] is not None][:EXAMPLES]

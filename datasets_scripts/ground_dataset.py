@@ -151,7 +151,7 @@ def _load(dataset: str, config: str | None, split: str) -> datasets.Dataset:
     return datasets.load_dataset(dataset, config, split=split)
 
 
-def _has_accelerator() -> bool:
+def has_accelerator() -> bool:
     """Whether torch sees a GPU (or another accelerator); ``torch.accelerator`` exists from torch 2.6."""
     accelerator = getattr(torch, "accelerator", None)
     return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         writable_folder(args.output_dir)
     except OutputFolderError as error:
         parser.error(f"--output_dir {args.output_dir}: {error}")
-    accelerator = Accelerator(cpu=not _has_accelerator())
+    accelerator = Accelerator(cpu=not has_accelerator())
     with accelerator.main_process_first():
         split = _load(args.dataset, args.config, args.split)
     kwargs = dict(args.grounder_kwargs)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .grounders import GROUNDERS, build_grounder
-from .hub import is_local_path
+from .hub import load_saved
 from .image_utils_umgf import UnreadableImageError, load_rgb_image
 from .pipeline_umgf import MultimodalNERPipeline
 
@@ -128,19 +128,11 @@ def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
 def load_pipeline(model: str, device: str | None, compile_backbone: bool = False) -> MultimodalNERPipeline:
     """The multimodal-ner pipeline of a model folder or Hub repo (with this package's classes, no remote code),
     on ``device`` (default: CUDA when available)."""
-    from .modeling_umgf import UMGFForTokenClassification
-    from .processing_umgf import UMGFProcessor
-
-    if is_local_path(model):
-        path = Path(model).expanduser()
-        if not (path / "config.json").is_file():
-            raise InputError(f"model folder not found (no config.json): {model}")
-        model = str(path)
     try:
-        processor = UMGFProcessor.from_pretrained(model)
-        network = UMGFForTokenClassification.from_pretrained(model).eval()
-    except OSError as error:
-        raise InputError(f"cannot load model {model}: {str(error).splitlines()[0]}") from error
+        network, processor = load_saved(model)
+    except ValueError as error:
+        raise InputError(str(error)) from error
+    network.eval()
     if compile_backbone:
         network.optimize_for_inference()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

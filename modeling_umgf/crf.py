@@ -11,8 +11,8 @@ It computes in float32 (or float64, when given so), whatever the model's dtype: 
 sentence lose the differences between tag sequences (Viterbi paths and marginals change).
 
 Masks must be left-aligned: ``mask[b, :n_b]`` is True for the ``n_b`` real positions of sequence ``b``
-and False after them. Every sequence must hold at least one position (checked where it costs no device sync,
-i.e. on CPU tensors; the model never passes an empty sequence).
+and False after them. Every sequence must hold at least one position: checked unless the caller says it has
+(``checked=True``, as the model does: its masks always start with a real position, so it spends no device sync).
 """
 
 from __future__ import annotations
@@ -42,21 +42,24 @@ class CRF(nn.Module):
         return self.start_transitions.to(dtype), self.end_transitions.to(dtype), self.transitions.to(dtype)
 
     @staticmethod
-    def _check(emissions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Emissions in float32 (or float64, when given so) and the mask as bool, after the shape checks."""
+    def _check(emissions: torch.Tensor, mask: torch.Tensor, checked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Emissions in float32 (or float64, when given so) and the mask as bool, after the shape checks and, unless
+        the caller has ``checked`` that no sequence is empty, the check of the first position (a device sync)."""
         if emissions.dim() != 3:
             raise ValueError(f"emissions must be [batch, positions, tags], got shape {tuple(emissions.shape)}")
         if mask.shape != emissions.shape[:2]:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match emissions {tuple(emissions.shape[:2])}")
         mask = mask.bool()
-        empty = emissions.shape[1] == 0 or (mask.device.type == "cpu" and not bool(mask[:, 0].all()))
+        empty = emissions.shape[1] == 0 or (not checked and not bool(mask[:, 0].all()))
         if empty:
             raise ValueError("every sequence given to the CRF needs at least one position (mask[:, 0] must be True)")
         return emissions.to(torch.promote_types(emissions.dtype, torch.float32)), mask
 
-    def score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def score(
+        self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor, checked: bool = False
+    ) -> torch.Tensor:
         """Unnormalised log-score of ``tags`` (the numerator of eq 9, in log space): [batch]."""
-        emissions, mask = self._check(emissions, mask)
+        emissions, mask = self._check(emissions, mask, checked)
         start, end, transitions = self._transition_scores(emissions.dtype)
         tags = tags.masked_fill(~mask, 0)
         maskf = mask.to(emissions.dtype)
@@ -77,19 +80,21 @@ class CRF(nn.Module):
             alphas.append(alpha)
         return torch.stack(alphas, 1)
 
-    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor, checked: bool = False) -> torch.Tensor:
         """log Z(X): the log of the denominator of eq 9, by the forward algorithm: [batch]."""
-        emissions, mask = self._check(emissions, mask)
+        emissions, mask = self._check(emissions, mask, checked)
         alpha_last = self._forward_alphas(emissions, mask)[:, -1]
         return torch.logsumexp(alpha_last + self._transition_scores(emissions.dtype)[1], dim=1)
 
-    def log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def log_likelihood(
+        self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor, checked: bool = False
+    ) -> torch.Tensor:
         """log p(y | X) of each sequence (eq 9-10): [batch]."""
-        return self.score(emissions, tags, mask) - self.log_partition(emissions, mask)
+        return self.score(emissions, tags, mask, checked) - self.log_partition(emissions, mask, checked)
 
-    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor, checked: bool = False) -> torch.Tensor:
         """p(y_i = k | X) at every position, by forward-backward: [batch, positions, tags] (0 at padding)."""
-        emissions, mask = self._check(emissions, mask)
+        emissions, mask = self._check(emissions, mask, checked)
         _, end, transitions = self._transition_scores(emissions.dtype)
         alphas = self._forward_alphas(emissions, mask)
         lengths = mask.sum(1)
@@ -107,9 +112,11 @@ class CRF(nn.Module):
         return probs * mask.unsqueeze(-1).to(probs.dtype)
 
     @torch.no_grad()
-    def decode(self, emissions: torch.Tensor, mask: torch.Tensor, pad_value: int = -100) -> torch.Tensor:
+    def decode(
+        self, emissions: torch.Tensor, mask: torch.Tensor, pad_value: int = -100, checked: bool = False
+    ) -> torch.Tensor:
         """Viterbi best tag sequence (eq 11): [batch, positions] long, ``pad_value`` after each sequence."""
-        emissions, mask = self._check(emissions, mask)
+        emissions, mask = self._check(emissions, mask, checked)
         start, end, transitions = self._transition_scores(emissions.dtype)
         batch, positions, _ = emissions.shape
         score = start + emissions[:, 0]

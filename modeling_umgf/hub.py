@@ -84,6 +84,34 @@ UMGF_CITATION = """\
 """BibTeX of the UMGF paper, cited by the model and dataset cards (CITATION.cff cites it for the project)."""
 
 
+def load_saved(name_or_path: str | os.PathLike) -> tuple[Any, Any]:
+    """The model and processor of a saved UMGF folder or Hub repo (this package's classes, no remote code).
+
+    Raises:
+        ValueError: naming the folder and what is wrong: no model there, a file that is not valid JSON, a truncated
+            or corrupt weights file.
+    """
+    from safetensors import SafetensorError
+
+    from .modeling_umgf import UMGFForTokenClassification
+    from .processing_umgf import UMGFProcessor
+
+    name = os.fspath(name_or_path)
+    if is_local_path(name) and not (Path(name).expanduser() / "config.json").is_file():
+        raise ValueError(f"model folder not found (no config.json): {name}")
+    name = str(Path(name).expanduser()) if is_local_path(name) else name
+    try:
+        processor = UMGFProcessor.from_pretrained(name)
+        model = UMGFForTokenClassification.from_pretrained(name)
+    except SafetensorError as error:
+        raise ValueError(
+            f"cannot load model {name}: its weights file is damaged (truncated or corrupt): {error}"
+        ) from error
+    except OSError as error:
+        raise ValueError(f"cannot load model {name}: {str(error).splitlines()[0]}") from error
+    return model, processor
+
+
 def is_local_path(name: str | os.PathLike) -> bool:
     """Whether ``name`` is a local path rather than a Hub repo id: an existing file or folder, or a string that
     cannot be a repo id (absolute, ``./``, ``~``, more than one ``/``; huggingface_hub's `validate_repo_id`)."""
@@ -359,6 +387,7 @@ __all__ = [
     "dataset_hub_id",
     "hub_id",
     "is_local_path",
+    "load_saved",
     "push_to_hub",
     "save_for_hub",
     "widget_examples",

@@ -283,7 +283,7 @@ class UMGFPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
-    _keep_in_fp32_modules = ["crf"]
+    _keep_in_fp32_modules_strict = ["crf"]
     _no_split_modules = ["UMGFFusionLayer"]
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -438,10 +438,10 @@ class UMGFModel(UMGFPreTrainedModel):
             )
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [batch, objects, 3, H, W], got shape {tuple(pixel_values.shape)}")
-        real = object_mask.bool()
         dtype = next(self.vision_backbone.parameters()).dtype
         features = pixel_values.new_zeros(*pixel_values.shape[:2], self.config.vision_feature_dim, dtype=dtype)
-        crops = pixel_values[real].to(dtype)  # the one device sync of the visual branch: how many crops are real
+        real = object_mask.bool().nonzero(as_tuple=True)  # the one device sync of the visual branch: which are real
+        crops = pixel_values[real].to(dtype)
         if len(crops) == 0:
             return features
         inverse = None
@@ -785,7 +785,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         else:
             tags, mask = labels.clamp(min=0), word_mask
         has_positions = mask.any(1)  # a sentence without words has nothing to score (eq 10)
-        nll = -self.crf.log_likelihood(logits, tags, _with_first_position(mask)) * has_positions
+        nll = -self.crf.log_likelihood(logits, tags, _with_first_position(mask), checked=True) * has_positions
         total = nll.sum()
         if self.config.loss_reduction == "sum":
             return total
@@ -801,10 +801,10 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         if self.crf is None or logits.shape[1] == 0:
             best = logits.argmax(-1) if logits.shape[-1] else torch.zeros_like(word_mask, dtype=torch.long)
         elif self.config.crf_level == "token":
-            path = self.crf.decode(logits, _with_first_position(token_mask), pad_value=0)
+            path = self.crf.decode(logits, _with_first_position(token_mask), pad_value=0, checked=True)
             best = self._tag_maps(logits.device)[1][path.gather(1, first)]
         else:
-            best = self.crf.decode(logits, _with_first_position(word_mask), pad_value=0)
+            best = self.crf.decode(logits, _with_first_position(word_mask), pad_value=0, checked=True)
         return torch.where(word_mask, best, LABEL_PAD_VALUE)
 
     def _word_level(self, values: torch.Tensor, outputs: UMGFTokenClassifierOutput) -> torch.Tensor:
@@ -826,10 +826,10 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
             probabilities = logits.float().softmax(-1)
         elif self.config.crf_level == "token":
             assert outputs.token_mask is not None
-            token_probabilities = self.crf.marginals(logits, _with_first_position(outputs.token_mask))
+            token_probabilities = self.crf.marginals(logits, _with_first_position(outputs.token_mask), checked=True)
             probabilities = self._word_level(token_probabilities, outputs)
         else:
-            probabilities = self.crf.marginals(logits, _with_first_position(word_mask))
+            probabilities = self.crf.marginals(logits, _with_first_position(word_mask), checked=True)
         return probabilities * word_mask.unsqueeze(-1)
 
     @torch.no_grad()
@@ -878,8 +878,8 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
             else:
                 sequence_mask = _with_first_position(word_mask[rows_t])
                 constrained = emissions.masked_fill(~allowed, float("-inf"))
-            log_z = self.crf.log_partition(emissions, sequence_mask)
-            per_mask = (self.crf.log_partition(constrained, sequence_mask) - log_z).exp()
+            log_z = self.crf.log_partition(emissions, sequence_mask, checked=True)
+            per_mask = (self.crf.log_partition(constrained, sequence_mask, checked=True) - log_z).exp()
         return probabilities.index_add_(0, torch.tensor(owners, device=logits.device), per_mask)
 
 

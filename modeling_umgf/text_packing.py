@@ -63,6 +63,13 @@ def pack_rows(lengths: list[int], capacity: int) -> list[int]:
     return rows
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: through pinned memory on CUDA, so the copy does not wait for the device."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def encode_packed(
     encoder: nn.Module,
     attention_mask: torch.Tensor,
@@ -75,7 +82,9 @@ def encode_packed(
     Returns None when packing would not save at least ``MIN_SAVING`` of the token slots: the caller then
     encodes the padded batch.
     """
-    real = attention_mask.bool()
+    # The layout is decided on the host: the mask is read back once (the one device sync of the packing), and the
+    # index tensors go back as pinned, asynchronous copies.
+    real = attention_mask.detach().to("cpu").bool()
     batch, length = real.shape
     lengths = real.sum(dim=1).tolist()
     capacity = max(length, ROW_CAPACITY)
@@ -90,13 +99,14 @@ def encode_packed(
         return None
 
     # Where each real token goes: (row, slot), its source (sequence, column), and its segment for the mask.
-    device = attention_mask.device
     seq_index, column = real.nonzero(as_tuple=True)  # row-major: tokens of a sequence in column order
-    lengths_t = torch.tensor(lengths, device=device)
+    lengths_t = torch.tensor(lengths)
     starts = torch.cumsum(lengths_t, 0) - lengths_t  # index of each sequence's first token in seq_index
-    rank = torch.arange(seq_index.numel(), device=device) - starts[seq_index]  # token's rank in its sequence
-    row_of = torch.tensor(rows, device=device)[seq_index]
-    slot_of = torch.tensor(offsets, device=device)[seq_index] + rank
+    rank = torch.arange(seq_index.numel()) - starts[seq_index]  # token's rank in its sequence
+    row_of = torch.tensor(rows)[seq_index]
+    slot_of = torch.tensor(offsets)[seq_index] + rank
+    device = attention_mask.device
+    seq_index, column, row_of, slot_of = (_to_device(t, device) for t in (seq_index, column, row_of, slot_of))
 
     segment = torch.full((num_rows, width), -1, dtype=torch.long, device=device)
     segment[row_of, slot_of] = seq_index
@@ -117,10 +127,13 @@ def encode_packed(
         packed_types[row_of, slot_of] = token_type_ids[seq_index, column]
         kwargs["token_type_ids"] = packed_types
     # A token attends to the tokens of its own sequence; empty slots (segment -1) only to each other, so no
-    # attention row is fully masked (that would give NaNs) and no real token sees them.
-    dtype = next(encoder.parameters()).dtype
+    # attention row is fully masked (that would give NaNs) and no real token sees them. SDPA takes the boolean
+    # mask as it is, whatever dtype its queries have (under autocast too); eager attention adds it to its scores.
     allowed = segment[:, None, :, None] == segment[:, None, None, :]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    mask = allowed
+    if getattr(encoder.config, "_attn_implementation", None) != "sdpa":
+        dtype = next(encoder.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
     packed = encoder(attention_mask=mask, **kwargs).last_hidden_state
     hidden = packed.new_zeros(batch, length, packed.shape[-1])
     hidden[seq_index, column] = packed[row_of, slot_of]

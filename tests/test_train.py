@@ -152,15 +152,25 @@ def test_truncated_words_are_scored_as_o(tmp_path):
     assert results["test"]["support"] == sum(r["gold_entities"] for r in records)
 
 
+def checkpoint_at(output_dir: Path, step: int) -> Path:
+    """The checkpoint folder of a run saved after optimizer step ``step``."""
+    [found] = [
+        p
+        for p in output_dir.glob("checkpoints/*")
+        if json.loads((p / "trainer_state.json").read_text())["global_step"] == step
+    ]
+    return found
+
+
 def test_resume_matches_uninterrupted_run(tmp_path):
     args = ["--synthetic_sizes", "64", "16", "16", "--num_train_epochs", "2", "--checkpointing_steps", "3"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     run(full, *args)
     # A run killed after step 3 leaves exactly this checkpoint behind.
-    shutil.copytree(full / "checkpoints" / "step_3", resumed / "checkpoints" / "step_3")
+    shutil.copytree(checkpoint_at(full, 3), resumed / "checkpoints" / checkpoint_at(full, 3).name)
     run(resumed, *args, "--resume_from_checkpoint", "latest")
-    last_full = load_file(full / "checkpoints" / "step_6" / "model.safetensors")
-    last_resumed = load_file(resumed / "checkpoints" / "step_6" / "model.safetensors")
+    last_full = load_file(checkpoint_at(full, 6) / "model.safetensors")
+    last_resumed = load_file(checkpoint_at(resumed, 6) / "model.safetensors")
     assert last_full.keys() == last_resumed.keys()
     for name in last_full:
         torch.testing.assert_close(last_resumed[name], last_full[name], rtol=0, atol=0, msg=name)
@@ -184,8 +194,8 @@ def test_gradient_checkpointing_flag_trains_the_same_weights(tmp_path, monkeypat
     assert switched == []
     run(checkpointed, *args, "--gradient_checkpointing")
     assert switched == [True]
-    a = load_file(plain / "checkpoints" / "step_3" / "model.safetensors")
-    b = load_file(checkpointed / "checkpoints" / "step_3" / "model.safetensors")
+    a = load_file(checkpoint_at(plain, 3) / "model.safetensors")
+    b = load_file(checkpoint_at(checkpointed, 3) / "model.safetensors")
     assert a.keys() == b.keys()
     for name in a:  # recomputation replays dropout with the saved RNG state: the same updates
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
@@ -357,3 +367,203 @@ def test_the_synthetic_tasks_symbols_are_found_where_they_were_drawn():
         assert grounding.boxes == row["object_boxes"], row["id"]
         assert (grounding.word_starts, grounding.word_ends) == (row["object_word_start"], row["object_word_end"])
         assert grounding.phrases == row["object_phrases"]
+
+
+# --------------------------------------------------------------------------- checkpoints, processes, flags
+def test_resume_refuses_a_checkpoint_of_another_run_unless_forced(tmp_path):
+    args = ["--synthetic_sizes", "48", "16", "16", "--num_train_epochs", "1", "--checkpointing_steps", "1"]
+    run(tmp_path, *args, "--per_device_train_batch_size", "16")
+    with pytest.raises(SystemExit, match=r"per_device_train_batch_size 16 there, 8 now.*--force_resume"):
+        run(tmp_path, *args, "--per_device_train_batch_size", "8", "--resume_from_checkpoint", "latest")
+    results = run(
+        tmp_path, *args, "--per_device_train_batch_size", "8", "--resume_from_checkpoint", "latest", "--force_resume"
+    )
+    # it went on from the checkpoint of step 3 (3 batches of 16 into the epoch) with the new batch size: 48 sentences
+    # are 6 batches of 8, so 3 more steps to the end of the epoch
+    assert results["global_step"] == 6
+
+
+def test_checkpoints_total_limit_keeps_the_newest(tmp_path):
+    run(
+        tmp_path,
+        "--synthetic_sizes",
+        "80",
+        "16",
+        "16",
+        "--num_train_epochs",
+        "1",
+        "--checkpointing_steps",
+        "1",
+        "--checkpoints_total_limit",
+        "2",
+    )
+    steps = sorted(
+        json.loads((p / "trainer_state.json").read_text())["global_step"] for p in (tmp_path / "checkpoints").iterdir()
+    )
+    assert steps == [4, 5]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    """A real SIGKILL after the first checkpoint, then --resume_from_checkpoint latest: the final weights equal
+    those of a run never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--synthetic_sizes", "96", "16", "16", "--num_train_epochs", "2", "--checkpointing_steps", "2"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, str(Path(train_umgf.__file__)), "--output_dir", str(killed), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not list(killed.glob("checkpoints/*/trainer_state.json")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (killed / "all_results.json").exists()  # killed mid-run
+    resumed = run(killed, *args, "--resume_from_checkpoint", "latest")
+    whole = run(tmp_path / "whole", *args)
+    last = max(resumed["global_step"], whole["global_step"])
+    assert resumed["global_step"] == whole["global_step"] == last == 12
+    a, b = (load_file(checkpoint_at(d, last) / "model.safetensors") for d in (killed, tmp_path / "whole"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert resumed["test"] == whole["test"]
+
+
+def test_two_cpu_processes_train_one_job(tmp_path):
+    """torchrun with 2 processes on a CPU: one gloo process group, each process its shard of every batch, one set
+    of outputs (on a CPU accelerate forms the group only with cpu=True)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            str(Path(train_umgf.__file__)),
+            "--output_dir",
+            str(out),
+            "--synthetic_sizes",
+            "64",
+            "16",
+            "16",
+            "--num_train_epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "DistributedType.MULTI_CPU  Backend: gloo" in done.stderr and "Num processes: 2" in done.stderr
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["global_step"] == 2  # 64 sentences, batch 16 per process, 2 processes: 2 steps per epoch
+    records = [json.loads(line) for line in (out / "predictions_test.jsonl").read_text().splitlines()]
+    assert len(records) == 16 and len({r["id"] for r in records}) == 16  # every test sentence once, gathered
+
+
+def test_run_ner_no_trainer_habits(tmp_path, monkeypatch):
+    """A plain encoder as --model_name_or_path is the text encoder; a one-config dataset needs no config name;
+    other column names come with --text_column_name / --label_column_name; --with_tracking, --num_warmup_steps."""
+    import datasets
+    from conftest import save_tiny_text_encoder
+
+    import train_umgf as script
+
+    encoder = save_tiny_text_encoder(tmp_path / "bert")
+    data = build_synthetic_dataset(SyntheticMNERConfig(train_size=24, validation_size=8, test_size=8))
+    for split, part in data.items():
+        part.rename_columns({"tokens": "words", "ner_tags": "tags"}).to_parquet(
+            str(tmp_path / "dataset" / f"{split}.parquet")
+        )
+    args = script.with_defaults(
+        script.parse_args(
+            [
+                "--model_name_or_path",
+                str(encoder),
+                "--dataset_name",
+                str(tmp_path / "dataset"),
+                "--text_column_name",
+                "words",
+                "--label_column_name",
+                "tags",
+                "--with_tracking",
+                "--num_warmup_steps",
+                "3",
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
+    )
+    assert (args.model_name_or_path, args.text_model_name_or_path) == (None, str(encoder))
+    assert args.report_to == "all" and args.num_warmup_steps == 3
+    loaded = script.load_splits(args, args.dataset_config_name, None)
+    assert loaded["train"]["tokens"] == data["train"]["tokens"]
+    assert loaded["test"]["ner_tags"] == data["test"]["ner_tags"]
+    assert isinstance(loaded["train"].features["ner_tags"].feature, datasets.ClassLabel)
+    monkeypatch.setattr(script.accelerate_imports, "is_swanlab_available", lambda: False)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--report_to", "swanlab"])  # not installed: one line naming the package
+
+
+def test_report_to_trackio_logs_the_run(tmp_path):
+    """accelerate's trackio tracker, offline: the metrics land in trackio's local database (a fresh process, since
+    trackio reads TRACKIO_DIR when it is imported)."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    pytest.importorskip("trackio")
+    command = [
+        sys.executable,
+        str(Path(train_umgf.__file__)),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--synthetic_sizes",
+        "32",
+        "16",
+        "16",
+        "--num_train_epochs",
+        "2",
+        "--report_to",
+        "trackio",
+        "--logging_steps",
+        "1",
+    ]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRACKIO_DIR": str(tmp_path / "trackio")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [database] = (tmp_path / "trackio").glob("*.db")
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute("SELECT metrics FROM metrics").fetchall()
+    logged = [json.loads(row[0]) for row in rows]
+    assert sum("train/loss" in metrics for metrics in logged) == 4  # 2 steps per epoch, logged every step
+    assert sum("dev/f1" in metrics for metrics in logged) == 2
+
+
+def test_push_to_hub_checks_the_repo_before_training(tmp_path, monkeypatch):
+    import train_umgf as script
+
+    def refuse(repo_id, **kwargs):
+        raise RuntimeError(f"401 Unauthorized for {repo_id}")
+
+    monkeypatch.setattr(script, "create_repo", refuse)
+    trained = []
+    monkeypatch.setattr(script, "load_splits", lambda *a, **k: trained.append(True))
+    with pytest.raises(SystemExit, match="cannot create or reach the Hub repo me/umgf: 401 Unauthorized"):
+        run(tmp_path, "--push_to_hub", "--hub_model_id", "me/umgf")
+    assert not trained  # stopped before loading any data
