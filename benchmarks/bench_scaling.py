@@ -114,25 +114,21 @@ def plot(rows: dict[str, list[dict]], path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for axis_name, marker in zip(GRID, "os^"):
-        series = rows[axis_name]
-        edges = [r["edges"] for r in series]
-        axes[0].plot(edges, [r["gate_train_cpu_ms"] for r in series], marker=marker, label=f"gate, vary {axis_name}")
-        axes[1].plot(edges, [r["gate_saved_mib"] for r in series], marker=marker, label=f"gate, vary {axis_name}")
-    axes[0].set(
-        xscale="log",
-        yscale="log",
-        xlabel="token-object edges B*T*O",
-        ylabel="CPU ms (fwd+bwd)",
-        title="Inter-modal gate (eq 3-6): time",
+    gate_panels = (
+        ("gate_train_cpu_ms", "CPU ms (fwd+bwd)", "time"),
+        ("gate_saved_mib", "MiB saved for backward", "activation memory"),
     )
-    axes[1].set(
-        xscale="log",
-        yscale="log",
-        xlabel="token-object edges B*T*O",
-        ylabel="MiB saved for backward",
-        title="Inter-modal gate (eq 3-6): activation memory",
-    )
+    for axis, (measure, ylabel, what) in zip(axes, gate_panels):
+        for axis_name, marker in zip(GRID, "os^"):
+            series = rows[axis_name]
+            axis.plot(
+                [r["edges"] for r in series],
+                [r[measure] for r in series],
+                marker=marker,
+                label=f"gate, vary {axis_name}",
+            )
+        axis.set(xscale="log", yscale="log", xlabel="token-object edges B*T*O", ylabel=ylabel)
+        axis.set_title(f"Inter-modal gate (eq 3-6): {what}")
     for name, key in (("tokens", "T"), ("objects", "O"), ("batch", "B")):
         series = rows[name]
         axes[2].plot(
@@ -141,13 +137,8 @@ def plot(rows: dict[str, list[dict]], path) -> None:
             marker="o",
             label=f"vary {key} (others: B=16, T=32, O=4)",
         )
-    axes[2].set(
-        xscale="log",
-        yscale="log",
-        xlabel="T, O or B",
-        ylabel="CPU ms (fwd+bwd)",
-        title="L=2 fusion layers, d=512: time",
-    )
+    axes[2].set(xscale="log", yscale="log", xlabel="T, O or B", ylabel="CPU ms (fwd+bwd)")
+    axes[2].set_title("L=2 fusion layers, d=512: time")
     for axis in axes:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)

@@ -18,6 +18,8 @@ from torchvision.utils import draw_bounding_boxes
 from .schema_umgf import OTHER_COLOUR, TYPE_COLOURS
 
 BOX_WIDTH = 3
+MIN_SIDE = 256
+"""Smaller images are drawn enlarged (by a whole factor, pixels kept sharp) so that the labels stay readable."""
 
 
 def box_corners(box: dict[str, Any] | Sequence[float]) -> tuple[float, float, float, float]:
@@ -45,14 +47,28 @@ def box_label(entity: dict[str, Any]) -> str:
     return f"{entity['entity_group']}: {entity['word']}"
 
 
+def drawing_scale(image: Image.Image) -> int:
+    """The whole factor `draw_entities` enlarges ``image`` by: 1, or enough for its short side to reach MIN_SIDE."""
+    return max(1, -(-MIN_SIDE // max(1, min(image.size))))
+
+
 def draw_entities(image: Image.Image, entities: Sequence[dict[str, Any]]) -> Image.Image:
-    """A copy of ``image`` with every grounded box that feeds an entity outlined in the colour of the entity type
-    attending to it most and labelled with that entity (`box_label`)."""
-    canvas = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    """A copy of ``image`` (enlarged by `drawing_scale` when small) with every grounded box that feeds an entity
+    outlined in the colour of the entity type attending to it most and labelled with that entity (`box_label`)."""
+    scale = drawing_scale(image)
+    rgb = image.convert("RGB")
+    if scale > 1:
+        rgb = rgb.resize((rgb.width * scale, rgb.height * scale), Image.Resampling.NEAREST)
     boxes = supported_entities(entities)
     if not boxes:
-        return image.convert("RGB")
-    corners = torch.tensor([[x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)] for (x0, y0, x1, y1), _ in boxes])
+        return rgb
+    canvas = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+    corners = torch.tensor(
+        [
+            [x0 * scale, y0 * scale, max(x0 * scale, x1 * scale - 1), max(y0 * scale, y1 * scale - 1)]
+            for (x0, y0, x1, y1), _ in boxes
+        ]
+    )
     colours = [TYPE_COLOURS.get(linked[0]["entity_group"], OTHER_COLOUR) for _, linked in boxes]
     drawn = draw_bounding_boxes(
         canvas,
@@ -66,4 +82,4 @@ def draw_entities(image: Image.Image, entities: Sequence[dict[str, Any]]) -> Ima
     return Image.fromarray(drawn.permute(1, 2, 0).numpy())
 
 
-__all__ = ["BOX_WIDTH", "box_corners", "box_label", "draw_entities", "supported_entities"]
+__all__ = ["BOX_WIDTH", "MIN_SIDE", "box_corners", "box_label", "draw_entities", "drawing_scale", "supported_entities"]

@@ -46,9 +46,9 @@ def run_without_package(script: str, cwd: Path, timeout: int = 300) -> subproces
     )
 
 
-def tiny_config(**overrides) -> UMGFConfig:
-    """A UMGF config small enough for CPU tests: 1-layer BERT (32-d), timm's test_resnet (96-d), d=16."""
-    text = BertConfig(
+def tiny_bert_config(**overrides) -> BertConfig:
+    """A 1-layer, 32-d BERT config with 64 positions (the tests' text encoder); ``overrides`` are BertConfig fields."""
+    fields = dict(
         vocab_size=120,
         hidden_size=32,
         num_hidden_layers=1,
@@ -56,8 +56,14 @@ def tiny_config(**overrides) -> UMGFConfig:
         intermediate_size=64,
         max_position_embeddings=64,
     )
+    fields.update(overrides)
+    return BertConfig(**fields)
+
+
+def tiny_config(**overrides) -> UMGFConfig:
+    """A UMGF config small enough for CPU tests: 1-layer BERT (32-d), timm's test_resnet (96-d), d=16."""
     kwargs = dict(
-        text_config=text,
+        text_config=tiny_bert_config(),
         vision_backbone="test_resnet",
         vision_feature_dim=96,
         vision_image_size=TINY_IMAGE,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from conftest import tiny_bert_config
 from transformers import (
-    BertConfig,
     BertTokenizer,
     GroundingDinoConfig,
     GroundingDinoForObjectDetection,
@@ -96,14 +96,7 @@ def save_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
         window_size=2,
         out_indices=[1, 2, 3],
     )
-    text = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
+    text = tiny_bert_config(vocab_size=len(VOCAB), intermediate_size=32)
     config = GroundingDinoConfig(
         backbone_config=backbone,
         text_config=text,

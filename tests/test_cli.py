@@ -13,7 +13,7 @@ from test_pipeline import TWEET, quadrant_image
 
 from modeling_umgf.cli import main
 from modeling_umgf.schema_umgf import OTHER_COLOUR, TYPE_COLOURS
-from modeling_umgf.visualization_umgf import BOX_WIDTH
+from modeling_umgf.visualization_umgf import BOX_WIDTH, MIN_SIDE
 
 TEXT = "Kawhi Leonard wins the fan vote"
 
@@ -127,7 +127,9 @@ def test_draw_outlines_the_grounded_boxes_in_the_colour_of_their_entity(
     )
     assert code == 0, err
     drawn = np.asarray(Image.open(out_png).convert("RGB"))
-    original = np.asarray(quadrant_image())
+    scale = -(-MIN_SIDE // min(quadrant_image().size))  # small images are drawn enlarged, pixels kept sharp
+    assert drawn.shape[:2] == (quadrant_image().height * scale, quadrant_image().width * scale)
+    original = np.asarray(quadrant_image()).repeat(scale, axis=0).repeat(scale, axis=1)
     entities = local(TEXT, image=quadrant_image())
     best: dict[tuple, tuple[float, str]] = {}
     for entity in entities:
@@ -137,7 +139,7 @@ def test_draw_outlines_the_grounded_boxes_in_the_colour_of_their_entity(
                 best[key] = (box["alpha"], entity["entity_group"])
     assert len(best) == 9  # the 3 x 3 grid cells, each linked to every word
     for (x0, y0, x1, y1), (_, entity_type) in best.items():
-        x0, y0, x1, y1 = round(x0), round(y0), round(x1), round(y1)
+        x0, y0, x1, y1 = (round(v * scale) for v in (x0, y0, x1, y1))
         colour = TYPE_COLOURS.get(entity_type, OTHER_COLOUR)
         low = y1 - 5  # below the label, which sits in the box's top-left corner
         for x in range(x0, x0 + BOX_WIDTH):  # left edge, BOX_WIDTH pixels wide

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
-from transformers import BertConfig, BertModel, DataCollatorWithFlattening, RobertaConfig, RobertaModel
+from conftest import tiny_bert_config, tiny_config
+from transformers import BertModel, DataCollatorWithFlattening, RobertaConfig, RobertaModel
 from transformers.masking_utils import create_bidirectional_mask, find_packed_sequence_indices
 
 from modeling_umgf import UMGFForTokenClassification
@@ -20,13 +20,9 @@ LENGTHS = [12, 3, 5, 2, 12, 4, 9]
 
 def tiny_bert(attn: str = "sdpa") -> BertModel:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=120,
-        hidden_size=32,
+    config = tiny_bert_config(
         num_hidden_layers=2,
         num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
         type_vocab_size=2,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
