@@ -21,7 +21,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import timm
 import torch
@@ -493,28 +493,18 @@ class UMGFModel(UMGFPreTrainedModel):
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        word_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        object_features: torch.Tensor | None = None,
-        object_mask: torch.Tensor | None = None,
-        inter_modal_adjacency: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
+        *,
         output_gates: bool = False,
-        **kwargs: Any,
+        **inputs: Any,
     ) -> UMGFModelOutput:
-        """Encode a batch of (sentence, objects) graphs; the inputs are CONTRACT.md's ("Model inputs")."""
-        x = ModelInputs(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            inputs_embeds=inputs_embeds,
-            word_ids=word_ids,
-            pixel_values=pixel_values,
-            object_features=object_features,
-            object_mask=object_mask,
-            inter_modal_adjacency=inter_modal_adjacency,
-        )
+        """Encode a batch of (sentence, objects) graphs.
+
+        ``inputs``: the other model inputs of CONTRACT.md ("Model inputs"), by name: ``token_type_ids``,
+        ``word_ids``, ``pixel_values`` or ``object_features``, ``object_mask``, ``inter_modal_adjacency``,
+        ``inputs_embeds`` (the fields of `validation_umgf.ModelInputs`; `UMGFForTokenClassification.forward`
+        lists them one by one). Other keywords (``return_dict``, ...) are not inputs and are ignored.
+        """
+        x = ModelInputs.from_keywords({**inputs, "input_ids": input_ids, "attention_mask": attention_mask})
         check_inputs(self.config, x)
         return self.encode(x, output_gates)
 
@@ -571,6 +561,25 @@ def first_subtoken_index(word_ids: torch.Tensor, num_words: int) -> tuple[torch.
     return first, word_mask
 
 
+class WordLayout(NamedTuple):
+    """Where a batch's words sit among its sub-tokens: what the decoders read, score and decode by."""
+
+    word_ids: torch.Tensor  # [B, T] the word of each sub-token, -1 at special tokens and padding
+    first: torch.Tensor  # [B, W] the position of each word's first sub-token (0 at padded word slots)
+    word_mask: torch.Tensor  # [B, W] bool, True at real words
+    token_mask: torch.Tensor  # [B, T] bool, True at real sub-tokens
+
+    @property
+    def num_words(self) -> int:
+        return self.first.shape[1]
+
+
+def word_layout(word_ids: torch.Tensor, attention_mask: torch.Tensor, num_words: int) -> WordLayout:
+    """The `WordLayout` of checked ``word_ids`` with ``num_words`` words (`validation_umgf.check_inputs`)."""
+    first, word_mask = first_subtoken_index(word_ids, num_words)
+    return WordLayout(word_ids, first, word_mask, attention_mask.bool())
+
+
 def _with_first_position(mask: torch.Tensor) -> torch.Tensor:
     """A CRF mask whose rows all start with a real position: empty rows get a dummy first position (their
     results are discarded), so no row has to be selected out with a device sync."""
@@ -582,15 +591,11 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
     sub-token (``crf_level="token"``, the authors' released network) whose tags are read at each word's first
     sub-token, X / CLS / SEP as O and OTHER as MISC, exactly as their scoring reads them."""
 
-    def __init__(
-        self,
-        config: UMGFConfig,
-        text_encoder: nn.Module | None = None,
-        vision_backbone: nn.Module | None = None,
-    ) -> None:
+    def __init__(self, config: UMGFConfig, **modules: nn.Module | None) -> None:
+        """``modules``: ``text_encoder`` / ``vision_backbone`` already built, for `UMGFModel`."""
         super().__init__(config)
         self.num_labels: int = len(config.label_names)
-        self.umgf = UMGFModel(config, text_encoder=text_encoder, vision_backbone=vision_backbone)
+        self.umgf = UMGFModel(config, **modules)
         text_size = config.text_encoder_config.hidden_size
         in_dim = {
             "fused": config.hidden_size,
@@ -678,54 +683,42 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
         if reference is not None and word_ids is None and attention_mask is not None:
             word_ids = torch.where(attention_mask.bool(), attention_mask.long().cumsum(1) - 1, -1)  # token = word
-        x = ModelInputs(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            inputs_embeds=inputs_embeds,
-            word_ids=word_ids,
-            labels=labels,
-            pixel_values=pixel_values,
-            object_features=object_features,
-            object_mask=object_mask,
-            inter_modal_adjacency=inter_modal_adjacency,
-        )
+        x = ModelInputs.from_keywords(locals())  # the parameters above, by name (defaults filled in)
         num_words = check_inputs(self.config, x, labels_for_every_word=self.crf is not None)
         assert word_ids is not None and attention_mask is not None and num_words is not None
         outputs = self.umgf.encode(x, output_gates)
         features = self.word_features(outputs)
-        first, word_mask = first_subtoken_index(word_ids, num_words)
-        token_mask = attention_mask.bool()
+        words = word_layout(word_ids, attention_mask, num_words)
         if self.config.crf_level == "token":
             logits = self.classifier(self.dropout(features))  # sub-token emission scores [B, T, K]
         else:
-            logits = self.classifier(self.dropout(self.read_words(features, word_ids, first, num_words)))  # [B, W, C]
+            logits = self.classifier(self.dropout(self.read_words(features, words)))  # [B, W, C]
 
         loss = None
         if labels is not None:
-            labels = labels[:, :num_words].to(word_mask.device)
-            loss = self._loss(logits, labels, word_mask, first, token_mask, word_ids)
+            labels = labels[:, :num_words].to(words.word_mask.device)
+            loss = self._loss(logits, labels, words)
         predictions = None
         if labels is None or not self.training:
-            predictions = self._decode(logits, word_mask, first, token_mask)
+            predictions = self._decode(logits, words)
         return UMGFTokenClassifierOutput(
             loss=loss,
             logits=logits,
             predictions=predictions,
-            word_mask=word_mask,
-            word_positions=first,
-            token_mask=token_mask,
+            word_mask=words.word_mask,
+            word_positions=words.first,
+            token_mask=words.token_mask,
             gates=outputs.gates,
         )
 
-    def read_words(
-        self, features: torch.Tensor, word_ids: torch.Tensor, first: torch.Tensor, num_words: int
-    ) -> torch.Tensor:
+    def read_words(self, features: torch.Tensor, words: WordLayout) -> torch.Tensor:
         """Each word's state [B, W, *] from its sub-tokens' [B, T, *]: at its first sub-token
         (``word_readout="first"``) or the mean over its sub-tokens ("mean")."""
+        num_words = words.num_words
         if self.config.word_readout == "first":
-            return features.gather(1, first.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-        slots = torch.where(word_ids >= 0, word_ids, num_words).unsqueeze(-1)  # special tokens: a discarded slot
+            return features.gather(1, words.first.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+        # special tokens go to a discarded slot
+        slots = torch.where(words.word_ids >= 0, words.word_ids, num_words).unsqueeze(-1)
         sums = features.new_zeros(features.shape[0], num_words + 1, features.shape[-1])
         sums = sums.scatter_add(1, slots.expand(-1, -1, features.shape[-1]), features)
         counts = features.new_zeros(features.shape[0], num_words + 1, 1).scatter_add(
@@ -743,17 +736,11 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         to_word = [word_labels.index(word_label_of(label)) for label in token_labels]
         return torch.tensor(to_token, device=device), torch.tensor(to_word, device=device)
 
-    def _token_tags(
-        self,
-        labels: torch.Tensor,
-        word_mask: torch.Tensor,
-        first: torch.Tensor,
-        token_mask: torch.Tensor,
-        word_ids: torch.Tensor,
-    ) -> torch.Tensor:
+    def _token_tags(self, labels: torch.Tensor, words: WordLayout) -> torch.Tensor:
         """The authors' sub-token tags of word-level ``labels``: the word's tag at its first sub-token, X at
         its other sub-tokens, CLS at the first special token and SEP at the others."""
         token_labels = list(self.config.token_labels or [])
+        word_ids, first, word_mask, token_mask = words
         to_token, _ = self._tag_maps(labels.device)
         tags = torch.full_like(word_ids, token_labels.index(CONTINUATION_TAG))
         special = token_mask & (word_ids < 0)
@@ -766,24 +753,16 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         return torch.where(token_mask, tags, 0)
 
     # ----------------------------------------------------------------------------------------------- loss
-    def _loss(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        word_mask: torch.Tensor,
-        first: torch.Tensor,
-        token_mask: torch.Tensor,
-        word_ids: torch.Tensor,
-    ) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, words: WordLayout) -> torch.Tensor:
         if logits.shape[1] == 0:  # no sentence of the batch has a word: nothing to score
             return logits.sum() * 0.0
         if self.crf is None:
-            flat = labels.masked_fill(~word_mask, LABEL_PAD_VALUE).reshape(-1)
+            flat = labels.masked_fill(~words.word_mask, LABEL_PAD_VALUE).reshape(-1)
             return F.cross_entropy(logits.reshape(-1, self.num_labels).float(), flat)
         if self.config.crf_level == "token":
-            tags, mask = self._token_tags(labels, word_mask, first, token_mask, word_ids), token_mask
+            tags, mask = self._token_tags(labels, words), words.token_mask
         else:
-            tags, mask = labels.clamp(min=0), word_mask
+            tags, mask = labels.clamp(min=0), words.word_mask
         has_positions = mask.any(1)  # a sentence without words has nothing to score (eq 10)
         nll = -self.crf.log_likelihood(logits, tags, _with_first_position(mask), checked=True) * has_positions
         total = nll.sum()
@@ -793,16 +772,15 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------- decoding
     @torch.no_grad()
-    def _decode(
-        self, logits: torch.Tensor, word_mask: torch.Tensor, first: torch.Tensor, token_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def _decode(self, logits: torch.Tensor, words: WordLayout) -> torch.Tensor:
         """Best tag per word as a word label id: Viterbi for the CRF (eq 11), argmax for softmax; -100 at padded
         word slots. A token-level CRF's best path is read at each word's first sub-token."""
+        word_mask = words.word_mask
         if self.crf is None or logits.shape[1] == 0:
             best = logits.argmax(-1) if logits.shape[-1] else torch.zeros_like(word_mask, dtype=torch.long)
         elif self.config.crf_level == "token":
-            path = self.crf.decode(logits, _with_first_position(token_mask), pad_value=0, checked=True)
-            best = self._tag_maps(logits.device)[1][path.gather(1, first)]
+            path = self.crf.decode(logits, _with_first_position(words.token_mask), pad_value=0, checked=True)
+            best = self._tag_maps(logits.device)[1][path.gather(1, words.first)]
         else:
             best = self.crf.decode(logits, _with_first_position(word_mask), pad_value=0, checked=True)
         return torch.where(word_mask, best, LABEL_PAD_VALUE)
@@ -889,6 +867,8 @@ __all__ = [
     "UMGFModelOutput",
     "UMGFPreTrainedModel",
     "UMGFTokenClassifierOutput",
+    "WordLayout",
     "build_vision_backbone",
     "first_subtoken_index",
+    "word_layout",
 ]

@@ -12,7 +12,9 @@ device-side assert on a GPU), a float label or a misaligned ``word_ids`` silentl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -35,6 +37,11 @@ class ModelInputs:
     object_mask: torch.Tensor | None = None
     inter_modal_adjacency: torch.Tensor | None = None
 
+    @classmethod
+    def from_keywords(cls, keywords: Mapping[str, Any]) -> ModelInputs:
+        """The model inputs among a forward's ``keywords``, by field name (other keywords are not inputs)."""
+        return cls(**{field.name: keywords[field.name] for field in fields(cls) if field.name in keywords})
+
 
 def word_numbering_errors(word_ids: torch.Tensor) -> torch.Tensor:
     """``[B, T]`` bool: sub-tokens whose word id breaks the numbering (words 0..n-1 in order, each word's
@@ -45,6 +52,16 @@ def word_numbering_errors(word_ids: torch.Tensor) -> torch.Tensor:
     starts_next = word_ids == last_word + 1
     continues = (word_ids == last_word) & (previous == word_ids)
     return (word_ids >= 0) & ~(starts_next | continues)
+
+
+def finite_objects(objects: torch.Tensor) -> torch.Tensor:
+    """[B, O] bool: whether every value of each object's crop or features is finite.
+
+    Read off the object's largest and smallest value (a NaN is both; an infinity is one of them): two reductions,
+    several times faster than testing every element and reducing the [B, O, ...] booleans.
+    """
+    flat = objects.flatten(2)
+    return torch.isfinite(flat.amax(-1)) & torch.isfinite(flat.amin(-1))
 
 
 def _shape_errors(config: UMGFConfig, x: ModelInputs) -> None:
@@ -139,7 +156,7 @@ def check_inputs(config: UMGFConfig, inputs: ModelInputs, labels_for_every_word:
                 checks["missing"] = ((labels == LABEL_PAD_VALUE) & real_word).any()
     objects = inputs.pixel_values if inputs.pixel_values is not None else inputs.object_features
     if objects is not None and objects.shape[1] and objects.numel():
-        finite = torch.isfinite(objects).flatten(2).all(-1)
+        finite = finite_objects(objects)
         present = inputs.object_mask.bool() if inputs.object_mask is not None else torch.ones_like(finite)
         checks["nonfinite"] = (present & ~finite).any()
     if not checks:
@@ -200,7 +217,7 @@ def _raise_for(config: UMGFConfig, x: ModelInputs, found: dict[str, int]) -> Non
         objects = x.pixel_values if x.pixel_values is not None else x.object_features
         assert objects is not None
         name = "pixel_values" if x.pixel_values is not None else "object_features"
-        bad = ~torch.isfinite(objects).flatten(2).all(-1)
+        bad = ~finite_objects(objects)
         if x.object_mask is not None:
             bad &= x.object_mask.bool()
         row = _first_row(bad)

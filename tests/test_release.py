@@ -212,11 +212,10 @@ def test_token_tags_are_the_authors_labels() -> None:
     )
     model = UMGFForTokenClassification(config)
     x = batch_of(TWEETS, None)
-    real = x["attention_mask"].bool()
-    from modeling_umgf.modeling_umgf import first_subtoken_index
+    from modeling_umgf.modeling_umgf import word_layout
 
-    first, word_mask = first_subtoken_index(x["word_ids"], x["labels"].shape[1])
-    tags = model._token_tags(x["labels"], word_mask, first, real, x["word_ids"])
+    words = word_layout(x["word_ids"], x["attention_mask"], x["labels"].shape[1])
+    tags = model._token_tags(x["labels"], words)
     assert [row[: len(expected)] for row, expected in zip(tags.tolist(), x["token_tags"])] == x["token_tags"]
 
 

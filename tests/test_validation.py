@@ -6,9 +6,13 @@ from __future__ import annotations
 import logging
 import shutil
 
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config, tiny_inputs
+from hypothesis import given, settings
 from inference_fixtures import saved_tiny_ner_folder
 from PIL import Image
 
@@ -16,6 +20,7 @@ from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.cli import main as predict_main
 from modeling_umgf.grounding import GridGrounder
 from modeling_umgf.hub import load_saved
+from modeling_umgf.validation_umgf import finite_objects
 
 
 def build(**overrides) -> UMGFForTokenClassification:
@@ -54,10 +59,11 @@ def test_non_finite_object_features_are_an_error_in_real_slots_and_ignored_in_pa
     padded[1, 2] = float("nan")  # object 2 of item 1 is padding (object_mask 0)
     assert int(x["object_mask"][1, 2]) == 0
     torch.testing.assert_close(model(**inputs, object_features=padded).logits, clean)  # nothing leaks from padding
-    real = features.clone()
-    real[0, 1, 5] = float("inf")
-    with pytest.raises(ValueError, match="object_features of batch item 0, object 1, hold NaN or infinite values"):
-        model(**inputs, object_features=real)
+    for value in (float("nan"), float("inf"), -float("inf")):
+        real = features.clone()
+        real[0, 1, 5] = value
+        with pytest.raises(ValueError, match="object_features of batch item 0, object 1, hold NaN or infinite values"):
+            model(**inputs, object_features=real)
     pixels = x["pixel_values"].clone()
     pixels[1, 2] = float("nan")
     torch.testing.assert_close(model(**{**x, "pixel_values": pixels}).logits, model(**x).logits)
@@ -95,3 +101,17 @@ def test_damaged_model_folders_are_named(tmp_path, tmp_path_factory, capsys) -> 
         assert predict_main(["--model", str(folder), "--text", "Berlin rocks"]) == 2
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and message in err
+
+
+@given(
+    values=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=3, max_dims=5, min_side=1, max_side=4),
+        elements=st.floats(width=32, allow_nan=True, allow_infinity=True),
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_finite_objects_is_elementwise_isfinite(values: np.ndarray) -> None:
+    objects = torch.from_numpy(values)
+    expected = torch.isfinite(objects).flatten(2).all(-1)  # the direct definition
+    assert torch.equal(finite_objects(objects), expected)
