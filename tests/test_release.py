@@ -372,3 +372,26 @@ def test_evaluating_a_converted_checkpoint_on_released_crops_is_one_command(tmp_
     assert [r["pred"] for r in records] == processor.decode_word_predictions(
         predictions, [len(t) for t in test["tokens"]]
     )
+
+
+def test_token_level_tags_and_marginals_of_a_batch() -> None:
+    """A first word of two pieces is tagged and X like any other; a batch's per-word marginals are each sentence's."""
+    from conftest import tiny_config
+
+    from modeling_umgf.modeling_umgf import first_subtoken_index
+
+    release = UMGFConfig.from_preset("release").to_diff_dict()
+    torch.manual_seed(1)
+    model = UMGFForTokenClassification(tiny_config(**{k: release[k] for k in ("crf_level", "token_labels")})).eval()
+    x = batch_of([([[11, 12], [13]], ["B-PER", "O"]), ([[19]], ["B-LOC"])], pad_to=None)
+    first, word_mask = first_subtoken_index(x["word_ids"], 2)
+    tags = model._token_tags(x["labels"], word_mask, first, x["attention_mask"].bool(), x["word_ids"])
+    assert [TAGS[t] for t in tags[0]] == ["CLS", "B-PER", "X", "O", "SEP"]
+    with torch.no_grad():
+        together = model.tag_probabilities(
+            model(input_ids=x["input_ids"], word_ids=x["word_ids"], attention_mask=x["attention_mask"])
+        )
+        for b, length in enumerate((5, 3)):
+            alone = model(input_ids=x["input_ids"][b : b + 1, :length], word_ids=x["word_ids"][b : b + 1, :length])
+            words = int(word_mask[b].sum())
+            torch.testing.assert_close(together[b, :words], model.tag_probabilities(alone)[0])
