@@ -102,6 +102,14 @@ def test_bfloat16_emissions_are_scored_in_float32(case) -> None:
     for method in (crf.log_likelihood, crf.score):
         torch.testing.assert_close(method(half, tags, mask), method(half.float(), tags, mask), rtol=0, atol=0)
     torch.testing.assert_close(crf.marginals(half, mask), crf.marginals(half.float(), mask), rtol=0, atol=0)
+    # the emissions, not the parameters, set the precision: a float64 CRF scores float32 emissions in float32
+    single, double = crf, CRF(3).double()
+    double.load_state_dict(single.state_dict())
+    emissions = half.float() / 3
+    for method in ("log_partition", "marginals"):
+        expected = getattr(single, method)(emissions, mask)
+        torch.testing.assert_close(getattr(double, method)(emissions, mask), expected, rtol=0, atol=0)
+    torch.testing.assert_close(double.score(emissions, tags, mask), single.score(emissions, tags, mask), rtol=0, atol=0)
 
 
 def test_marginals_of_a_batch_longer_than_its_sentences(case) -> None:

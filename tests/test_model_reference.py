@@ -72,7 +72,8 @@ def attention(block: UMGFSelfAttention, h: torch.Tensor, eps: float) -> torch.Te
 
 
 def gate(module: UMGFCrossModalGate, c_self: torch.Tensor, c_other: torch.Tensor, edges: torch.Tensor, eps: float):
-    """Eq 3-6 pair by pair: R_i = C_i + sum_j A_ij sigmoid(W [C_i; C'_j] + b) * C'_j, and the mean gates."""
+    """Eq 3-6 pair by pair: R_i = C_i + sum_j A_ij sigmoid(W [C_i; C'_j] + b) * C'_j, and the mean gates. With the
+    authors' LayerNorm, R_i = LN(...) for the nodes that have an edge (the others received nothing: C_i)."""
     weight = torch.cat([module.w_self.weight, module.w_other.weight], dim=1)
     fused, alpha = c_self.clone(), torch.zeros(edges.shape, dtype=c_self.dtype)
     for i in range(len(c_self)):
@@ -81,7 +82,10 @@ def gate(module: UMGFCrossModalGate, c_self: torch.Tensor, c_other: torch.Tensor
                 a = torch.sigmoid(weight @ torch.cat([c_self[i], c_other[j]]) + module.w_self.bias)
                 fused[i] = fused[i] + a * c_other[j]
                 alpha[i, j] = a.mean()
-    return (layer_norm(module.norm, fused, eps) if module.norm is not None else fused), alpha
+    if module.norm is not None:
+        linked = edges.any(1)
+        fused[linked] = layer_norm(module.norm, fused[linked], eps)
+    return fused, alpha
 
 
 def feed_forward(ffn: UMGFFeedForward, h: torch.Tensor, eps: float) -> torch.Tensor:
@@ -159,6 +163,7 @@ def batch(pixels: bool = False) -> dict[str, torch.Tensor]:
     }
     if pixels:
         x["pixel_values"] = torch.randn(3, 3, 3, TINY_IMAGE, TINY_IMAGE, generator=g, dtype=torch.float64)
+        x["pixel_values"][0, 2] = x["pixel_values"][1, 0]  # one box in two tweets: encoded once, used twice
     else:
         x["object_features"] = torch.randn(3, 3, 96, generator=g, dtype=torch.float64)
     return x
@@ -176,8 +181,13 @@ RELEASE_SWITCHES = {
 CONFIGS = {
     "paper": {},
     "release": {**RELEASE_SWITCHES, "crf_level": "token", "token_labels": list(RELEASE_TOKEN_LABELS)},
-    "release-word": {**RELEASE_SWITCHES, "word_readout": "mean"},
-    "wo-vcorr": {"visual_self_attention": False, "classifier_input": "text", "num_fusion_layers": 1},
+    "release-word": {**RELEASE_SWITCHES, "word_readout": "mean", "layer_norm_eps": 0.01},
+    "wo-vcorr": {
+        "visual_self_attention": False,
+        "classifier_input": "text",
+        "num_fusion_layers": 1,
+        "text_packing": False,
+    },
     "wo-ind": {"share_modality_parameters": True, "num_fusion_layers": 3, "layer_norm_eps": 0.01},
     "wo-vcorr-wo-ind": {"visual_self_attention": False, "share_modality_parameters": True},
 }
@@ -213,6 +223,10 @@ def test_forward_equals_the_equations_written_out(name: str, pixels: bool) -> No
             nll.append(-model.crf.log_likelihood(ref["logits"][None], tags, torch.ones_like(tags).bool()))
     if nll:
         torch.testing.assert_close(out.loss, torch.cat(nll).mean(), **TIGHT)  # the mean over the sentences
+    embeds = model.umgf.text_encoder.get_input_embeddings()(x["input_ids"])
+    with torch.no_grad():
+        embedded = model(**{k: v for k, v in x.items() if k != "input_ids"}, inputs_embeds=embeds)
+    torch.testing.assert_close(embedded.logits, out.logits, **TIGHT)
 
 
 def test_sinusoidal_position_encoding_is_the_transformers_formula() -> None:

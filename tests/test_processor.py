@@ -108,10 +108,9 @@ def test_labels_align_to_words_and_truncation_is_reported(caplog) -> None:
     assert out["word_ids"].tolist() == [[-1, 0, 1, 2, 3, 3, 4, -1]]
     assert out["labels"].tolist() == [[0, 0, 1, 2, 0]]  # the 3 cut words get no loss
     assert out["truncated_words"] == [3] and out["num_words"] == [8]
-    assert (
+    assert [r.getMessage() for r in caplog.records] == [
         "1 sample(s) exceed max_length=8 sub-tokens; their last words get no loss and are tagged O: 'tweet-1' (3 words)"
-        in caplog.text
-    )
+    ]
     # the Brandenburg gate's words are cut: its object keeps no edge; Helmut Kohl's and person's stay.
     assert out["inter_modal_adjacency"][0].int().tolist() == [
         [0, 0, 0],
@@ -191,7 +190,9 @@ def test_missing_or_unreadable_images_give_text_only_inputs_with_a_warning(caplo
             return_metadata=True,
         )
     assert "'missing': image file not found" in caplog.text and "'corrupt': cannot decode image" in caplog.text
-    assert "'no-image': 3 grounded objects but no image" in caplog.text
+    assert "sample 'no-image': 3 grounded objects but no image to crop them from; using it text-only" in [
+        r.getMessage() for r in caplog.records
+    ]
     assert out["object_mask"].tolist() == [[0] * 9, [0] * 9, [0] * 9, [1] * 9]  # "fine" gets the 3x3 grid
     assert not out["inter_modal_adjacency"][:3].any()
 
@@ -342,6 +343,10 @@ def test_every_argument_and_value_is_named_in_its_error() -> None:
     for name in ("sample_ids", "labels", "images", "object_features", "grounding"):
         with pytest.raises(ValueError, match=f"^{name} has 3 entries for 2 samples$"):
             processor(words=[KOHL, KOHL], **{name: [None, None, None]})
+    with pytest.raises(
+        ValueError, match=r"^give exactly one of `text` \(raw text\) and `words` \(pre-tokenised words\)$"
+    ):
+        processor(words=KOHL, text="Photo")
     with pytest.raises(ValueError, match="return_tensors must be None or 'pt', got 'np'"):
         processor(words=KOHL, return_tensors="np")
     with pytest.raises(ValueError, match=r"sample 'x': words \[1, 3\] are not strings"):
@@ -396,6 +401,14 @@ def test_the_grounder_setting() -> None:
     assert default(images=image, words=KOHL, return_tensors="pt")["object_mask"].shape == (1, 4)
 
 
+def test_processor_keyword_arguments_reach_transformers(tmp_path: Path) -> None:
+    processor = tiny_processor()
+    with_template = type(processor)(processor.image_processor, processor.tokenizer, chat_template="{{ words }}")
+    assert with_template.chat_template == "{{ words }}"
+    processor.save_pretrained(tmp_path)
+    assert type(processor).from_pretrained(tmp_path, model_max_length=20).effective_max_length == 20
+
+
 def test_a_tokenizer_that_is_not_fast_is_refused() -> None:
     from transformers import BertTokenizer
 
@@ -423,9 +436,18 @@ def test_raw_text_batches_and_words_at_the_edges(caplog) -> None:
     assert from_text["words"] == from_words["words"] == [KOHL[:4] + [","] + KOHL[4:], ["Berlin", "rocks"]]
     assert from_text["input_ids"].tolist() == from_words["input_ids"].tolist()
     assert from_text["truncated_words"] == [5, 0]
+    unpadded = processor(text=texts)  # lists, one entry per text; a single text gives one example
+    assert unpadded["words"] == from_text["words"] and unpadded["input_ids"][1] == ids(
+        "[CLS]", "Berlin", "rocks", "[SEP]"
+    )
+    assert processor(text=texts[1])["input_ids"] == ids("[CLS]", "Berlin", "rocks", "[SEP]")
     out = processor(words=["Photo", "gate", ""], labels=[0, 3, 0], return_tensors="pt")
     assert out["input_ids"].tolist() == [ids("[CLS]", "Photo", "gate", "[UNK]", "[SEP]")]
     assert out["word_ids"].tolist() == [[-1, 0, 1, 2, -1]] and out["labels"].tolist() == [[0, 3, 0]]
+    # the word before the last kept one makes no sub-token: [UNK], and the sentence encoded again is cut again
+    out = processor(words=["Photo", "of", "Helmut", "", "Kohl", "at", "gate"], return_tensors="pt")
+    assert out["input_ids"].tolist() == [ids("[CLS]", "Photo", "of", "Helmut", "[UNK]", "[SEP]")]
+    assert out["word_ids"].tolist() == [[-1, 0, 1, 2, 3, -1]]
     processor.tokenizer.unk_token = None
     cut = processor(words=KOHL, return_tensors="pt", return_metadata=True)
     assert cut["word_ids"].tolist() == [[-1, 0, 1, 2, 3, -1]] and cut["truncated_words"] == [4]
@@ -444,6 +466,9 @@ def test_unpadded_examples_and_cached_features() -> None:
         "object_boxes", "object_scores", "object_phrases", "object_word_start", "object_word_end",
     }  # fmt: skip
     assert example["object_features"].dtype == torch.float32 and example["object_features"].shape == (3, 4)
+    outside = {**KOHL_GROUNDING, "object_boxes": [[30, 5, 60, 30], [-5, 0, 10, 10], [0, 0, 1, 1]]}
+    kept = processor(images=quadrant_image(), words=KOHL, grounding=outside, object_features=np.ones((3, 4)))
+    assert kept["object_boxes"] == outside["object_boxes"]  # the features fix the objects: no clipping
     bare = processor(images=quadrant_image(), words=KOHL, object_features=torch.zeros(0, 4))
     assert bare["object_features"].shape == (0, 0) and bare["object_boxes"] == []
     assert bare["inter_modal_adjacency"].shape == (11, 0)
@@ -463,6 +488,19 @@ def test_dataset_columns_with_cached_features_and_without_grounding() -> None:
     assert batch["object_mask"].tolist() == [[1, 1, 1], [0, 0, 0]]
     text_only = processor.process_examples({"tokens": [["Berlin", "rocks"]]})
     assert text_only["word_ids"] == [[-1, 0, 1, -1]] and text_only["object_boxes"] == [[]]
+
+
+def test_token_edges_of_a_sentence_without_tokens() -> None:
+    from modeling_umgf.multimodal_graph import token_object_adjacency
+
+    words = torch.tensor([[True, False], [False, True]])
+    assert token_object_adjacency(words, []).shape == (0, 2)
+    assert token_object_adjacency(words, [-1, 1, 0, -1]).tolist() == [
+        [False, False],
+        [False, True],
+        [True, False],
+        [False, False],
+    ]
 
 
 def test_split_batch_separates_inputs_and_metadata() -> None:

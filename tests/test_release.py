@@ -387,7 +387,7 @@ def test_token_level_tags_and_marginals_of_a_batch() -> None:
     first, word_mask = first_subtoken_index(x["word_ids"], 2)
     tags = model._token_tags(x["labels"], word_mask, first, x["attention_mask"].bool(), x["word_ids"])
     assert [TAGS[t] for t in tags[0]] == ["CLS", "B-PER", "X", "O", "SEP"]
-    with torch.no_grad():
+    with torch.no_grad(), torch.device("meta"):  # made on the inputs' device (test_model_reference.py)
         together = model.tag_probabilities(
             model(input_ids=x["input_ids"], word_ids=x["word_ids"], attention_mask=x["attention_mask"])
         )
