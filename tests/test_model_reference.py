@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_IMAGE, tiny_config
+from conftest import RELEASE_SWITCHES, TINY_IMAGE, tiny_config
 
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.modeling_umgf import (
@@ -169,15 +169,6 @@ def batch(pixels: bool = False) -> dict[str, torch.Tensor]:
     return x
 
 
-RELEASE_SWITCHES = {
-    "text_node_projection": "linear",
-    "visual_mlp_output_activation": True,
-    "visual_value_projection": False,
-    "gate_layer_norm": True,
-    "link_special_tokens": True,
-    "classifier_input": "concat",
-    "use_position_encoding": False,
-}
 CONFIGS = {
     "paper": {},
     "release": {**RELEASE_SWITCHES, "crf_level": "token", "token_labels": list(RELEASE_TOKEN_LABELS)},

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from conftest import TINY_IMAGE, tiny_config
+from conftest import RELEASE_SWITCHES, TINY_IMAGE, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,17 +31,7 @@ TIGHT = {"rtol": 1e-9, "atol": 1e-9}
 VOCAB, FEATURES = 120, 96
 
 
-#: The switches of the authors' released network (the "release" preset) that change the fusion layers.
-RELEASE = {
-    "text_node_projection": "linear",
-    "visual_mlp_output_activation": True,
-    "visual_value_projection": False,
-    "gate_layer_norm": True,
-    "link_special_tokens": True,
-    "classifier_input": "concat",
-    "use_position_encoding": False,
-}
-CONFIGS = {"paper": {}, "release": RELEASE}
+CONFIGS = {"paper": {}, "release": RELEASE_SWITCHES}
 
 
 @functools.cache
