@@ -137,5 +137,7 @@ def test_bad_shapes_are_named() -> None:
         crf.log_partition(torch.zeros(2, 3), torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"mask shape \(2, 4\) does not match emissions \(2, 3\)"):
         crf.decode(torch.zeros(2, 3, 3), torch.ones(2, 4))
-    with pytest.raises(ValueError, match=r"at least one position \(mask\[:, 0\] must be True\)"):
+    with pytest.raises(
+        ValueError, match=r"^every sequence given to the CRF needs at least one position \(mask\[:, 0\] must be True\)$"
+    ):
         crf.marginals(torch.zeros(2, 0, 3), torch.ones(2, 0))

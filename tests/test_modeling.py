@@ -437,6 +437,16 @@ def test_default_word_ids_and_masks() -> None:
             )
 
 
+def test_new_input_embeddings_are_the_text_encoders() -> None:
+    model, ids = build(), torch.tensor([[2, 7, 9, 3]])
+    embeddings = torch.nn.Embedding(120, 32)
+    model.set_input_embeddings(embeddings)
+    assert model.get_input_embeddings() is embeddings is model.umgf.text_encoder.embeddings.word_embeddings
+    with torch.no_grad():
+        expected = model(inputs_embeds=embeddings(ids)).logits
+        torch.testing.assert_close(model(input_ids=ids).logits, expected)
+
+
 def test_outputs_hold_what_was_asked() -> None:
     """Gates only with ``output_gates``; a loss only with labels; in training with labels, no decoding."""
     model, x = build(), tiny_inputs()
@@ -518,6 +528,13 @@ def test_preparing_for_inference_switches_to_eval_channels_last_and_a_frozen_com
     assert len(calls) == 1
     text_only = build(use_visual=False).train()
     assert text_only.optimize_for_inference() is text_only and not text_only.training
+    encoder = UMGFModel(tiny_config()).train()  # the base model prepares its own backbone
+    assert encoder.optimize_for_inference(compile_backbone=False) is encoder and not encoder.training
+    assert all(
+        c.weight.is_contiguous(memory_format=torch.channels_last)
+        for c in encoder.vision_backbone.modules()
+        if isinstance(c, torch.nn.Conv2d)
+    )
     assert not model.is_activation_checkpointing
 
 
