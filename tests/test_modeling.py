@@ -538,6 +538,23 @@ def test_preparing_for_inference_switches_to_eval_channels_last_and_a_frozen_com
     assert not model.is_activation_checkpointing
 
 
+def test_checkpointing_leaves_a_backbone_without_timms_switch_alone() -> None:
+    class Pooled(torch.nn.Module):  # a vision backbone that is not timm's: no set_grad_checkpointing
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 96)
+
+        def forward(self, crops: torch.Tensor) -> torch.Tensor:
+            return self.proj(crops.mean((2, 3)))
+
+    model = UMGFForTokenClassification(tiny_config(), vision_backbone=Pooled())
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.umgf.layers)
+    model.train()
+    model(**tiny_inputs(), labels=torch.tensor([[1, 2, 0, 3, 4], [5, 6, 0, 7, -100]])).loss.backward()
+    assert model.umgf.vision_backbone.proj.weight.grad.abs().sum() > 0
+
+
 def test_the_visual_branch_refuses_what_it_cannot_encode() -> None:
     with pytest.raises(ValueError, match=r"^this UMGF model has no visual branch \(config\.use_visual=False\)$"):
         build(use_visual=False).umgf.encode_objects(torch.zeros(1, 1, 3, 8, 8), torch.ones(1, 1))
