@@ -148,7 +148,8 @@ class UMGFCrossModalGate(nn.Module):
     ``R_i = C_i + sum_j A_ij * alpha_ij ⊙ C'_j`` with ``alpha_ij = sigmoid(W_self C_i + W_other C'_j)``.
     ``W [C_i; C'_j]`` equals ``W_self C_i + W_other C'_j``, so each side is projected once and the gate
     is formed by broadcasting over the (i, j) pairs. With ``config.gate_layer_norm`` (the authors' network),
-    ``R_i`` is layer-normalised.
+    ``R_i`` of a node with an edge is layer-normalised; a node without edges receives nothing and keeps ``C_i``, as
+    in a batch without objects (in the authors' graphs every token has edges).
     """
 
     def __init__(self, config: UMGFConfig) -> None:
@@ -169,7 +170,9 @@ class UMGFCrossModalGate(nn.Module):
         gate = gate * adjacency.unsqueeze(-1)
         message = torch.einsum("bnmd,bmd->bnd", gate, c_other)  # sum over neighbours (eq 3 / eq 5)
         fused = c_self + self.dropout(message)
-        return (self.norm(fused) if self.norm is not None else fused), gate.mean(-1)
+        if self.norm is not None:
+            fused = torch.where(adjacency.ne(0).any(-1, keepdim=True), self.norm(fused), fused)
+        return fused, gate.mean(-1)
 
 
 class UMGFModalityBlock(nn.Module):

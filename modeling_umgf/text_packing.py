@@ -100,11 +100,12 @@ def encode_packed(
 
     # Where each real token goes: (row, slot), its source (sequence, column), and its segment for the mask.
     seq_index, column = real.nonzero(as_tuple=True)  # row-major: tokens of a sequence in column order
-    lengths_t = torch.tensor(lengths)
+    host = real.device  # explicit: the index arithmetic stays on the host under any default-device context
+    lengths_t = torch.tensor(lengths, device=host)
     starts = torch.cumsum(lengths_t, 0) - lengths_t  # index of each sequence's first token in seq_index
-    rank = torch.arange(seq_index.numel()) - starts[seq_index]  # token's rank in its sequence
-    row_of = torch.tensor(rows)[seq_index]
-    slot_of = torch.tensor(offsets)[seq_index] + rank
+    rank = torch.arange(seq_index.numel(), device=host) - starts[seq_index]  # token's rank in its sequence
+    row_of = torch.tensor(rows, device=host)[seq_index]
+    slot_of = torch.tensor(offsets, device=host)[seq_index] + rank
     device = attention_mask.device
     seq_index, column, row_of, slot_of = (_to_device(t, device) for t in (seq_index, column, row_of, slot_of))
 

@@ -18,8 +18,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import BertConfig
 
 from modeling_umgf import UMGFConfig
+from modeling_umgf.configuration_umgf import PRESETS
 
 TINY_IMAGE = 32
+#: The switches of the authors' released network (the "release" preset) that change what the fusion layers compute.
+RELEASE_SWITCHES = {
+    key: PRESETS["release"][key]
+    for key in (
+        "text_node_projection",
+        "visual_mlp_output_activation",
+        "visual_value_projection",
+        "gate_layer_norm",
+        "link_special_tokens",
+        "classifier_input",
+        "use_position_encoding",
+    )
+}
 
 _BLOCK_PACKAGE = """
 import importlib.abc, sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -76,3 +77,67 @@ def test_empty_sequence_is_refused() -> None:
     crf = CRF(2)
     with pytest.raises(ValueError, match="at least one position"):
         crf.log_partition(torch.zeros(2, 3, 2), torch.tensor([[1, 1, 0], [0, 0, 0]]))
+
+
+def test_a_crf_over_one_tag_gives_every_sequence_probability_one() -> None:
+    crf = CRF(1)
+    with torch.no_grad():
+        crf.transitions.fill_(0.7)
+    emissions, mask = torch.randn(2, 3, 1), torch.tensor([[1, 1, 0], [1, 0, 0]]).bool()
+    tags = torch.tensor([[0, 0, 5], [0, 5, 5]])  # whatever stands at padding
+    torch.testing.assert_close(crf.log_likelihood(emissions, tags, mask), torch.zeros(2))
+    assert crf.decode(emissions, mask).tolist() == [[0, 0, -100], [0, -100, -100]]
+    torch.testing.assert_close(crf.marginals(emissions, mask), mask.unsqueeze(-1).float())
+    with pytest.raises(ValueError, match="at least one tag, got num_tags=0"):
+        CRF(0)
+
+
+def test_bfloat16_emissions_are_scored_in_float32(case) -> None:
+    """In bfloat16 the sums over a sentence would lose the differences between tag sequences: the CRF computes in
+    float32, so bfloat16 emissions score exactly as their float32 values do."""
+    crf, emissions, mask, _ = case
+    crf = crf.float()
+    half = (emissions * 10).bfloat16()
+    tags = torch.randint(0, 3, mask.shape, generator=torch.Generator().manual_seed(0))
+    for method in (crf.log_likelihood, crf.score):
+        torch.testing.assert_close(method(half, tags, mask), method(half.float(), tags, mask), rtol=0, atol=0)
+    torch.testing.assert_close(crf.marginals(half, mask), crf.marginals(half.float(), mask), rtol=0, atol=0)
+    # the emissions, not the parameters, set the precision: a float64 CRF scores float32 emissions in float32
+    single, double = crf, CRF(3).double()
+    double.load_state_dict(single.state_dict())
+    emissions = half.float() / 3
+    for method in ("log_partition", "marginals"):
+        expected = getattr(single, method)(emissions, mask)
+        torch.testing.assert_close(getattr(double, method)(emissions, mask), expected, rtol=0, atol=0)
+    torch.testing.assert_close(double.score(emissions, tags, mask), single.score(emissions, tags, mask), rtol=0, atol=0)
+
+
+def test_marginals_of_a_batch_longer_than_its_sentences(case) -> None:
+    """Five sentences of one position, then three of six: batch size and length differ both ways."""
+    crf = case[0]
+    for lengths in ([1] * 5, [6, 2, 5]):
+        width = max(lengths)
+        emissions = torch.randn(len(lengths), width, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+        marginals = crf.marginals(emissions, mask)
+        for b, n in enumerate(lengths):
+            scores = brute_force(crf, emissions[b], n)
+            z = torch.logsumexp(torch.tensor(list(scores.values()), dtype=torch.float64), 0)
+            expected = torch.zeros(width, 3, dtype=torch.float64)
+            for tags, s in scores.items():
+                for i, t in enumerate(tags):
+                    expected[i, t] += math.exp(s - z)
+            torch.testing.assert_close(marginals[b], expected)
+            assert crf.log_partition(emissions, mask)[b].item() == pytest.approx(z.item(), abs=1e-9)
+
+
+def test_bad_shapes_are_named() -> None:
+    crf = CRF(3)
+    with pytest.raises(ValueError, match=r"emissions must be \[batch, positions, tags\], got shape \(2, 3\)"):
+        crf.log_partition(torch.zeros(2, 3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"mask shape \(2, 4\) does not match emissions \(2, 3\)"):
+        crf.decode(torch.zeros(2, 3, 3), torch.ones(2, 4))
+    with pytest.raises(
+        ValueError, match=r"^every sequence given to the CRF needs at least one position \(mask\[:, 0\] must be True\)$"
+    ):
+        crf.marginals(torch.zeros(2, 0, 3), torch.ones(2, 0))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -11,10 +13,25 @@ import timm
 import torch
 from conftest import TINY_IMAGE, run_without_package, tiny_config, tiny_inputs
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, BertConfig, BertModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForTokenClassification,
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+)
 
 from modeling_umgf import UMGFConfig, UMGFForTokenClassification, UMGFModel
-from modeling_umgf.modeling_umgf import UMGFCrossModalGate, first_subtoken_index
+from modeling_umgf.modeling_umgf import (
+    UMGFCrossModalGate,
+    UMGFFusionLayer,
+    build_vision_backbone,
+    first_subtoken_index,
+)
+from modeling_umgf.schema_umgf import RELEASE_TOKEN_LABELS
+
+TAGS = list(RELEASE_TOKEN_LABELS)
 
 
 def build(seed: int = 0, **overrides) -> UMGFForTokenClassification:
@@ -316,3 +333,299 @@ def test_object_features_equal_encoding_the_crops() -> None:
     with_features = dict(x, object_features=features)
     with_features.pop("pixel_values")
     torch.testing.assert_close(model(**with_features).logits, model(**x).logits)
+
+
+def fusion_linears(model: UMGFForTokenClassification) -> dict[str, torch.nn.Linear]:
+    """The linear maps UMGF initialises itself: everything but the text encoder and the vision backbone."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not name.startswith(("umgf.text_encoder", "umgf.vision_backbone"))
+    }
+
+
+def assert_uniform(values: torch.Tensor, bound: float, name: str) -> None:
+    """Drawn from U(-bound, bound): inside it, and reaching near both ends (95 % of the bound for the hundreds of
+    weights of a map, half of it for its 9-16 biases)."""
+    reach = 0.95 if values.numel() > 100 else 0.5
+    assert values.abs().max() <= bound, name
+    assert values.max() > reach * bound and values.min() < -reach * bound, name
+
+
+def test_initialisation_follows_the_config() -> None:
+    """normal: N(0, initializer_range) weights and zero biases; xavier_uniform: U(+-sqrt(6 / (in + out))) and zero
+    biases, except the maps that keep PyTorch's own initialisation (the authors' text projection and token-level
+    classifier): U(+-1 / sqrt(in)) weights and biases. The CRF starts from U(-0.1, 0.1)."""
+    normal = build(initializer_range=0.05, text_node_projection="linear", crf_level="token", token_labels=TAGS)
+    for name, linear in fusion_linears(normal).items():
+        weight = linear.weight.detach()
+        assert 0.04 < float(weight.std()) < 0.06 and abs(float(weight.mean())) < 0.02, name
+        assert linear.bias is None or not linear.bias.any(), name
+    for param in (normal.crf.start_transitions, normal.crf.end_transitions, normal.crf.transitions):
+        assert param.abs().max() <= 0.1 and param.max() > 0.05 and param.min() < -0.05
+    for overrides in ({"crf_level": "token", "token_labels": TAGS, "text_node_projection": "linear"}, {}):
+        model = build(initializer="xavier_uniform", **overrides)
+        defaults = {"umgf.text_mlp.0", "classifier"} if overrides else set()
+        for name, linear in fusion_linears(model).items():
+            fan_out, fan_in = linear.weight.shape
+            if name in defaults:
+                assert_uniform(linear.weight, 1 / math.sqrt(fan_in), name)
+                assert_uniform(linear.bias, 1 / math.sqrt(fan_in), name)
+            else:
+                assert_uniform(linear.weight, math.sqrt(6 / (fan_in + fan_out)), name)
+                assert linear.bias is None or not linear.bias.any(), name
+
+
+def test_given_text_encoder_and_backbone_keep_their_weights() -> None:
+    """Modules built by the caller (pretrained, or any weights) are not initialised again by UMGF."""
+    config = tiny_config(vision_projection=True, vision_feature_dim=40)
+    text = BertModel(config.text_config, add_pooling_layer=False)
+    backbone = timm.create_model("test_resnet", num_classes=40)  # the projection: a trained 96 -> 40 classifier
+    with torch.no_grad():
+        for param in [*text.parameters(), *backbone.parameters()]:
+            param.uniform_(2.0, 3.0)
+    expected = {f"text_encoder.{k}": v.clone() for k, v in text.state_dict().items()}
+    expected |= {f"vision_backbone.{k}": v.clone() for k, v in backbone.state_dict().items()}
+    model = UMGFForTokenClassification(config, text_encoder=text, vision_backbone=backbone)
+    state = model.umgf.state_dict()
+    for name, value in expected.items():
+        assert torch.equal(state[name], value), name
+
+
+@pytest.mark.parametrize("field", ["dropout", "attention_dropout", "activation_dropout", "classifier_dropout", None])
+def test_each_dropout_acts_in_training_only(field: str | None) -> None:
+    """With only ``field`` non-zero, the outputs of a training-mode forward differ from eval mode; with none, they
+    are equal (object features: the backbone's BatchNorm would differ in training too)."""
+    rates = dict.fromkeys(("dropout", "attention_dropout", "activation_dropout", "classifier_dropout"), 0.0)
+    if field:
+        rates[field] = 0.5
+    text = tiny_config().text_config
+    text.hidden_dropout_prob = text.attention_probs_dropout_prob = 0.0  # BERT's own dropout is BERT's business
+    model = build(text_config=text, visual_value_projection=False, **rates)  # eq 2: dropout on the attention only
+    x = tiny_inputs()
+    x["object_features"] = torch.randn(2, 3, 96, generator=torch.Generator().manual_seed(0))
+    del x["pixel_values"]
+    with torch.no_grad():
+        evaluated = model(**x).logits
+        model.train()
+        trained = model(**x).logits
+    assert torch.equal(trained, evaluated) == (field is None)
+
+
+def test_default_word_ids_and_masks() -> None:
+    """Without ``word_ids`` every attended token is a word; without ``attention_mask`` every token is real;
+    without ``object_mask`` every object is real; ``inputs_embeds`` give the outputs of their ``input_ids``."""
+    model, x = build(), tiny_inputs(batch=2, tokens=6, objects=2)
+    ids, mask = x["input_ids"].clamp(min=1), x["attention_mask"]
+    objects = {"pixel_values": x["pixel_values"], "inter_modal_adjacency": x["inter_modal_adjacency"]}
+    token_words = torch.where(mask.bool(), mask.cumsum(1) - 1, -1)
+    embeds = model.umgf.text_encoder.get_input_embeddings()(ids)
+    all_real = torch.ones_like(mask)
+    with torch.no_grad():
+        for text in ({"input_ids": ids}, {"inputs_embeds": embeds}):
+            ref = model(input_ids=ids, attention_mask=mask, word_ids=token_words, **objects)
+            out = model(**text, attention_mask=mask, **objects)
+            torch.testing.assert_close(out.logits, ref.logits)
+            assert torch.equal(out.predictions, ref.predictions)
+            ref = model(input_ids=ids, attention_mask=all_real, word_ids=all_real.cumsum(1) - 1, **objects)
+            torch.testing.assert_close(model(**text, **objects).logits, ref.logits)
+            with_mask = model(**text, **objects, object_mask=torch.ones(2, 2, dtype=torch.long)).logits
+            torch.testing.assert_close(with_mask, ref.logits)
+            encoded = model.umgf(**text, **objects).last_hidden_state
+            torch.testing.assert_close(
+                encoded, model.umgf(input_ids=ids, attention_mask=all_real, **objects).last_hidden_state
+            )
+
+
+def test_new_input_embeddings_are_the_text_encoders() -> None:
+    model, ids = build(), torch.tensor([[2, 7, 9, 3]])
+    embeddings = torch.nn.Embedding(120, 32)
+    model.set_input_embeddings(embeddings)
+    assert model.get_input_embeddings() is embeddings is model.umgf.text_encoder.embeddings.word_embeddings
+    with torch.no_grad():
+        expected = model(inputs_embeds=embeddings(ids)).logits
+        torch.testing.assert_close(model(input_ids=ids).logits, expected)
+
+
+def test_outputs_hold_what_was_asked() -> None:
+    """Gates only with ``output_gates``; a loss only with labels; in training with labels, no decoding."""
+    model, x = build(), tiny_inputs()
+    labels = torch.tensor([[1, 2, 0, 3, 4], [5, 6, 0, 7, -100]])
+    out = model(**x)
+    assert out.gates is None and out.loss is None and out.predictions is not None
+    assert model.umgf(**x).gates is None
+    gates = model.umgf(**x, output_gates=True).gates
+    assert len(gates) == 2 and all(torch.equal(a, b) for a, b in zip(gates, model(**x, output_gates=True).gates))
+    model.train()
+    trained = model(**x, labels=labels)
+    assert trained.predictions is None and trained.loss is not None
+    unlabelled = model(**x)
+    assert torch.equal(unlabelled.predictions, model.crf.decode(unlabelled.logits, trained.word_mask, pad_value=-100))
+
+
+def test_loss_of_one_word_and_of_no_word_sentences() -> None:
+    """One word: -log p(y) = -(s_y - logsumexp_k s_k) with s_k = start_k + emission_k + end_k (eq 9-10). A batch
+    without any word (only special tokens) has nothing to score: the loss is 0, and still differentiable."""
+    model = build()
+    ids = torch.tensor([[2, 5, 3], [2, 7, 3]])
+    labels = torch.tensor([[4], [0]])
+    out = model(input_ids=ids, word_ids=torch.tensor([[-1, 0, -1]] * 2), labels=labels)
+    crf = model.crf
+    scores = crf.start_transitions + out.logits[:, 0] + crf.end_transitions
+    expected = -(scores.gather(1, labels) - scores.logsumexp(1, keepdim=True)).mean()
+    torch.testing.assert_close(out.loss, expected)
+    empty = model(input_ids=ids, word_ids=torch.full((2, 3), -1), labels=torch.zeros(2, 0, dtype=torch.long))
+    assert empty.loss.item() == 0.0 and empty.loss.requires_grad and empty.predictions.shape == (2, 0)
+
+
+def test_a_fusion_layer_without_any_of_its_visual_inputs_is_a_transformer_layer() -> None:
+    torch.manual_seed(0)
+    layer = UMGFFusionLayer(tiny_config()).eval()
+    h_x, h_o = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    text_mask, object_mask = torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)
+    adjacency = torch.ones(2, 5, 3)
+    text_only = layer(h_x, text_mask)[0]
+    for missing in range(3):
+        visual = [h_o, object_mask, adjacency]
+        visual[missing] = None
+        out, objects, gates = layer(h_x, text_mask, *visual)
+        assert objects is None and gates is None
+        torch.testing.assert_close(out, text_only)
+    assert not torch.allclose(layer(h_x, text_mask, h_o, object_mask, adjacency)[0], text_only)
+
+
+def test_save_pretrained_names_the_flat_modules_and_passes_its_arguments_on(tmp_path: Path, monkeypatch) -> None:
+    """The auto_map keeps entries it already had, and names the flat module files also when the classes were
+    loaded as remote code (module ``transformers_modules.<hash>.modeling_umgf``); save options reach transformers."""
+    model = build()
+    model.config.auto_map = {"AutoProcessor": "processing_umgf.UMGFProcessor"}
+    monkeypatch.setattr(UMGFModel, "__module__", "transformers_modules.abc123.modeling_umgf")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
+    saved = json.loads((tmp_path / "sharded" / "config.json").read_text())
+    assert saved["auto_map"]["AutoProcessor"] == "processing_umgf.UMGFProcessor"
+    assert saved["auto_map"]["AutoModel"] == "modeling_umgf.UMGFModel"
+    assert len(list((tmp_path / "sharded").glob("model-*-of-*.safetensors"))) > 1
+    model.save_pretrained(tmp_path / "not-main", False)  # is_main_process=False: the config is not written
+    assert not (tmp_path / "not-main" / "config.json").exists()
+
+
+def test_preparing_for_inference_switches_to_eval_channels_last_and_a_frozen_compile(monkeypatch) -> None:
+    """optimize_for_inference with the compiler stubbed (test_speed_options.py compiles for real)."""
+    model = build()
+    model.train()
+    x = tiny_inputs()
+    with torch.no_grad():
+        expected = build()(**x).logits
+    calls = []
+    monkeypatch.setattr(model.umgf.vision_backbone, "compile", lambda **kwargs: calls.append(kwargs))
+    assert model.optimize_for_inference() is model and not model.training
+    assert calls == [{"options": {"freezing": True}}]
+    convs = [m for m in model.umgf.vision_backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in convs)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).logits, expected, rtol=1e-5, atol=1e-5)
+    model.optimize_for_inference(compile_backbone=False)
+    assert len(calls) == 1
+    text_only = build(use_visual=False).train()
+    assert text_only.optimize_for_inference() is text_only and not text_only.training
+    encoder = UMGFModel(tiny_config()).train()  # the base model prepares its own backbone
+    assert encoder.optimize_for_inference(compile_backbone=False) is encoder and not encoder.training
+    assert all(
+        c.weight.is_contiguous(memory_format=torch.channels_last)
+        for c in encoder.vision_backbone.modules()
+        if isinstance(c, torch.nn.Conv2d)
+    )
+    assert not model.is_activation_checkpointing
+
+
+def test_checkpointing_leaves_a_backbone_without_timms_switch_alone() -> None:
+    class Pooled(torch.nn.Module):  # a vision backbone that is not timm's: no set_grad_checkpointing
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 96)
+
+        def forward(self, crops: torch.Tensor) -> torch.Tensor:
+            return self.proj(crops.mean((2, 3)))
+
+    model = UMGFForTokenClassification(tiny_config(), vision_backbone=Pooled())
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.umgf.layers)
+    model.train()
+    model(**tiny_inputs(), labels=torch.tensor([[1, 2, 0, 3, 4], [5, 6, 0, 7, -100]])).loss.backward()
+    assert model.umgf.vision_backbone.proj.weight.grad.abs().sum() > 0
+
+
+def test_the_visual_branch_refuses_what_it_cannot_encode() -> None:
+    with pytest.raises(ValueError, match=r"^this UMGF model has no visual branch \(config\.use_visual=False\)$"):
+        build(use_visual=False).umgf.encode_objects(torch.zeros(1, 1, 3, 8, 8), torch.ones(1, 1))
+    released = build()
+    released.umgf.vision_backbone = None
+    message = (
+        "this model's vision backbone was released (vision_backbone=None, e.g. to save memory when training from "
+        "cached features): give object_features instead of pixel_values"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        released.umgf.encode_objects(torch.zeros(1, 1, 3, 8, 8), torch.ones(1, 1))
+    with pytest.raises(ValueError, match=r"pixel_values must be \[batch, objects, 3, H, W\], got shape \(1, 3, 8, 8\)"):
+        build().umgf.encode_objects(torch.zeros(1, 3, 8, 8), torch.ones(1, 1))
+    with pytest.raises(ValueError, match=r"'test_resnet' gives 96-d features, but config\.vision_feature_dim is 50"):
+        build_vision_backbone(tiny_config(vision_feature_dim=50))
+
+
+def test_a_projected_backbone_gives_its_classifier_outputs_and_backbone_kwargs_reach_timm() -> None:
+    """vision_projection: the backbone ends with a trainable Linear(num_features, vision_feature_dim); the config's
+    timm arguments build the backbone (here max pooling): features equal timm's own model with those weights."""
+    config = tiny_config(vision_projection=True, vision_feature_dim=40, vision_backbone_kwargs={"global_pool": "max"})
+    torch.manual_seed(0)
+    backbone = build_vision_backbone(config).eval()
+    reference = timm.create_model("test_resnet", num_classes=40, global_pool="max").eval()
+    reference.load_state_dict(backbone.state_dict())
+    crops = torch.randn(2, 3, 2 * TINY_IMAGE, 2 * TINY_IMAGE)  # a 2 x 2 map to pool
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(crops), reference(crops))
+        average = timm.create_model("test_resnet", num_classes=40).eval()
+        average.load_state_dict(backbone.state_dict())
+        assert not torch.allclose(backbone(crops), average(crops))
+
+
+def test_composed_models_compute_with_their_parts(tmp_path: Path, monkeypatch) -> None:
+    """from_text_vision_pretrained: by default ResNet-152 with timm's pretrained weights (timm is stubbed here to
+    record the call and build the tiny backbone); the composed model's object features are the backbone's pooled
+    features; a text-only composition never builds a backbone; an encoder without a pooler argument is used as is."""
+    BertModel(tiny_config().text_config, add_pooling_layer=False).save_pretrained(tmp_path / "bert")
+    calls, create = [], timm.create_model
+
+    def recording_create(name, **kwargs):
+        calls.append((name, kwargs))
+        return create(
+            "test_resnet", **{k: v for k, v in kwargs.items() if k not in ("pretrained", "pretrained_cfg_overlay")}
+        )
+
+    monkeypatch.setattr(timm, "create_model", recording_create)
+    small = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
+    model = UMGFForTokenClassification.from_text_vision_pretrained(
+        str(tmp_path / "bert"), vision_backbone_kwargs={"global_pool": "max"}, **small
+    ).eval()
+    assert calls == [
+        ("resnet152", {"pretrained": True, "pretrained_cfg_overlay": None, "num_classes": 0, "global_pool": "max"})
+    ]
+    assert model.config.vision_backbone == "resnet152" and model.config.vision_feature_dim == 96
+    crops = torch.randn(1, 2, 3, TINY_IMAGE, TINY_IMAGE)
+    with torch.no_grad():
+        features = model.umgf.encode_objects(crops, torch.ones(1, 2))
+        torch.testing.assert_close(features[0], model.umgf.vision_backbone(crops[0]))
+        assert features.shape == (1, 2, 96)
+    calls.clear()
+    text_only = UMGFForTokenClassification.from_text_vision_pretrained(
+        str(tmp_path / "bert"), use_visual=False, **small
+    )
+    assert not calls and not text_only.config.use_visual and text_only.config.text_config.hidden_size == 32
+    out = text_only(input_ids=torch.tensor([[2, 7, 3]]))
+    assert out.logits.shape == (1, 3, 9)
+
+    distil = DistilBertConfig(vocab_size=120, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64)
+    model = UMGFForTokenClassification(tiny_config(text_config=distil, use_visual=False)).eval()
+    ids = torch.tensor([[2, 7, 9, 3]])
+    with torch.no_grad():
+        expected = model.umgf.text_encoder(input_ids=ids).last_hidden_state
+        assert torch.equal(model.umgf(input_ids=ids).text_encoder_hidden_state, expected)

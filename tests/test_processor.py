@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import textwrap
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 from conftest import run_without_package
 from PIL import Image
-from processor_fixtures import VOCAB, tiny_processor
+from processor_fixtures import VOCAB, tiny_processor, tiny_tokenizer
 
+from modeling_umgf.grounders import build_grounder
 from modeling_umgf.image_utils_umgf import UnreadableImageError, load_rgb_image
 
 KOHL = ["Photo", "of", "Helmut", "Kohl", "at", "the", "Brandenburg", "gate"]
@@ -106,7 +108,9 @@ def test_labels_align_to_words_and_truncation_is_reported(caplog) -> None:
     assert out["word_ids"].tolist() == [[-1, 0, 1, 2, 3, 3, 4, -1]]
     assert out["labels"].tolist() == [[0, 0, 1, 2, 0]]  # the 3 cut words get no loss
     assert out["truncated_words"] == [3] and out["num_words"] == [8]
-    assert "'tweet-1' (3 words)" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 sample(s) exceed max_length=8 sub-tokens; their last words get no loss and are tagged O: 'tweet-1' (3 words)"
+    ]
     # the Brandenburg gate's words are cut: its object keeps no edge; Helmut Kohl's and person's stay.
     assert out["inter_modal_adjacency"][0].int().tolist() == [
         [0, 0, 0],
@@ -186,7 +190,9 @@ def test_missing_or_unreadable_images_give_text_only_inputs_with_a_warning(caplo
             return_metadata=True,
         )
     assert "'missing': image file not found" in caplog.text and "'corrupt': cannot decode image" in caplog.text
-    assert "'no-image': 3 grounded objects but no image" in caplog.text
+    assert "sample 'no-image': 3 grounded objects but no image to crop them from; using it text-only" in [
+        r.getMessage() for r in caplog.records
+    ]
     assert out["object_mask"].tolist() == [[0] * 9, [0] * 9, [0] * 9, [1] * 9]  # "fine" gets the 3x3 grid
     assert not out["inter_modal_adjacency"][:3].any()
 
@@ -330,3 +336,211 @@ def test_save_and_load_in_a_process_where_the_package_is_not_importable(tmp_path
     assert set(loaded) == set(expected)
     for key in expected:
         torch.testing.assert_close(loaded[key], expected[key])
+
+
+def test_every_argument_and_value_is_named_in_its_error() -> None:
+    processor = tiny_processor()
+    for name in ("sample_ids", "labels", "images", "object_features", "grounding"):
+        with pytest.raises(ValueError, match=f"^{name} has 3 entries for 2 samples$"):
+            processor(words=[KOHL, KOHL], **{name: [None, None, None]})
+    with pytest.raises(
+        ValueError, match=r"^give exactly one of `text` \(raw text\) and `words` \(pre-tokenised words\)$"
+    ):
+        processor(words=KOHL, text="Photo")
+    with pytest.raises(ValueError, match="return_tensors must be None or 'pt', got 'np'"):
+        processor(words=KOHL, return_tensors="np")
+    with pytest.raises(ValueError, match=r"sample 'x': words \[1, 3\] are not strings"):
+        processor(words=["a", 1, "b", None], sample_ids="x")
+    for text, kind in ((123, "int"), (["Photo", 3], "list")):
+        with pytest.raises(ValueError, match=f"text must be a string or a list of strings, got {kind}$"):
+            processor(text=text)
+    long = "Photo of " * 20
+    with pytest.raises(ValueError, match=re.escape(f"got the string {long[:80]!r}: pass raw text as text=...")):
+        processor(words=long)
+    with pytest.raises(ValueError, match=r"words must be a list of words \(or of lists of words\), got int$"):
+        processor(words=5)
+    for label, message in (
+        (1.0, "label 1.0 is neither"),
+        (True, "label True is neither"),
+        (9, r"label id 9 outside 0\.\.8$"),
+        (-1, r"label id -1 outside 0\.\.8$"),
+    ):
+        with pytest.raises(ValueError, match=f"^sample 's2': {message}"):
+            processor(words=["gate"], labels=[label], sample_ids="s2")
+    bad_columns = {k: v for k, v in KOHL_GROUNDING.items() if k != "object_scores"}
+    with pytest.raises(ValueError, match=r"^sample 's3': grounding lacks the columns \['object_scores'\]$"):
+        processor(words=KOHL, grounding=bad_columns, sample_ids="s3")
+    with pytest.raises(ValueError, match=r"^sample 's4': object 2 \('the Brandenburg gate'\) has word span \[5, 8\)"):
+        processor(words=KOHL[:6], grounding=KOHL_GROUNDING, sample_ids="s4")
+
+
+def test_the_grounder_setting() -> None:
+    """Default: the paper's detector (built only when used); a Grounder object is used as is; a grounder given for one
+    call replaces the processor's for that call only."""
+    from modeling_umgf.grounding import GridGrounder
+
+    processor = tiny_processor()
+    default = type(processor)(processor.image_processor, processor.tokenizer)
+    assert (default.grounder, default.grounder_kwargs, default._grounder_instance) == ("detector", {}, None)
+    grid = GridGrounder(grid_size=2)
+    default.set_grounder(grid)
+    assert (default.grounder, default.grounder_kwargs, default.visual_grounder) == ("grid", {"grid_size": 2}, grid)
+    with pytest.raises(
+        ValueError, match=r"^give grounder keyword arguments with a grounder name, not with a Grounder$"
+    ):
+        default.set_grounder(grid, grid_size=3)
+    with pytest.raises(ValueError, match=r"^unknown grounder 'nope'; choose one of \['detector', 'grid', "):
+        default.set_grounder("nope")
+    image = quadrant_image()
+    assert processor(images=image, words=KOHL, return_tensors="pt")["object_mask"].shape == (1, 9)  # the 3 x 3 grid
+    for grounder in ("precomputed", build_grounder("precomputed")):  # grounds nothing: the sample is text-only
+        assert processor(images=image, words=KOHL, grounder=grounder, return_tensors="pt")["object_mask"].shape == (
+            1,
+            0,
+        )
+    assert default(images=image, words=KOHL, return_tensors="pt")["object_mask"].shape == (1, 4)
+
+
+def test_processor_keyword_arguments_reach_transformers(tmp_path: Path) -> None:
+    processor = tiny_processor()
+    with_template = type(processor)(processor.image_processor, processor.tokenizer, chat_template="{{ words }}")
+    assert with_template.chat_template == "{{ words }}"
+    processor.save_pretrained(tmp_path)
+    assert type(processor).from_pretrained(tmp_path, model_max_length=20).effective_max_length == 20
+
+
+def test_a_tokenizer_that_is_not_fast_is_refused() -> None:
+    from transformers import BertTokenizer
+
+    class Slow(BertTokenizer):
+        is_fast = False
+
+    image_processor = tiny_processor().image_processor
+    with pytest.raises(ValueError, match=r"^UMGFProcessor needs a fast tokenizer \(word_ids\), got Slow$"):
+        type(tiny_processor())(image_processor, Slow(vocab=IDS))
+
+
+def test_raw_text_batches_and_words_at_the_edges(caplog) -> None:
+    """A list of raw texts is a batch like the list of their words; a word that makes no sub-token becomes [UNK]
+    also at the end of the sentence; a tokenizer without an unknown token cuts long sentences but refuses such words."""
+    processor = tiny_processor(max_length=6)
+    texts = ["Photo of Helmut Kohl, at the Brandenburg gate", "Berlin rocks"]
+    with caplog.at_level(logging.WARNING):
+        processor(words=[KOHL, ["Berlin", "rocks"], KOHL], sample_ids=["a", "b", "c"])
+    assert (
+        "2 sample(s) exceed max_length=6 sub-tokens; their last words get no loss and are tagged O: 'a' (4 words), 'c' (4 words)"
+        in caplog.text
+    )
+    from_text = processor(text=texts, return_tensors="pt", return_metadata=True)
+    from_words = processor(words=[processor.split_words(t) for t in texts], return_tensors="pt", return_metadata=True)
+    assert from_text["words"] == from_words["words"] == [KOHL[:4] + [","] + KOHL[4:], ["Berlin", "rocks"]]
+    assert from_text["input_ids"].tolist() == from_words["input_ids"].tolist()
+    assert from_text["truncated_words"] == [5, 0]
+    unpadded = processor(text=texts)  # lists, one entry per text; a single text gives one example
+    assert unpadded["words"] == from_text["words"] and unpadded["input_ids"][1] == ids(
+        "[CLS]", "Berlin", "rocks", "[SEP]"
+    )
+    assert processor(text=texts[1])["input_ids"] == ids("[CLS]", "Berlin", "rocks", "[SEP]")
+    out = processor(words=["Photo", "gate", ""], labels=[0, 3, 0], return_tensors="pt")
+    assert out["input_ids"].tolist() == [ids("[CLS]", "Photo", "gate", "[UNK]", "[SEP]")]
+    assert out["word_ids"].tolist() == [[-1, 0, 1, 2, -1]] and out["labels"].tolist() == [[0, 3, 0]]
+    # the word before the last kept one makes no sub-token: [UNK], and the sentence encoded again is cut again
+    out = processor(words=["Photo", "of", "Helmut", "", "Kohl", "at", "gate"], return_tensors="pt")
+    assert out["input_ids"].tolist() == [ids("[CLS]", "Photo", "of", "Helmut", "[UNK]", "[SEP]")]
+    assert out["word_ids"].tolist() == [[-1, 0, 1, 2, 3, -1]]
+    processor.tokenizer.unk_token = None
+    cut = processor(words=KOHL, return_tensors="pt", return_metadata=True)
+    assert cut["word_ids"].tolist() == [[-1, 0, 1, 2, 3, -1]] and cut["truncated_words"] == [4]
+    with pytest.raises(ValueError, match=r"^words \[1\] of sentence 0 make no sub-token and the tokenizer has no unk"):
+        processor(words=["Photo", "", "gate"])
+
+
+def test_unpadded_examples_and_cached_features() -> None:
+    """An example holds the model inputs and the metadata; cached features become float32 [N, F] ([0, 0] without
+    objects, even when the sample has an image: cached features fix the objects, nothing is grounded)."""
+    processor = tiny_processor()
+    example = processor(words=KOHL, grounding=KOHL_GROUNDING, object_features=np.ones((3, 4)), sample_ids="k")
+    assert set(example) == {
+        "input_ids", "attention_mask", "token_type_ids", "word_ids", "object_features", "inter_modal_adjacency",
+        "sample_id", "words", "num_words", "truncated_words",
+        "object_boxes", "object_scores", "object_phrases", "object_word_start", "object_word_end",
+    }  # fmt: skip
+    assert example["object_features"].dtype == torch.float32 and example["object_features"].shape == (3, 4)
+    outside = {**KOHL_GROUNDING, "object_boxes": [[30, 5, 60, 30], [-5, 0, 10, 10], [0, 0, 1, 1]]}
+    kept = processor(images=quadrant_image(), words=KOHL, grounding=outside, object_features=np.ones((3, 4)))
+    assert kept["object_boxes"] == outside["object_boxes"]  # the features fix the objects: no clipping
+    bare = processor(images=quadrant_image(), words=KOHL, object_features=torch.zeros(0, 4))
+    assert bare["object_features"].shape == (0, 0) and bare["object_boxes"] == []
+    assert bare["inter_modal_adjacency"].shape == (11, 0)
+
+
+def test_dataset_columns_with_cached_features_and_without_grounding() -> None:
+    processor = tiny_processor()
+    features = [torch.arange(12.0).reshape(3, 4).tolist(), []]
+    columns = {
+        "tokens": [KOHL, ["Berlin"]],
+        "object_features": features,
+        **{column: [KOHL_GROUNDING[column], [] if column != "grounder" else ""] for column in KOHL_GROUNDING},
+    }
+    examples = processor.process_examples(columns)
+    batch = processor.data_collator()([{key: values[i] for key, values in examples.items()} for i in range(2)])
+    torch.testing.assert_close(batch["object_features"][0], torch.tensor(features[0]))
+    assert batch["object_mask"].tolist() == [[1, 1, 1], [0, 0, 0]]
+    text_only = processor.process_examples({"tokens": [["Berlin", "rocks"]]})
+    assert text_only["word_ids"] == [[-1, 0, 1, -1]] and text_only["object_boxes"] == [[]]
+
+
+def test_token_edges_of_a_sentence_without_tokens() -> None:
+    from modeling_umgf.multimodal_graph import token_object_adjacency
+
+    words = torch.tensor([[True, False], [False, True]])
+    assert token_object_adjacency(words, []).shape == (0, 2)
+    assert token_object_adjacency(words, [-1, 1, 0, -1]).tolist() == [
+        [False, False],
+        [False, True],
+        [True, False],
+        [False, False],
+    ]
+
+
+def test_split_batch_separates_inputs_and_metadata() -> None:
+    processor = tiny_processor()
+    batch = processor(words=[KOHL, ["gate"]], labels=[KOHL_TAGS, ["O"]], return_tensors="pt", return_metadata=True)
+    inputs, metadata = processor.split_batch(batch)
+    assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids", "word_ids", "labels", "pixel_values",
+                           "object_mask", "inter_modal_adjacency"}  # fmt: skip
+    assert set(metadata) == set(processor.metadata_keys) and metadata["words"] == [KOHL, ["gate"]]
+    assert all(inputs[key] is batch[key] for key in inputs)
+
+
+def test_padding_uses_the_tokenizers_pad_id() -> None:
+    vocab = [*VOCAB[1:9], "[PAD]", *VOCAB[9:]]  # [PAD] is id 8
+    processor = tiny_processor()
+    processor.tokenizer = tiny_tokenizer(vocab)
+    batch = processor(words=[KOHL, ["gate"]], return_tensors="pt")
+    assert batch["input_ids"][1].tolist() == [vocab.index(t) for t in ("[CLS]", "gate", "[SEP]")] + [8] * 8
+
+
+def test_loading_ignores_the_models_dtype_and_the_backbones_default_to_the_papers(tmp_path: Path, monkeypatch) -> None:
+    """transformers' pipeline hands ``dtype`` to the processor too: it is dropped, so the loaded processor saves.
+    ``from_backbones`` builds the tokenizer and crop transform of the paper's BERT and ResNet-152 by default."""
+    from modeling_umgf import processing_umgf
+
+    processor = tiny_processor()
+    processor.save_pretrained(tmp_path / "saved")
+    for key in ("dtype", "torch_dtype"):
+        loaded = type(processor).from_pretrained(tmp_path / "saved", **{key: torch.bfloat16})
+        loaded.save_pretrained(tmp_path / key)
+        assert "bfloat16" not in (tmp_path / key / "tokenizer_config.json").read_text()
+    made = []
+    monkeypatch.setattr(
+        processing_umgf.AutoTokenizer, "from_pretrained", lambda name: made.append(name) or tiny_tokenizer()
+    )
+    monkeypatch.setattr(
+        processing_umgf, "UMGFImageProcessor", lambda name: made.append(name) or processor.image_processor
+    )
+    built = type(processor).from_backbones(grounder="grid", max_length=20)
+    assert made == ["resnet152", "bert-base-cased"] and (built.grounder, built.max_length) == ("grid", 20)
+    assert built.image_processor is processor.image_processor and built.tokenizer.vocab == processor.tokenizer.vocab
+    type(processor).from_backbones("my-bert", "my-resnet")
+    assert made[2:] == ["my-resnet", "my-bert"]

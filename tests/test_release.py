@@ -365,3 +365,26 @@ def test_evaluating_a_converted_checkpoint_on_released_crops_is_one_command(tmp_
     assert [r["pred"] for r in records] == processor.decode_word_predictions(
         predictions, [len(t) for t in test["tokens"]]
     )
+
+
+def test_token_level_tags_and_marginals_of_a_batch() -> None:
+    """A first word of two pieces is tagged and X like any other; a batch's per-word marginals are each sentence's."""
+    from conftest import tiny_config
+
+    from modeling_umgf.modeling_umgf import word_layout
+
+    release = UMGFConfig.from_preset("release").to_diff_dict()
+    torch.manual_seed(1)
+    model = UMGFForTokenClassification(tiny_config(**{k: release[k] for k in ("crf_level", "token_labels")})).eval()
+    x = batch_of([([[11, 12], [13]], ["B-PER", "O"]), ([[19]], ["B-LOC"])], pad_to=None)
+    words = word_layout(x["word_ids"], x["attention_mask"], 2)
+    tags = model._token_tags(x["labels"], words)
+    assert [TAGS[t] for t in tags[0]] == ["CLS", "B-PER", "X", "O", "SEP"]
+    with torch.no_grad(), torch.device("meta"):  # made on the inputs' device (test_model_reference.py)
+        together = model.tag_probabilities(
+            model(input_ids=x["input_ids"], word_ids=x["word_ids"], attention_mask=x["attention_mask"])
+        )
+        for b, length in enumerate((5, 3)):
+            alone = model(input_ids=x["input_ids"][b : b + 1, :length], word_ids=x["word_ids"][b : b + 1, :length])
+            real = int(words.word_mask[b].sum())
+            torch.testing.assert_close(together[b, :real], model.tag_probabilities(alone)[0])

@@ -199,3 +199,27 @@ def test_transformers_packed_sequences_are_not_separated_for_bert_on_eager_or_sd
             input_ids=flat["input_ids"], position_ids=flat["position_ids"], attention_mask=torch.ones(1, 21)
         ).last_hidden_state[0]
         torch.testing.assert_close(flattened, everything, rtol=1e-5, atol=1e-5)  # = one 21-token sequence
+
+
+def test_packing_at_the_edges() -> None:
+    """An empty batch has nothing to pack; one token of one sequence packs into one slot; a batch whose packing saves
+    exactly MIN_SAVING of the slots is packed (5 x 4 slots, 16 real tokens in one row of 16)."""
+    encoder = tiny_bert()
+    assert encode_packed(encoder, torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long)) is None
+    for lengths, width in (([1], 5), ([4, 4, 4, 2, 2], 4)):
+        assert sum(lengths) == (1 - MIN_SAVING) * len(lengths) * width or lengths == [1]
+        x = ragged(lengths, width)
+        with torch.no_grad():
+            hidden = encode_packed(encoder, x["attention_mask"], x["input_ids"], token_type_ids=x["token_type_ids"])
+            assert hidden is not None
+            for b in range(len(lengths)):
+                real = x["attention_mask"][b].bool()
+                torch.testing.assert_close(hidden[b, real], alone(encoder, x, b), rtol=1e-5, atol=1e-5)
+
+
+def test_modules_without_a_bert_configuration_are_not_packed() -> None:
+    from types import SimpleNamespace
+
+    assert not can_pack(torch.nn.Linear(2, 2))  # no config at all
+    assert not can_pack(SimpleNamespace(config=SimpleNamespace()))  # a config without model type or attention
+    assert not can_pack(SimpleNamespace(config=SimpleNamespace(model_type="bert")))
