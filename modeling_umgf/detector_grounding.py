@@ -94,33 +94,44 @@ class GatherDeformableAttention(nn.Module):
             ],
             1,
         )
-        # Row of (batch b, cell s, head h) in the table: (b * cells + s) * heads + h. A bag (b, query, head) holds its
-        # 4 corners x levels x points rows.
-        rows = torch.empty(batch, queries, heads, 4, levels, points, dtype=torch.int32, device=value.device)
-        weights = torch.empty(batch, queries, heads, 4, levels, points, dtype=value.dtype, device=value.device)
-        base = torch.arange(batch, dtype=torch.int32, device=value.device).view(batch, 1, 1, 1) * (
-            table.shape[1] * heads
-        ) + torch.arange(heads, dtype=torch.int32, device=value.device).view(1, 1, heads, 1)
-        start = 0
-        for level, (height, width) in enumerate(shapes):
-            x = sampling_locations[:, :, :, level, :, 0] * width - 0.5  # [B, Q, heads, points], in pixels
-            y = sampling_locations[:, :, :, level, :, 1] * height - 0.5
-            x0, y0 = x.floor(), y.floor()
-            fx, fy = x - x0, y - y0
-            low_y = attention_weights[:, :, :, level]
-            high_y = fy * low_y
-            low_y = low_y - high_y  # attention weight x (1 - fy)
-            for corner, (wy, wx) in enumerate(((low_y, 1 - fx), (low_y, fx), (high_y, 1 - fx), (high_y, fx))):
-                torch.mul(wy, wx, out=weights[:, :, :, corner, level])
-            # corner coordinates in the bordered map: clamped to the border (-1 or the size), then shifted by 1
-            left = x0.clamp(-1, width).add_(1).to(torch.int32).mul_(heads)
-            right = x0.add_(1).clamp_(-1, width).add_(1).to(torch.int32).mul_(heads)
-            row_step = (width + 2) * heads
-            top = y0.clamp(-1, height).add_(1).to(torch.int32).mul_(row_step).add_(base + start * heads)
-            bottom = y0.add_(1).clamp_(-1, height).add_(1).to(torch.int32).mul_(row_step).add_(base + start * heads)
-            for corner, (ry, rx) in enumerate(((top, left), (top, right), (bottom, left), (bottom, right))):
-                torch.add(ry, rx, out=rows[:, :, :, corner, level])
-            start += (height + 2) * (width + 2)
+        starts = [0]
+        for height, width in shapes[:-1]:
+            starts.append(starts[-1] + (height + 2) * (width + 2))
+
+        def per_sample(values: list[int], dtype: torch.dtype) -> torch.Tensor:
+            """A constant of each level, for each of the ``levels * points`` samples of a query and head."""
+            return torch.tensor(values, dtype=dtype, device=value.device).repeat_interleave(points)
+
+        widths = per_sample([width for _, width in shapes], sampling_locations.dtype)
+        heights = per_sample([height for height, _ in shapes], sampling_locations.dtype)
+        samples = levels * points
+        locations = sampling_locations.reshape(batch, queries, heads, samples, 2)
+        x = locations[..., 0] * widths - 0.5  # in pixels of the sample's level
+        y = locations[..., 1] * heights - 0.5
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        attention = attention_weights.reshape(batch, queries, heads, samples)
+        high_y = fy * attention
+        low_y = attention - high_y  # attention weight x (1 - fy)
+        low_x = 1 - fx
+        # A bag (b, query, head) holds its 4 corners x samples; the row of (batch b, cell s, head h) in the table is
+        # (b * cells + s) * heads + h. Corner coordinates are clamped to the border (-1 or the size), shifted by 1.
+        weights = torch.empty(batch, queries, heads, 4, samples, dtype=value.dtype, device=value.device)
+        for corner, (wy, wx) in enumerate(((low_y, low_x), (low_y, fx), (high_y, low_x), (high_y, fx))):
+            torch.mul(wy, wx, out=weights[:, :, :, corner])
+        base = (
+            torch.arange(batch, dtype=torch.int32, device=value.device).view(batch, 1, 1, 1) * (table.shape[1] * heads)
+            + torch.arange(heads, dtype=torch.int32, device=value.device).view(1, 1, heads, 1)
+            + per_sample(starts, torch.int32) * heads
+        )
+        row_steps = per_sample([(width + 2) * heads for _, width in shapes], torch.int32)
+        left = x0.clamp(min=-1).minimum(widths).add_(1).to(torch.int32).mul_(heads)
+        right = x0.add_(1).clamp_(min=-1).minimum(widths).add_(1).to(torch.int32).mul_(heads)
+        top = y0.clamp(min=-1).minimum(heights).add_(1).to(torch.int32).mul_(row_steps).add_(base)
+        bottom = y0.add_(1).clamp_(min=-1).minimum(heights).add_(1).to(torch.int32).mul_(row_steps).add_(base)
+        rows = torch.empty(batch, queries, heads, 4, samples, dtype=torch.int32, device=value.device)
+        for corner, (ry, rx) in enumerate(((top, left), (top, right), (bottom, left), (bottom, right))):
+            torch.add(ry, rx, out=rows[:, :, :, corner])
         output = F.embedding_bag(
             rows.view(batch * queries * heads, -1),
             table.view(-1, dim),
@@ -161,7 +172,8 @@ class ZeroShotDetectorGrounder(Grounder):
         use_noun_phrases: ground the sentence's noun phrases (False: general words only).
         general_words: queries linked to every word.
         spacy_model: spaCy pipeline for noun phrases (see `NounPhraseExtractor`).
-        batch_size: images per detector forward pass.
+        batch_size: images per detector forward pass; None: 8 on a GPU, 1 on CPU (where batching makes every image
+            slower: BENCHMARKS.md).
         max_image_side: images with a longer side are shrunk to it before detection (a cap for huge images; the
             detector's processor then resizes every image to its input size).
         image_size: the shortest image side at the detector's input, its longest side capped in the processor's
@@ -195,7 +207,7 @@ class ZeroShotDetectorGrounder(Grounder):
         use_noun_phrases: bool = True,
         general_words: Sequence[str] = GENERAL_WORDS,
         spacy_model: str | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         max_image_side: int = 1333,
         image_size: int | None = None,
         device: str | None = None,
@@ -214,6 +226,13 @@ class ZeroShotDetectorGrounder(Grounder):
         self.image_size = image_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
+    @property
+    def images_per_pass(self) -> int:
+        """Images per detector forward pass (see ``batch_size``)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 1 if torch.device(self.device).type == "cpu" else 8
+
     def queries(self, sentences: Sequence[Sequence[str]]) -> list[list[Phrase]]:
         """The grounding queries of each sentence: the general words, then its noun phrases."""
         general = [Phrase(word, -1, -1) for word in self.general_words]
@@ -230,8 +249,8 @@ class ZeroShotDetectorGrounder(Grounder):
             by_size.setdefault(image.size, []).append(index)
         groundings: dict[int, Grounding] = {}
         for indices in by_size.values():
-            for start in range(0, len(indices), self.batch_size):
-                batch = indices[start : start + self.batch_size]
+            for start in range(0, len(indices), self.images_per_pass):
+                batch = indices[start : start + self.images_per_pass]
                 found = self._ground_batch(
                     [inputs[i] for i in batch],
                     [images[i].size for i in batch],

@@ -141,6 +141,12 @@ def test_detector_finds_the_boxes_of_the_plain_way_batched_and_with_the_gather_k
         np.testing.assert_allclose(fast.boxes, reference.boxes, rtol=1e-5, atol=1e-4)
 
 
+def test_detector_runs_one_image_per_pass_on_cpu_unless_told(detector: str) -> None:
+    assert ZeroShotDetectorGrounder(detector, device="cpu").images_per_pass == 1
+    assert ZeroShotDetectorGrounder(detector, device="cuda").images_per_pass == 8
+    assert ZeroShotDetectorGrounder(detector, batch_size=4, device="cpu").images_per_pass == 4
+
+
 def test_detector_image_size_sets_the_detector_input(detector: str) -> None:
     grounder = ZeroShotDetectorGrounder(detector, image_size=16, device="cpu")
     assert grounder.config()["image_size"] == 16
