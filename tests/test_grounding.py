@@ -11,8 +11,14 @@ import torch
 from PIL import Image
 from processor_fixtures import save_tiny_grounding_dino, tiny_processor
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+from transformers.models.grounding_dino.modeling_grounding_dino import MultiScaleDeformableAttention
 
-from modeling_umgf.detector_grounding import ReleaseGrounder, ZeroShotDetectorGrounder
+from modeling_umgf.detector_grounding import (
+    GatherDeformableAttention,
+    ReleaseGrounder,
+    ZeroShotDetectorGrounder,
+    _load_detector,
+)
 from modeling_umgf.grounders import build_grounder
 from modeling_umgf.grounding import GridGrounder, Grounding, PrecomputedGrounder
 from modeling_umgf.noun_phrases import NounPhraseExtractor, Phrase
@@ -45,7 +51,8 @@ def test_detector_caption_separates_queries_and_locates_them() -> None:
 
 
 def test_detector_grounder_matches_a_by_hand_phrase_grounding(detector: str) -> None:
-    """Each query's box is the detector query with the best score over the query's tokens."""
+    """Each query's box is the detector query with the best score over the query's tokens, each image detected as
+    it is alone (images of different sizes are not padded into one batch), with transformers' own model."""
     images = [noise_image(80, 50, 0), noise_image(40, 60, 1)]
     grounder = ZeroShotDetectorGrounder(
         detector, box_threshold=0.0, max_boxes_per_phrase=1, max_objects=100, device="cpu"
@@ -64,16 +71,15 @@ def test_detector_grounder_matches_a_by_hand_phrase_grounding(detector: str) -> 
     ]
     processor = AutoProcessor.from_pretrained(detector)
     model = AutoModelForZeroShotObjectDetection.from_pretrained(detector).eval()
-    inputs = processor(images=images, text=captions, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        outputs = model(**inputs)
-    for b, (image, sample_queries) in enumerate(zip(images, queries)):
+    for b, (image, caption, sample_queries) in enumerate(zip(images, captions, queries)):
+        with torch.no_grad():
+            outputs = model(**processor(images=[image], text=[caption], return_tensors="pt"))
         width, height = image.size
         expected = []
         for text, start, end, positions in sample_queries:
-            scores = [max(torch.sigmoid(outputs.logits[b, q, t]).item() for t in positions) for q in range(12)]
+            scores = [max(torch.sigmoid(outputs.logits[0, q, t]).item() for t in positions) for q in range(12)]
             best = int(np.argmax(scores))
-            cx, cy, w, h = outputs.pred_boxes[b, best].tolist()
+            cx, cy, w, h = outputs.pred_boxes[0, best].tolist()
             box = [
                 min(max((cx - w / 2) * width, 0), width),
                 min(max((cy - h / 2) * height, 0), height),
@@ -90,6 +96,71 @@ def test_detector_grounder_matches_a_by_hand_phrase_grounding(detector: str) -> 
         assert grounding.word_ends == [end for _, _, _, end, _ in expected]
         np.testing.assert_allclose(grounding.scores, [score for score, *_ in expected], rtol=1e-5)
         np.testing.assert_allclose(grounding.boxes, [box for *_, box in expected], rtol=1e-4, atol=1e-3)
+
+
+def test_gather_deformable_attention_equals_transformers_kernel() -> None:
+    """Samples inside, on the border of and outside the maps (zero padding), maps one cell wide, two images."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(5, 7), (3, 4), (1, 1), (2, 1)]
+    batch, heads, dim, queries, points = 2, 2, 4, 6, 3
+    value = torch.randn(batch, sum(h * w for h, w in shapes), heads, dim, generator=g)
+    spatial_shapes = torch.tensor(shapes)
+    level_start = torch.tensor([0] + [h * w for h, w in shapes]).cumsum(0)[:-1]
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2, generator=g) * 1.6 - 0.3
+    locations[0, 0, 0, 0, 0] = torch.tensor([0.0, 1.0])  # the maps' corners
+    weights = torch.rand(batch, queries, heads, len(shapes), points, generator=g)
+    args = (value, spatial_shapes, shapes, level_start, locations, weights, 64)
+    expected = MultiScaleDeformableAttention()(*args)
+    torch.testing.assert_close(GatherDeformableAttention()(*args), expected, rtol=1e-5, atol=1e-6)
+
+
+def set_deformable_attention(model: torch.nn.Module, kind: type[torch.nn.Module]) -> None:
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, (GatherDeformableAttention, MultiScaleDeformableAttention)):
+                setattr(module, name, kind())
+
+
+def test_detector_finds_the_boxes_of_the_plain_way_batched_and_with_the_gather_kernel(detector: str) -> None:
+    """The plain way: transformers' deformable attention, one image per forward pass. The grounder on CPU: the gather
+    kernel, same-size images batched together (different sizes are never padded into one batch)."""
+    images = [noise_image(80, 50, 0), noise_image(40, 60, 1), noise_image(80, 50, 2), noise_image(80, 50, 3)]
+    sentences, ids = [KOHL, LEONARD, LEONARD, KOHL], ["a", "b", "c", "d"]
+    _, model = _load_detector(detector, "cpu")
+    assert sum(isinstance(m, GatherDeformableAttention) for m in model.modules()) == 3  # 1 encoder + 2 decoder layers
+    kwargs = {"box_threshold": 0.0, "max_objects": 100, "device": "cpu"}
+    batched = ZeroShotDetectorGrounder(detector, batch_size=3, **kwargs).ground(images, sentences, ids)
+    try:
+        set_deformable_attention(model, MultiScaleDeformableAttention)
+        plain = ZeroShotDetectorGrounder(detector, batch_size=1, **kwargs).ground(images, sentences, ids)
+    finally:
+        set_deformable_attention(model, GatherDeformableAttention)
+    for fast, reference in zip(batched, plain):
+        assert fast.phrases == reference.phrases and len(fast) > 4
+        np.testing.assert_allclose(fast.scores, reference.scores, rtol=1e-5)
+        np.testing.assert_allclose(fast.boxes, reference.boxes, rtol=1e-5, atol=1e-4)
+
+
+def test_detector_runs_one_image_per_pass_on_cpu_unless_told(detector: str) -> None:
+    assert ZeroShotDetectorGrounder(detector, device="cpu").images_per_pass == 1
+    assert ZeroShotDetectorGrounder(detector, device="cuda").images_per_pass == 8
+    assert ZeroShotDetectorGrounder(detector, batch_size=4, device="cpu").images_per_pass == 4
+
+
+def test_detector_image_size_sets_the_detector_input(detector: str) -> None:
+    grounder = ZeroShotDetectorGrounder(detector, image_size=16, device="cpu")
+    assert grounder.config()["image_size"] == 16
+    _, model = _load_detector(detector, "cpu")
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["pixel_values"].shape), with_kwargs=True
+    )
+    try:
+        grounding = grounder.ground([noise_image(80, 50, 0)], [KOHL], ["a"])[0]
+    finally:
+        hook.remove()
+    assert seen == [(1, 3, 16, 25)]  # shortest side 16, longest 80 * 16 / 50 = 25.6 (under the cap of 2 x 16)
+    assert all(0 <= x0 < x1 <= 80 and 0 <= y0 < y1 <= 50 for x0, y0, x1, y1 in grounding.boxes)
 
 
 def test_detector_thresholds_caps_and_downscaling(detector: str) -> None:
