@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from sync_counting import SyncCounter
 
 from modeling_umgf.crf import CRF
 
@@ -73,10 +74,26 @@ def test_marginals_match_enumeration(case) -> None:
         torch.testing.assert_close(marginals[b], expected)
 
 
-def test_empty_sequence_is_refused() -> None:
+def test_empty_sequence_is_refused_unless_the_caller_checked() -> None:
+    """Every entry point refuses a sequence without positions; ``checked=True`` (the model's masks always start
+    with a position) skips that check and so reads nothing back from the device."""
     crf = CRF(2)
-    with pytest.raises(ValueError, match="at least one position"):
-        crf.log_partition(torch.zeros(2, 3, 2), torch.tensor([[1, 1, 0], [0, 0, 0]]))
+    emissions, tags = torch.zeros(2, 3, 2), torch.zeros(2, 3, dtype=torch.long)
+    empty, full = torch.tensor([[1, 1, 0], [0, 0, 0]]), torch.tensor([[1, 1, 0], [1, 0, 0]])
+    calls = {
+        "score": lambda mask, **kw: crf.score(emissions, tags, mask, **kw),
+        "log_partition": lambda mask, **kw: crf.log_partition(emissions, mask, **kw),
+        "log_likelihood": lambda mask, **kw: crf.log_likelihood(emissions, tags, mask, **kw),
+        "marginals": lambda mask, **kw: crf.marginals(emissions, mask, **kw),
+        "decode": lambda mask, **kw: crf.decode(emissions, mask, **kw),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="at least one position"):
+            call(empty)
+        with SyncCounter([emissions, tags, full, *crf.parameters()]) as counter:
+            checked = call(full, checked=True)
+        assert counter.syncs == [], (name, counter.syncs)
+        torch.testing.assert_close(checked, call(full))
 
 
 def test_a_crf_over_one_tag_gives_every_sequence_probability_one() -> None:

@@ -629,3 +629,26 @@ def test_composed_models_compute_with_their_parts(tmp_path: Path, monkeypatch) -
     with torch.no_grad():
         expected = model.umgf.text_encoder(input_ids=ids).last_hidden_state
         assert torch.equal(model.umgf(input_ids=ids).text_encoder_hidden_state, expected)
+
+
+def test_no_attention_row_reaches_the_kernel_fully_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tweet without objects beside one with objects: its object self-attention (eq 2) gets every key allowed,
+    never a row without keys (NaN or 0 depending on the SDPA kernel), and the tweet with objects gets exactly its
+    real objects, as when it is alone."""
+    from modeling_umgf.modeling_umgf import UMGFSelfAttention
+
+    masks: list[torch.Tensor] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args: torch.Tensor, attn_mask: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        masks.append(attn_mask)
+        return sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    attention = UMGFSelfAttention(tiny_config(), value_projection=True).eval()
+    hidden = torch.randn(2, 3, tiny_config().hidden_size)
+    key_mask = torch.tensor([[True, True, False], [False, False, False]])
+    both = attention(hidden, key_mask)
+    assert masks[0][:, 0, 0].tolist() == [[True, True, False], [True, True, True]]
+    torch.testing.assert_close(both[:1], attention(hidden[:1], key_mask[:1]))

@@ -223,3 +223,40 @@ def test_modules_without_a_bert_configuration_are_not_packed() -> None:
     assert not can_pack(torch.nn.Linear(2, 2))  # no config at all
     assert not can_pack(SimpleNamespace(config=SimpleNamespace()))  # a config without model type or attention
     assert not can_pack(SimpleNamespace(config=SimpleNamespace(model_type="bert")))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_the_packed_mask_suits_the_encoders_kernel_dtype_and_device(attn: str) -> None:
+    """SDPA gets the boolean block mask; eager attention, which adds the mask to its scores, a mask in the
+    encoder's dtype (a float32 mask would turn bfloat16 scores into float32 ones and fail against bfloat16 values)
+    made on the inputs' device, whatever the default device (here meta: a mask made there could not be used)."""
+    encoder = tiny_bert(attn).to(torch.bfloat16)
+    x = ragged(LENGTHS, width=12)
+    seen: list[torch.Tensor] = []
+    hook = encoder.register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True
+    )
+    with torch.no_grad(), torch.device("meta"):
+        hidden = encode_packed(encoder, x["attention_mask"], x["input_ids"], token_type_ids=x["token_type_ids"])
+    hook.remove()
+    assert hidden is not None and hidden.dtype == torch.bfloat16 and hidden.device.type == "cpu"
+    expected = {"sdpa": torch.bool, "eager": torch.bfloat16}[attn]
+    assert seen[0].dtype == expected and seen[0].device.type == "cpu"
+    with torch.no_grad():
+        for b in range(len(LENGTHS)):
+            real = x["attention_mask"][b].bool()
+            torch.testing.assert_close(hidden[b, real], alone(encoder, x, b), rtol=0.02, atol=0.02)
+
+
+def test_host_indices_go_to_a_gpu_through_pinned_memory_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packing's index tensors reach a CUDA device by a pinned, non-blocking copy (emulated: the copies are
+    recorded, not made), and any other device by a plain copy."""
+    from modeling_umgf.text_packing import _to_device
+
+    calls: list[object] = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *args, **kwargs: calls.append((args, kwargs)) or self)
+    cuda, meta = torch.device("cuda"), torch.device("meta")
+    _to_device(torch.arange(3), cuda)
+    _to_device(torch.arange(3), meta)
+    assert calls == ["pin", ((cuda,), {"non_blocking": True}), ((meta,), {})]
