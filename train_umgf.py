@@ -129,15 +129,6 @@ TRACKERS: tuple[str, ...] = (
     "dvclive",
     "swanlab",
 )
-#: What a checkpoint must share with the run that resumes from it (unless --force_resume).
-RESUME_KEYS: tuple[str, ...] = (
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "num_processes",
-    "data",
-    "preset",
-    "max_train_samples",
-)
 #: StepLR of the "step" scheduler: the lr is multiplied by STEP_GAMMA every STEP_EPOCHS epochs (the authors').
 STEP_EPOCHS, STEP_GAMMA = 2, 0.8
 
@@ -610,7 +601,7 @@ def score(
 
 
 def run_signature(args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
-    """What a checkpoint records of its run, so that resuming with other settings is refused (`RESUME_KEYS`)."""
+    """What a checkpoint records of its run: a run resuming from it must share all of it (unless --force_resume)."""
     if is_synthetic(args):
         data = f"synthetic {args.synthetic_sizes or 'default sizes'}"
     else:
@@ -829,11 +820,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if not (checkpoint / STATE_FILE).is_file():
             raise FileNotFoundError(f"{checkpoint} is not a checkpoint of this script (no {STATE_FILE})")
         saved = json.loads((checkpoint / STATE_FILE).read_text())
-        changed = {
-            key: (saved.get("run", {}).get(key), run[key])
-            for key in RESUME_KEYS
-            if saved.get("run", {}).get(key) != run[key]
-        }
+        before = saved.get("run", {})
+        changed = {key: (before.get(key), now) for key, now in run.items() if before.get(key) != now}
         if changed and not args.force_resume:
             raise SystemExit(
                 f"{checkpoint} was made by another run: "
