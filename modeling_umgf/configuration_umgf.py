@@ -88,8 +88,9 @@ class UMGFConfig(PreTrainedConfig):
             fused nodes (authors' release), or "text", the BERT output alone (BERT / BERT-CRF baselines).
         decoder_type: "crf" (eq 9-11) or "softmax".
         initializer_range: std of the normal initialisation of the fusion layers' linear maps.
-        text_packing: encode the text padding-free: the real tokens of the batch are packed into a few rows
-            with a block-diagonal attention mask (same outputs, no BERT work on padding; see
+        text_packing: encode the text padding-free: the real tokens of the batch are packed into a few rows whose
+            sequences are kept apart by transformers' own packed-sequence masking where the installed version
+            does it, by a block-diagonal attention mask elsewhere (same outputs, no BERT work on padding; see
             `text_packing.py`). Used only with a BERT text encoder on eager or SDPA attention and when it
             saves at least 20 % of the token slots; otherwise the padded batch is encoded as usual.
         activation_dropout: dropout inside the FFN, after its ReLU (None: ``dropout``; authors: 0).

@@ -1,46 +1,59 @@
 """Padding-free ("packed") text encoding for BERT encoders.
 
-Tweets are short and uneven: on Twitter-2017 a batch of 16 holds about 20 real sub-tokens per tweet but is
-padded to its longest tweet (about 35), so nearly half of BERT's work is spent on padding. Packing lays the
-real tokens of several sequences side by side in a few rows, gives each token the position id it has in the
-padded batch, and masks attention block-diagonally, so that every token attends to exactly the tokens it
-attends to in the padded batch. The outputs at real tokens are the padded outputs up to float rounding, and
-no linear layer runs on padding (BERT forward + backward on 16 real tweets: 1.4x faster on 2 CPU cores).
+Tweets are short and uneven, so a padded batch spends much of BERT's work on padding. Packing lays the real
+tokens of several sequences side by side in a few rows, gives each token the position id it has in the padded
+batch, and keeps the sequences apart in attention, so that every token attends to exactly the tokens it attends
+to in the padded batch: the outputs at real tokens are the padded outputs up to float rounding, and no layer runs
+on padding.
 
-Why by hand (checked on transformers 5.24): transformers' padding-free format, `DataCollatorWithFlattening`,
-concatenates a batch into one row whose ``position_ids`` restart at every sequence, with no attention mask.
-Only two places keep such packed sequences apart: the flash-attention kernels (``_flash_attention_forward``
-derives the sequence boundaries from the position ids, or takes the collator's ``cu_seq_lens``), which need a
-GPU, and the causal masks: `masking_utils.create_causal_mask` calls `find_packed_sequence_indices` on the
-position ids when no attention mask is given. BERT is bidirectional: `BertModel` builds its mask with
-`create_bidirectional_mask`, which is not given the position ids, so on eager and SDPA attention every token of
-the row attends to every packed sequence and the outputs differ from encoding each sequence alone (the position
-ids only pick the position embeddings; tests/test_text_packing.py shows it). Speed is then moot on these
-kernels, and the flattened batch would not fit the rest of UMGF either, which needs the padded batch (word ids,
-objects, edges). So only the text encoder sees packed rows here, through a prepared 4D block-diagonal mask, which
-`create_bidirectional_mask` passes on as it is to BERT's eager and SDPA attention.
+Two ways to keep the packed sequences apart, chosen per call by `packing_mode`:
 
-Fallback (documented in ``UMGFConfig.text_packing``): an encoder that is not a BERT (other encoders
-compute position ids their own way, e.g. RoBERTa offsets them past the padding index), that uses another
-attention kernel, or a batch where packing would save less than ``MIN_SAVING`` of the token slots, is
-encoded padded, as usual.
+- ``"library"``: transformers' own padding-free format. From transformers `LIBRARY_PACKING_SINCE` on, BERT passes
+  its ``position_ids`` to `masking_utils.create_bidirectional_mask`, which, given no attention mask, finds the
+  packed sequences where the position ids do not step by one (`find_packed_sequence_indices`) and masks
+  attention between them, on eager and SDPA attention alike (the format of `DataCollatorWithFlattening`). The
+  rows are then given only their position ids. Used where the installed transformers does this and the position
+  ids do separate the sequences (each sequence's real tokens contiguous, and no sequence starting right where the
+  one before it in the row ends, which only mixed left and right padding can cause).
+- ``"block"``: a hand-built 4D block-diagonal mask, passed to BERT as its attention mask (which
+  `create_bidirectional_mask` hands on as it is). Kept for transformers before `LIBRARY_PACKING_SINCE`, whose
+  BERT mask ignores the position ids (every packed token would attend to every sequence of its row), and for
+  the batches whose position ids cannot separate their sequences.
+
+Both give the same outputs; BENCHMARKS.md ("Text packing") times them side by side.
+
+Fallback (documented in ``UMGFConfig.text_packing``): an encoder that is not a BERT (other encoders compute
+position ids their own way, e.g. RoBERTa offsets them past the padding index), that uses another attention
+kernel, or a batch where packing would save less than ``MIN_SAVING`` of the token slots, is encoded padded.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+import transformers
+from packaging.version import Version
 from torch import nn
 
 #: Encoders whose position ids are the column index 0..T-1 and which take a prepared 4D additive mask.
 PACKABLE_MODEL_TYPES = frozenset({"bert"})
 PACKABLE_ATTENTION = frozenset({"sdpa", "eager"})
+#: The first transformers whose BERT keeps packed sequences apart by their position ids on eager/SDPA attention.
+LIBRARY_PACKING_SINCE = Version("5.25.0")
 #: Rows are filled up to this many tokens (or the padded length, if longer). Attention inside a row costs
 #: O(row length) per token, and training keeps O(row length^2) attention probabilities per row for the
-#: backward pass: rows of 512 made a batch-16 training step 0.09 GiB heavier than the padded batch, rows
-#: of 128 as light (BENCHMARKS.md), for still about a third fewer token slots.
+#: backward pass, so long rows cost memory (BENCHMARKS.md).
 ROW_CAPACITY = 128
 #: Pack only when it removes at least this share of the padded batch's token slots.
 MIN_SAVING = 0.2
+
+PackingMode = Literal["auto", "library", "block"]
+
+
+def library_separates_packed_sequences(version: str = transformers.__version__) -> bool:
+    """Whether this transformers' BERT keeps packed sequences apart by their position ids (see the module doc)."""
+    return Version(version).release >= LIBRARY_PACKING_SINCE.release
 
 
 def can_pack(encoder: nn.Module) -> bool:
@@ -63,11 +76,47 @@ def pack_rows(lengths: list[int], capacity: int) -> list[int]:
     return rows
 
 
+def positions_separate_sequences(real: torch.Tensor, rows: list[int]) -> bool:
+    """Whether position ids alone tell the packed sequences apart (see the module doc).
+
+    ``real``: the padded batch's host mask [B, T]; ``rows``: the row of each sequence. True when every sequence's
+    real tokens are contiguous and, within a row, no sequence starts at the position after the previous one's last.
+    """
+    lengths = real.sum(dim=1)
+    first = real.to(torch.int8).argmax(dim=1)
+    runs = real.long().diff(dim=1, prepend=torch.zeros_like(real[:, :1], dtype=torch.long)).eq(1).sum(dim=1)
+    if bool((runs > 1).any()):  # a sequence with a hole: its position ids would split it in two
+        return False
+    previous_end: dict[int, int] = {}  # row -> position after the last token placed there
+    for row, start, n in zip(rows, first.tolist(), lengths.tolist()):
+        if n == 0:
+            continue
+        if previous_end.get(row) == start:
+            return False
+        previous_end[row] = start + n
+    return True
+
+
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on ``device``: through pinned memory on CUDA, so the copy does not wait for the device."""
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def _block_mask(encoder: nn.Module, segment: torch.Tensor) -> torch.Tensor:
+    """The 4D mask [rows, 1, W, W] letting a token attend to its own segment only, in the form the kernel takes.
+
+    Empty slots (segment -1) attend only to each other, so no attention row is fully masked (that would give NaNs)
+    and no real token sees them. SDPA takes the boolean mask as it is, whatever dtype its queries have (under
+    autocast too); eager attention adds it to its scores, so it gets an additive mask in the encoder's dtype.
+    """
+    allowed = segment[:, None, :, None] == segment[:, None, None, :]
+    if getattr(encoder.config, "_attn_implementation", None) == "sdpa":
+        return allowed
+    dtype = next(encoder.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def encode_packed(
@@ -76,11 +125,13 @@ def encode_packed(
     input_ids: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
     token_type_ids: torch.Tensor | None = None,
+    packing_mode: PackingMode = "auto",
 ) -> torch.Tensor | None:
     """BERT's last hidden state [B, T, H] for a padded batch, computed on packed rows (zeros at padding).
 
-    Returns None when packing would not save at least ``MIN_SAVING`` of the token slots: the caller then
-    encodes the padded batch.
+    ``packing_mode``: how the packed sequences are kept apart (module doc); "auto" takes transformers' own way
+    where it can. Returns None when packing would not save at least ``MIN_SAVING`` of the token slots: the caller
+    then encodes the padded batch.
     """
     # The layout is decided on the host: the mask is read back once (the one device sync of the packing), and the
     # index tensors go back as pinned, asynchronous copies.
@@ -97,6 +148,16 @@ def encode_packed(
     width = max(fill, default=0)
     if width == 0 or num_rows * width > (1 - MIN_SAVING) * batch * length:
         return None
+    if packing_mode != "block":
+        supported = library_separates_packed_sequences()
+        separable = positions_separate_sequences(real, rows)
+        if packing_mode == "library" and not (supported and separable):
+            raise ValueError(
+                f"packing_mode='library' needs transformers >= {LIBRARY_PACKING_SINCE} (installed: "
+                f"{transformers.__version__}) and sequences that position ids can separate (contiguous real tokens, "
+                f"no mixed left/right padding): use 'block' or 'auto'"
+            )
+        packing_mode = "library" if supported and separable else "block"
 
     # Where each real token goes: (row, slot), its source (sequence, column), and its segment for the mask.
     seq_index, column = real.nonzero(as_tuple=True)  # row-major: tokens of a sequence in column order
@@ -109,8 +170,6 @@ def encode_packed(
     device = attention_mask.device
     seq_index, column, row_of, slot_of = (_to_device(t, device) for t in (seq_index, column, row_of, slot_of))
 
-    segment = torch.full((num_rows, width), -1, dtype=torch.long, device=device)
-    segment[row_of, slot_of] = seq_index
     position_ids = torch.zeros(num_rows, width, dtype=torch.long, device=device)
     position_ids[row_of, slot_of] = column  # the position id the token has in the padded batch
     kwargs: dict[str, torch.Tensor] = {"position_ids": position_ids}
@@ -127,18 +186,26 @@ def encode_packed(
         packed_types = token_type_ids.new_zeros(num_rows, width)
         packed_types[row_of, slot_of] = token_type_ids[seq_index, column]
         kwargs["token_type_ids"] = packed_types
-    # A token attends to the tokens of its own sequence; empty slots (segment -1) only to each other, so no
-    # attention row is fully masked (that would give NaNs) and no real token sees them. SDPA takes the boolean
-    # mask as it is, whatever dtype its queries have (under autocast too); eager attention adds it to its scores.
-    allowed = segment[:, None, :, None] == segment[:, None, None, :]
-    mask = allowed
-    if getattr(encoder.config, "_attn_implementation", None) != "sdpa":
-        dtype = next(encoder.parameters()).dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
-    packed = encoder(attention_mask=mask, **kwargs).last_hidden_state
+    if packing_mode == "block":
+        segment = torch.full((num_rows, width), -1, dtype=torch.long, device=device)
+        segment[row_of, slot_of] = seq_index
+        kwargs["attention_mask"] = _block_mask(encoder, segment)
+    # "library": no mask; BERT's mask keeps apart the runs of position ids (each empty slot, at position 0 after a
+    # sequence or another empty slot, is a run of its own, seen by no real token).
+    packed = encoder(**kwargs).last_hidden_state
     hidden = packed.new_zeros(batch, length, packed.shape[-1])
     hidden[seq_index, column] = packed[row_of, slot_of]
     return hidden
 
 
-__all__ = ["MIN_SAVING", "PACKABLE_MODEL_TYPES", "ROW_CAPACITY", "can_pack", "encode_packed", "pack_rows"]
+__all__ = [
+    "LIBRARY_PACKING_SINCE",
+    "MIN_SAVING",
+    "PACKABLE_MODEL_TYPES",
+    "ROW_CAPACITY",
+    "can_pack",
+    "encode_packed",
+    "library_separates_packed_sequences",
+    "pack_rows",
+    "positions_separate_sequences",
+]

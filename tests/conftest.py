@@ -134,3 +134,28 @@ def tiny_inputs(batch: int = 2, tokens: int = 8, objects: int = 3, seed: int = 0
 @pytest.fixture
 def config() -> UMGFConfig:
     return tiny_config()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "assumes(package, versions, behaviour): the test depends on a third-party behaviour, checked on those versions",
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failing test marked ``assumes`` names the third-party behaviour and versions it assumed and the installed one."""
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("assumes")
+    if marker is not None and report.failed:
+        from importlib.metadata import version
+
+        package, versions, behaviour = marker.args
+        report.sections.append(
+            (
+                "third-party assumption",
+                f"this test assumes {behaviour} ({package} {versions}); installed: {package} {version(package)}",
+            )
+        )

@@ -6,14 +6,28 @@ every real token that output, whatever the padding side, token types, or attenti
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+import transformers
 from conftest import tiny_bert_config, tiny_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packaging.version import Version
 from transformers import BertModel, DataCollatorWithFlattening, RobertaConfig, RobertaModel
-from transformers.masking_utils import create_bidirectional_mask, find_packed_sequence_indices
+from transformers.masking_utils import find_packed_sequence_indices
 
 from modeling_umgf import UMGFForTokenClassification
-from modeling_umgf.text_packing import MIN_SAVING, can_pack, encode_packed, pack_rows
+from modeling_umgf.text_packing import (
+    LIBRARY_PACKING_SINCE,
+    MIN_SAVING,
+    can_pack,
+    encode_packed,
+    library_separates_packed_sequences,
+    pack_rows,
+    positions_separate_sequences,
+)
 
 LENGTHS = [12, 3, 5, 2, 12, 4, 9]
 
@@ -54,13 +68,18 @@ def alone(encoder: BertModel, x: dict[str, torch.Tensor], b: int) -> torch.Tenso
     ).last_hidden_state[0]
 
 
+@pytest.mark.parametrize("mode", ["block", "library", "auto"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("left", [False, True])
-def test_packed_outputs_equal_each_sequence_encoded_alone(attn: str, left: bool) -> None:
+def test_packed_outputs_equal_each_sequence_encoded_alone(attn: str, left: bool, mode: str) -> None:
+    if mode == "library" and not library_separates_packed_sequences():
+        pytest.skip(f"transformers {transformers.__version__} < {LIBRARY_PACKING_SINCE}: BERT mixes packed sequences")
     encoder = tiny_bert(attn)
     x = ragged(LENGTHS, width=12, left=left)
     with torch.no_grad():
-        hidden = encode_packed(encoder, x["attention_mask"], x["input_ids"], token_type_ids=x["token_type_ids"])
+        hidden = encode_packed(
+            encoder, x["attention_mask"], x["input_ids"], token_type_ids=x["token_type_ids"], packing_mode=mode
+        )
         assert hidden is not None and hidden.shape == (len(LENGTHS), 12, 32)
         for b in range(len(LENGTHS)):
             real = x["attention_mask"][b].bool()
@@ -171,34 +190,147 @@ def test_model_with_packing_matches_the_padded_model_in_outputs_loss_and_gradien
         torch.testing.assert_close(packed_grads[name], padded_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.assumes(
+    "transformers", f">= {LIBRARY_PACKING_SINCE} separates, earlier does not", "BERT's packed-sequence mask"
+)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_transformers_packed_sequences_are_not_separated_for_bert_on_eager_or_sdpa(attn: str) -> None:
-    """Why text_packing.py builds its own mask: `DataCollatorWithFlattening` packs sequences into one row with
-    restarting ``position_ids`` and no attention mask. transformers finds the sequences in such position ids
-    (`find_packed_sequence_indices`) only for causal masks; BERT builds its mask with `create_bidirectional_mask`,
-    which does not look at them, so on eager/SDPA attention every token attends to every packed sequence."""
+def test_transformers_keeps_packed_sequences_apart_exactly_where_the_library_mode_is_used(attn: str) -> None:
+    """transformers' padding-free format (`DataCollatorWithFlattening`: one row, position ids restarting at every
+    sequence, no attention mask) gives each sequence its output alone on the versions where `encode_packed` relies
+    on it (``library_separates_packed_sequences``), and mixes the sequences on the others, which is why the
+    hand-built block mask stays for them."""
     encoder = tiny_bert(attn)
     x = ragged([7, 5, 9], width=9)
     sequences = [x["input_ids"][b, : int(x["attention_mask"][b].sum())].tolist() for b in range(3)]
     flat = DataCollatorWithFlattening(return_tensors="pt")([{"input_ids": ids} for ids in sequences])
     assert flat["position_ids"].tolist() == [[*range(7), *range(5), *range(9)]]
-    assert find_packed_sequence_indices(flat["position_ids"]).tolist() == [[0] * 7 + [1] * 5 + [2] * 9]
-    embeds = torch.zeros(1, 21, 32)
-    mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=embeds, attention_mask=None)
-    assert mask is None or not mask.any()  # no blocking between the sequences
     with torch.no_grad():
         flattened = encoder(input_ids=flat["input_ids"], position_ids=flat["position_ids"]).last_hidden_state[0]
-        packed = encode_packed(encoder, x["attention_mask"], x["input_ids"])
-        assert packed is not None
-        for b, (start, n) in enumerate(zip((0, 7, 12), (7, 5, 9))):
-            single = encoder(input_ids=torch.tensor([sequences[b]])).last_hidden_state[0]
-            torch.testing.assert_close(packed[b, :n], single, rtol=1e-5, atol=1e-5)
-            # float rounding is ~1e-6: these tokens attended to the other sequences
-            assert (flattened[start : start + n] - single).abs().max() > 1e-3
-        everything = encoder(
-            input_ids=flat["input_ids"], position_ids=flat["position_ids"], attention_mask=torch.ones(1, 21)
-        ).last_hidden_state[0]
-        torch.testing.assert_close(flattened, everything, rtol=1e-5, atol=1e-5)  # = one 21-token sequence
+        singles = [encoder(input_ids=torch.tensor([ids])).last_hidden_state[0] for ids in sequences]
+    worst = max(
+        (flattened[s : s + n] - single).abs().max().item() for s, n, single in zip((0, 7, 12), (7, 5, 9), singles)
+    )
+    installed = transformers.__version__
+    if library_separates_packed_sequences():
+        assert worst < 1e-5, f"transformers {installed} mixes packed sequences for BERT (difference {worst:.1e})"
+    else:  # float rounding is ~1e-6: these tokens attended to the other sequences
+        assert worst > 1e-3, f"transformers {installed} keeps packed sequences apart: raise LIBRARY_PACKING_SINCE's use"
+
+
+def test_the_library_mode_is_chosen_by_the_installed_version() -> None:
+    assert not library_separates_packed_sequences("5.24.0")
+    assert library_separates_packed_sequences("5.25.0") and library_separates_packed_sequences("5.25.0.dev0")
+    assert library_separates_packed_sequences("5.26.1") and library_separates_packed_sequences("6.0.0")
+    assert library_separates_packed_sequences() == (Version(transformers.__version__).release >= (5, 25, 0))
+
+
+def library_segments(real: torch.Tensor, rows: list[int]) -> bool:
+    """Brute force: lay the sequences out in their rows with their padded-batch positions (empty slots at 0) and ask
+    transformers' own `find_packed_sequence_indices` whether its runs are exactly the sequences."""
+    lengths = real.sum(1).tolist()
+    width = max(sum(n for n, r in zip(lengths, rows) if r == row) for row in set(rows))
+    if width == 0:
+        return True  # nothing to pack
+    positions = torch.zeros(max(rows) + 1, width, dtype=torch.long)
+    owner = torch.full((max(rows) + 1, width), -1)
+    fill = [0] * (max(rows) + 1)
+    for b, row in enumerate(rows):
+        cols = real[b].nonzero().squeeze(1)
+        positions[row, fill[row] : fill[row] + len(cols)] = cols
+        owner[row, fill[row] : fill[row] + len(cols)] = b
+        fill[row] += len(cols)
+    found = find_packed_sequence_indices(positions)
+    found = torch.zeros_like(positions) if found is None else found
+    for row in range(positions.shape[0]):
+        for i in range(width):
+            for j in range(width):
+                same_run = bool(found[row, i] == found[row, j])  # j an empty slot: never the same owner
+                if owner[row, i] >= 0 and same_run != bool(owner[row, i] == owner[row, j]):
+                    return False
+    return True
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 6), st.integers(0, 6), st.sampled_from(["right", "left", "hole", "empty"])),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(4, 20),
+)
+def test_positions_separate_sequences_exactly_when_transformers_finds_them(
+    specs: list[tuple[int, int, str]], capacity: int
+) -> None:
+    """`positions_separate_sequences` says yes exactly when transformers' own segmentation of the packed position
+    ids keeps every real token with the tokens of its sequence and away from the others (brute force)."""
+    width = 8
+    real = torch.zeros(len(specs), width, dtype=torch.bool)
+    for b, (n, gap, kind) in enumerate(specs):
+        n = min(n, width)
+        if kind == "right":
+            real[b, :n] = True
+        elif kind == "left":
+            real[b, width - n :] = True
+        elif kind == "hole" and n >= 2:
+            real[b, : n // 2] = True
+            real[b, min(width - 1, n // 2 + 1 + gap % 3) : min(width, n + 1 + gap % 3)] = True
+    rows = pack_rows(real.sum(1).tolist(), max(width, capacity))
+    assert positions_separate_sequences(real, rows) == library_segments(real, rows)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_auto_mode_takes_the_library_path_where_it_can_and_the_block_mask_elsewhere(
+    attn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mask BERT is given: none (transformers finds the sequences) in "auto" on a transformers that separates
+    them and for separable batches; the block mask otherwise. Either way, each sequence gets its output alone."""
+    import modeling_umgf.text_packing as text_packing
+
+    encoder = tiny_bert(attn)
+    masks: list[object] = []
+    hook = encoder.register_forward_pre_hook(
+        lambda _m, _a, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    right = ragged(LENGTHS, width=12)
+    mixed = ragged([3, 9], width=12)  # right-padded 3 then left-padded 9: positions 0,1,2 | 3..11 run on
+    mixed["attention_mask"][1] = torch.tensor([0] * 3 + [1] * 9)
+    mixed["input_ids"][1] = torch.tensor([0] * 3 + list(range(5, 14)))
+    mixed["token_type_ids"][1] = torch.tensor([0] * 3 + [1] * 9)
+    cases = [(right, True, None), (mixed, True, "block"), (right, False, "block")]
+    installed_separates = library_separates_packed_sequences()
+    for x, supported, expected in cases:
+        monkeypatch.setattr(text_packing, "library_separates_packed_sequences", lambda supported=supported: supported)
+        masks.clear()
+        with torch.no_grad():
+            hidden = encode_packed(encoder, x["attention_mask"], x["input_ids"], token_type_ids=x["token_type_ids"])
+        assert hidden is not None
+        assert (masks[0] is None) if expected is None else (masks[0] is not None and masks[0].dim() == 4)
+        if installed_separates or expected == "block":
+            for b in range(x["input_ids"].shape[0]):
+                real = x["attention_mask"][b].bool()
+                torch.testing.assert_close(hidden[b, real], alone(encoder, x, b), rtol=1e-5, atol=1e-5)
+    hook.remove()
+
+
+def test_the_library_mode_refuses_what_it_cannot_separate(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modeling_umgf.text_packing as text_packing
+
+    encoder = tiny_bert()
+    holed = ragged([5, 4, 6], width=8)
+    holed["attention_mask"][0] = torch.tensor([1, 1, 0, 1, 1, 1, 0, 0])
+    with pytest.raises(ValueError, match=r"packing_mode='library' needs transformers >= 5\.25\.0 \(installed: "):
+        encode_packed(encoder, holed["attention_mask"], holed["input_ids"], packing_mode="library")
+    monkeypatch.setattr(text_packing, "library_separates_packed_sequences", lambda: False)
+    x = ragged(LENGTHS, width=12)
+    with pytest.raises(ValueError, match=f"installed: {re.escape(transformers.__version__)}"):
+        encode_packed(encoder, x["attention_mask"], x["input_ids"], packing_mode="library")
+    with torch.no_grad():  # the block mask separates a sequence with a hole: each token sees its sequence's tokens
+        hidden = encode_packed(encoder, holed["attention_mask"], holed["input_ids"], packing_mode="auto")
+        padded = encoder(input_ids=holed["input_ids"], attention_mask=holed["attention_mask"]).last_hidden_state
+    assert hidden is not None
+    real = holed["attention_mask"].bool()
+    torch.testing.assert_close(hidden[real], padded[real], rtol=1e-5, atol=1e-5)
 
 
 def test_packing_at_the_edges() -> None:
@@ -225,23 +357,31 @@ def test_modules_without_a_bert_configuration_are_not_packed() -> None:
     assert not can_pack(SimpleNamespace(config=SimpleNamespace(model_type="bert")))
 
 
+@pytest.mark.parametrize("mode", ["block", "library"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_the_packed_mask_suits_the_encoders_kernel_dtype_and_device(attn: str) -> None:
-    """SDPA gets the boolean block mask; eager attention, which adds the mask to its scores, a mask in the
-    encoder's dtype (a float32 mask would turn bfloat16 scores into float32 ones and fail against bfloat16 values)
-    made on the inputs' device, whatever the default device (here meta: a mask made there could not be used)."""
+def test_the_packed_mask_suits_the_encoders_kernel_dtype_and_device(attn: str, mode: str) -> None:
+    """Block mode: SDPA gets the boolean block mask; eager attention, which adds the mask to its scores, a mask in
+    the encoder's dtype (a float32 mask would turn bfloat16 scores into float32 ones and fail against bfloat16
+    values) made on the inputs' device, whatever the default device (here meta: a mask made there could not be
+    used). Library mode: no mask, and position ids on the inputs' device under the same default device."""
+    if mode == "library" and not library_separates_packed_sequences():
+        pytest.skip(f"transformers {transformers.__version__} < {LIBRARY_PACKING_SINCE}: BERT mixes packed sequences")
     encoder = tiny_bert(attn).to(torch.bfloat16)
     x = ragged(LENGTHS, width=12)
-    seen: list[torch.Tensor] = []
-    hook = encoder.register_forward_pre_hook(
-        lambda _m, _a, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True
-    )
+    seen: list[dict[str, torch.Tensor]] = []
+    hook = encoder.register_forward_pre_hook(lambda _m, _a, kwargs: seen.append(kwargs), with_kwargs=True)
     with torch.no_grad(), torch.device("meta"):
-        hidden = encode_packed(encoder, x["attention_mask"], x["input_ids"], token_type_ids=x["token_type_ids"])
+        hidden = encode_packed(
+            encoder, x["attention_mask"], x["input_ids"], token_type_ids=x["token_type_ids"], packing_mode=mode
+        )
     hook.remove()
     assert hidden is not None and hidden.dtype == torch.bfloat16 and hidden.device.type == "cpu"
-    expected = {"sdpa": torch.bool, "eager": torch.bfloat16}[attn]
-    assert seen[0].dtype == expected and seen[0].device.type == "cpu"
+    assert seen[0]["position_ids"].device.type == "cpu"
+    if mode == "block":
+        expected = {"sdpa": torch.bool, "eager": torch.bfloat16}[attn]
+        assert seen[0]["attention_mask"].dtype == expected and seen[0]["attention_mask"].device.type == "cpu"
+    else:
+        assert "attention_mask" not in seen[0]
     with torch.no_grad():
         for b in range(len(LENGTHS)):
             real = x["attention_mask"][b].bool()
