@@ -12,15 +12,18 @@ Two ways to keep the packed sequences apart, chosen per call by `packing_mode`:
   its ``position_ids`` to `masking_utils.create_bidirectional_mask`, which, given no attention mask, finds the
   packed sequences where the position ids do not step by one (`find_packed_sequence_indices`) and masks
   attention between them, on eager and SDPA attention alike (the format of `DataCollatorWithFlattening`). The
-  rows are then given only their position ids. Used where the installed transformers does this and the position
-  ids do separate the sequences (each sequence's real tokens contiguous, and no sequence starting right where the
-  one before it in the row ends, which only mixed left and right padding can cause).
+  rows are then given only their position ids.
 - ``"block"``: a hand-built 4D block-diagonal mask, passed to BERT as its attention mask (which
-  `create_bidirectional_mask` hands on as it is). Kept for transformers before `LIBRARY_PACKING_SINCE`, whose
-  BERT mask ignores the position ids (every packed token would attend to every sequence of its row), and for
-  the batches whose position ids cannot separate their sequences.
+  `create_bidirectional_mask` hands on as it is).
 
-Both give the same outputs; BENCHMARKS.md ("Text packing") times them side by side.
+Both give the same outputs at the same speed on a CPU (BENCHMARKS.md, "Text packing"). ``"auto"`` takes the
+library's way on a CPU where the installed transformers does it and the position ids do separate the sequences
+(each sequence's real tokens contiguous, and no sequence starting right where the one before it in the row ends,
+which only mixed left and right padding can cause). It keeps the block mask for transformers before
+`LIBRARY_PACKING_SINCE`, whose BERT mask ignores the position ids (every packed token would attend to every
+sequence of its row), for the batches the position ids cannot separate, and on accelerators: there transformers'
+search for the sequences reads the device back once more per forward pass, while the block mask is built from the
+layout already on the host.
 
 Fallback (documented in ``UMGFConfig.text_packing``): an encoder that is not a BERT (other encoders compute
 position ids their own way, e.g. RoBERTa offsets them past the padding index), that uses another attention
@@ -130,8 +133,8 @@ def encode_packed(
     """BERT's last hidden state [B, T, H] for a padded batch, computed on packed rows (zeros at padding).
 
     ``packing_mode``: how the packed sequences are kept apart (module doc); "auto" takes transformers' own way
-    where it can. Returns None when packing would not save at least ``MIN_SAVING`` of the token slots: the caller
-    then encodes the padded batch.
+    on a CPU where it can. Returns None when packing would not save at least ``MIN_SAVING`` of the token slots:
+    the caller then encodes the padded batch.
     """
     # The layout is decided on the host: the mask is read back once (the one device sync of the packing), and the
     # index tensors go back as pinned, asynchronous copies.
@@ -157,7 +160,8 @@ def encode_packed(
                 f"{transformers.__version__}) and sequences that position ids can separate (contiguous real tokens, "
                 f"no mixed left/right padding): use 'block' or 'auto'"
             )
-        packing_mode = "library" if supported and separable else "block"
+        on_cpu = attention_mask.device.type == "cpu"
+        packing_mode = "library" if packing_mode == "library" or (supported and separable and on_cpu) else "block"
 
     # Where each real token goes: (row, slot), its source (sequence, column), and its segment for the mask.
     seq_index, column = real.nonzero(as_tuple=True)  # row-major: tokens of a sequence in column order

@@ -122,6 +122,9 @@ def set_deformable_attention(model: torch.nn.Module, kind: type[torch.nn.Module]
                 setattr(module, name, kind())
 
 
+@pytest.mark.assumes(
+    "transformers", "5.24-5.25", "Grounding DINO's module layout (its deformable attention replaced by ours)"
+)
 def test_detector_finds_the_boxes_of_the_plain_way_batched_and_with_the_gather_kernel(detector: str) -> None:
     """The plain way: transformers' deformable attention, one image per forward pass. The grounder on CPU: the gather
     kernel, same-size images batched together (different sizes are never padded into one batch)."""

@@ -216,6 +216,7 @@ def test_registered_task_builds_the_pipeline(pipe) -> None:
     assert ner("Berlin rocks") == pipe("Berlin rocks")
 
 
+@pytest.mark.assumes("transformers", "5.24-5.25", "the token-classification pipeline's first-sub-token word reading")
 def test_standard_token_classification_pipeline_tags_words_by_their_first_sub_token(pipe) -> None:
     """transformers' own pipeline (text only): per word, the argmax of UMGF's emissions at its first sub-token.
     (test_hub runs it from a saved folder as remote code, the way the model card shows.)"""
@@ -269,6 +270,7 @@ def test_grounder_and_grounding_parameters(pipe, tmp_path) -> None:
         pipe(TWEET, grounder="yolo")
 
 
+@pytest.mark.assumes("transformers", "5.24-5.25", "the token-classification pipeline cutting at model_max_length")
 def test_a_300_word_post_is_tagged_by_every_pipeline(pipe, tmp_path) -> None:
     """The text encoder has 64 positions: the post is cut (words after it tagged O and counted), never a crash;
     transformers' standard token-classification pipeline cuts it too (the saved tokenizer's model_max_length)."""
@@ -289,6 +291,7 @@ def test_a_300_word_post_is_tagged_by_every_pipeline(pipe, tmp_path) -> None:
     assert entities and max(e["end"] for e in entities) <= len(text)
 
 
+@pytest.mark.assumes("transformers", "5.24-5.25", "pipeline() handing its model arguments to the processor")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pipeline_loaded_with_a_dtype_saves_and_reloads(dtype, tmp_path_factory, tmp_path) -> None:
     """transformers' `pipeline` also passes its model arguments (``dtype``) to the processor; they must not end up

@@ -521,6 +521,7 @@ def test_padding_uses_the_tokenizers_pad_id() -> None:
     assert batch["input_ids"][1].tolist() == [vocab.index(t) for t in ("[CLS]", "gate", "[SEP]")] + [8] * 8
 
 
+@pytest.mark.assumes("transformers", "5.24-5.25", "pipeline() handing dtype to the processor")
 def test_loading_ignores_the_models_dtype_and_the_backbones_default_to_the_papers(tmp_path: Path, monkeypatch) -> None:
     """transformers' pipeline hands ``dtype`` to the processor too: it is dropped, so the loaded processor saves.
     ``from_backbones`` builds the tokenizer and crop transform of the paper's BERT and ResNet-152 by default."""

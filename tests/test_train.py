@@ -519,6 +519,11 @@ def test_run_ner_no_trainer_habits(tmp_path, monkeypatch):
         script.parse_args(["--report_to", "swanlab"])  # not installed: one line naming the package
 
 
+@pytest.mark.assumes(
+    "trackio",
+    ">= 0.30 (locked in .ci/constraints.txt)",
+    "accelerate's trackio tracker writing a local database offline",
+)
 def test_report_to_trackio_logs_the_run(tmp_path):
     """accelerate's trackio tracker, offline: the metrics land in trackio's local database (a fresh process, since
     trackio reads TRACKIO_DIR when it is imported)."""
