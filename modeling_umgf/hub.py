@@ -68,11 +68,12 @@ REQUIREMENTS: tuple[str, ...] = (
 besides transformers' own dependencies, with setup.py's version ranges. spaCy and its English pipeline are imported
 only by the ``detector`` grounder, to find noun phrases."""
 
-IGNORE_PATTERNS: tuple[str, ...] = ("checkpoints/*", "best_model/*", "feature_cache/*")
+IGNORE_PATTERNS: tuple[str, ...] = ("checkpoints/*", "best_model/*", "feature_cache/*", ".umgf-*")
 """What a training output folder holds besides the model repo: resumable checkpoints, the best epoch's model (a
-duplicate of the folder's own), the visual feature cache. Written to the folder's ``.gitignore``, which the Hub
-applies to uploads of the folder (``hf upload``, `upload_folder`), and passed as ``ignore_patterns`` by
-`push_to_hub`. The same patterns read alike as gitignore lines and as huggingface_hub's glob patterns."""
+duplicate of the folder's own), the visual feature cache, the run's records (which checkpoints it made, its lock
+file). Written to the folder's ``.gitignore``, which the Hub applies to uploads of the folder (``hf upload``,
+`upload_folder`), and passed as ``ignore_patterns`` by `push_to_hub`. The same patterns read alike as gitignore lines
+and as huggingface_hub's glob patterns."""
 
 UMGF_CITATION = """\
 @inproceedings{zhang2021multimodal,

@@ -173,7 +173,7 @@ def test_push_to_hub_uploads_the_saved_folder_in_one_commit(monkeypatch) -> None
     assert calls["create"] == (REPO, {"token": "t", "private": True, "exist_ok": True, "repo_type": "model"})
     repo_id, files, kwargs = calls["upload"]
     assert repo_id == REPO and kwargs["token"] == "t"
-    assert kwargs["ignore_patterns"] == ["checkpoints/*", "best_model/*", "feature_cache/*"]
+    assert kwargs["ignore_patterns"] == ["checkpoints/*", "best_model/*", "feature_cache/*", ".umgf-*"]
     assert {
         "README.md",
         "handler.py",
@@ -186,7 +186,7 @@ def test_push_to_hub_uploads_the_saved_folder_in_one_commit(monkeypatch) -> None
 
 
 # --------------------------------------------------------------------- a run on local folders: Hub ids or nothing
-TRAINING_LEFTOVERS = {"checkpoints", "best_model", "feature_cache"}
+TRAINING_LEFTOVERS = {"checkpoints", "best_model", "feature_cache", ".umgf-checkpoints.json", ".umgf-run.lock"}
 
 
 def published_files(folder: Path) -> dict[str, str]:
