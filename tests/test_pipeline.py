@@ -301,3 +301,22 @@ def test_pipeline_loaded_with_a_dtype_saves_and_reloads(dtype, tmp_path_factory,
     again = pipeline(model=str(tmp_path / "saved"), trust_remote_code=True, device=-1)
     assert next(again.model.parameters()).dtype == dtype
     assert again("Kawhi Leonard wins the fan vote") == ner("Kawhi Leonard wins the fan vote")
+
+
+def test_a_saved_folder_whose_weights_do_not_match_its_config_is_refused_by_pipeline(tmp_path) -> None:
+    """pipeline(model=folder, trust_remote_code=True), as the handler and the Hub load it: an edited config.json is
+    an error naming the tensors, not a model with random layers."""
+    folder = tmp_path / "model"
+    tiny_ner_pipeline().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_fusion_layers"] = 3
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"weights lack: umgf\.layers\.2\."):
+        pipeline(model=str(folder), trust_remote_code=True)
+
+
+def test_a_processor_with_other_labels_than_the_model_is_refused() -> None:
+    local = tiny_ner_pipeline()
+    local.processor.label_names = local.processor.label_names[:3]
+    with pytest.raises(ValueError, match=r"the processor's label_names .* differ from the model's id2label"):
+        MultimodalNERPipeline(model=local.model, processor=local.processor, device=-1)
