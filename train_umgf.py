@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, BertConfig, get_scheduler
 
 from datasets_scripts.ground_dataset import ground_dataset, has_accelerator
+from datasets_scripts.hub_layout import check_parquet_shards
 from datasets_scripts.output_folder import OutputFolderError, writable_folder
 from datasets_scripts.release_crops import attach_release_crops
 from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset, build_tokenizer, function_words
@@ -404,6 +405,8 @@ def load_splits(args: argparse.Namespace, config_name: str | None, image_dir: Pa
         for split, report in reports.items():
             logger.info(f"{config_name} {split}: {report.summary()}")
     else:
+        if Path(args.dataset_name).is_dir():
+            check_parquet_shards(args.dataset_name)  # a lost shard would silently train on fewer rows
         dataset = datasets.load_dataset(args.dataset_name, config_name)
         renames = {args.text_column_name: "tokens", args.label_column_name: "ner_tags"}
         for split in dataset:
