@@ -1005,13 +1005,12 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if "cross_test" in splits:
         evaluations.append((f"cross_test_{args.test_dataset_config_name}", "cross_test", True))
     tables: dict[str, dict[str, Any]] = {}
+    prediction_records: dict[str, list[dict[str, Any]]] = {}
     for key, split, use_objects in evaluations:
         predictions = predict(model, eval_dataloaders[split], accelerator, processor, use_objects, key)
         tables[key], records = score(splits[split], predictions, label_names)
         results[key] = tables[key]
-        if accelerator.is_main_process:
-            with open(args.output_dir / f"predictions_{key}.jsonl", "w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(record) + "\n" for record in records)
+        prediction_records[key] = records  # written with the model (step 9), so that they always go together
     accelerator.log({f"{key}/f1": s["f1"] for key, s in tables.items()}, step=state["global_step"])
 
     # 9. Outputs: model + processor + pipeline code (pipeline(model=output_dir, trust_remote_code=True) works),
@@ -1024,6 +1023,9 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         )
 
         def save_outputs(folder: Path) -> None:
+            for key, records in prediction_records.items():
+                with open(folder / f"predictions_{key}.jsonl", "w", encoding="utf-8") as handle:
+                    handle.writelines(json.dumps(record) + "\n" for record in records)
             hub.save_for_hub(accelerator.unwrap_model(model), processor, folder, results, **card)
             if is_synthetic(args):  # example posts with images for a demo Space (the Twitter images may not be shared)
                 shown = [row for row in raw["test"] if row["image"] is not None][:EXAMPLES]

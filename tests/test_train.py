@@ -642,7 +642,8 @@ def test_a_link_out_of_the_output_folder_is_never_followed(tmp_path):
 def test_an_interrupted_final_save_leaves_the_previous_model_whole(tmp_path, monkeypatch):
     out = tmp_path / "out"
     run(out, *TINY)
-    saved = {name: (out / name).read_bytes() for name in ("config.json", "model.safetensors", "all_results.json")}
+    names = ("config.json", "model.safetensors", "all_results.json", "predictions_test.jsonl", "README.md")
+    saved = {name: (out / name).read_bytes() for name in names}
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C while the new model card is rendered: the new weights are already written
