@@ -74,17 +74,19 @@ def checkpoint_number(path: Path) -> int | None:
 
 
 def check_run_folder(folder: Path, *, overwrite: bool, resuming: bool) -> None:
-    """Refuse ``folder`` when an entry of it (or of its ``checkpoints/``) is a symbolic link, or when it holds a
-    model or checkpoints and the run neither overwrites nor resumes."""
-    for parent in (folder, folder / CHECKPOINTS_DIR):
-        links = sorted(p.name for p in parent.iterdir() if p.is_symlink()) if parent.is_dir() else []
-        if parent.is_symlink():
-            links = [parent.name]
-        if links:
-            raise RunFolderError(
-                f"{parent} holds symbolic links {links}; a run writes only inside its output folder and never "
-                "follows a link out of it: remove them or choose another --output_dir"
-            )
+    """Refuse ``folder`` when anything in it (at any depth) is a symbolic link, or when it holds a model or
+    checkpoints and the run neither overwrites nor resumes."""
+    links = [  # os.walk never descends into a linked folder
+        os.path.relpath(os.path.join(parent, name), folder)
+        for parent, folders, files in os.walk(folder)
+        for name in folders + files
+        if os.path.islink(os.path.join(parent, name))
+    ]
+    if links:
+        raise RunFolderError(
+            f"{folder} holds symbolic links {sorted(links)[:8]}; a run writes only inside its output folder and never "
+            "follows a link out of it: remove them or choose another --output_dir"
+        )
     held = [name for name in MODEL_FILES if (folder / name).exists()]
     checkpoints = folder / CHECKPOINTS_DIR
     if checkpoints.is_dir():

@@ -637,6 +637,13 @@ def test_a_link_out_of_the_output_folder_is_never_followed(tmp_path):
         run(out, *TINY, "--checkpointing_steps", "1", "--overwrite_output_dir")
     assert [p.name for p in elsewhere.rglob("*")] == ["checkpoint_0", "precious.txt"]
     assert sorted(p.name for p in out.iterdir()) == [".umgf-run.lock", "checkpoints"]  # nothing written
+    # a link deeper down, where the best epoch's weights go
+    (out / "checkpoints").unlink()
+    (out / "best_model").mkdir()
+    (out / "best_model" / "model.safetensors").symlink_to(elsewhere / "checkpoint_0" / "precious.txt")
+    with pytest.raises(SystemExit, match=r"symbolic links \['best_model/model.safetensors'\]"):
+        run(out, *TINY, "--overwrite_output_dir")
+    assert (elsewhere / "checkpoint_0" / "precious.txt").read_text() == "keep"
 
 
 def test_an_interrupted_final_save_leaves_the_previous_model_whole(tmp_path, monkeypatch):
