@@ -320,3 +320,19 @@ def test_a_processor_with_other_labels_than_the_model_is_refused() -> None:
     local.processor.label_names = local.processor.label_names[:3]
     with pytest.raises(ValueError, match=r"the processor's label_names .* differ from the model's id2label"):
         MultimodalNERPipeline(model=local.model, processor=local.processor, device=-1)
+
+
+def test_a_decompression_bomb_is_tagged_text_only_without_decoding_it(monkeypatch, caplog) -> None:
+    import io
+
+    from PIL import ImageFile
+
+    buffer = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buffer, format="PNG")  # 100 megapixels in a few kilobytes
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size))
+    local = tiny_ner_pipeline()
+    with caplog.at_level(logging.WARNING):
+        result = local({"text": TWEET, "image": buffer.getvalue(), "id": "bomb"}, return_words=True)
+    assert decoded == [] and result["objects"] == []
+    assert "sample 'bomb': image of 10000 x 10000 = 100000000 pixels exceeds the pixel budget" in caplog.text
