@@ -141,7 +141,8 @@ def load_rgb_image(source: ImageInput, timeout: float | None = None, max_pixels:
         image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as error:  # over Pillow's own limit, refused by Image.open
         raise UnreadableImageError(
-            f"image exceeds the pixel budget of {pixel_budget(max_pixels)} pixels (decompression bomb): {error}"
+            f"image refused as a decompression bomb ({error}); umgf's pixel budget is {pixel_budget(max_pixels)} "
+            "pixels, and Pillow refuses images over twice its PIL.Image.MAX_IMAGE_PIXELS whatever the budget"
         ) from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:  # Pillow raises these for corrupt files
         raise UnreadableImageError(f"cannot decode image: {error}") from error
