@@ -1,19 +1,76 @@
 """Inference Endpoints custom handler for a UMGF model repo (copied to the repo root by `modeling_umgf.hub`).
 
 Request: ``{"inputs": "text", "image": "<base64 image>", "grounding": {...}, "parameters": {...}}``. ``image`` is
-optional (text-only tagging) and may be plain base64, a ``data:image/...;base64,`` URI or an ``http(s)://`` URL;
+optional (text-only tagging) and may be plain base64 or a ``data:image/...;base64,`` URI; an ``http(s)://`` URL only
+when the endpoint sets ``UMGF_HANDLER_ALLOW_URLS=1`` (the server then downloads what a caller names). Nothing else is
+read: a file path is refused, without saying whether it exists. Images over the pixel budget
+(``UMGF_MAX_IMAGE_PIXELS``, see SECURITY.md) are refused from their header, before decoding;
 ``grounding`` is optional precomputed grounding columns (CONTRACT.md); ``inputs`` may be a list of texts, with
 ``image`` and ``grounding`` lists of the same length (None for a post without one). ``parameters`` are the
-pipeline's: ``return_words``, ``grounder`` (a grounder name instead of the model's own), ``batch_size``.
+pipeline's: ``return_words`` (true/false), ``grounder`` (a grounder name instead of the model's own), ``batch_size``.
 Response: the "multimodal-ner" pipeline's entities (a list per text when ``inputs`` is a list). An image that
 cannot be read is an error naming it, not a silent text-only answer.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
 from typing import Any
 
 from transformers import pipeline
+
+ALLOW_URLS_VARIABLE = "UMGF_HANDLER_ALLOW_URLS"
+"""Set to 1 (or true/yes) to let requests give images as http(s) URLs, which the endpoint then downloads."""
+
+PARAMETER_TYPES: dict[str, tuple[type, ...]] = {"return_words": (bool,), "grounder": (str,), "batch_size": (int,)}
+"""The request parameters the handler passes on to the pipeline, and their JSON types."""
+
+
+def urls_allowed() -> bool:
+    """Whether image URLs are enabled (`ALLOW_URLS_VARIABLE`)."""
+    return os.environ.get(ALLOW_URLS_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+
+
+def request_image_bytes(image: str) -> bytes | str:
+    """The encoded image a request carries (base64 or a data URI), or the URL when URLs are enabled; a ValueError
+    for anything else. Never looks at the server's files, so its errors cannot tell whether a path exists."""
+    if image.startswith(("http://", "https://")):
+        if not urls_allowed():
+            raise ValueError(f"image URLs are disabled on this endpoint (set {ALLOW_URLS_VARIABLE}=1 to allow them)")
+        return image
+    data = image.split(",", 1)[1] if image.startswith("data:") and "," in image else image
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            "'image' must be base64 image data or a data:image/...;base64, URI"
+            + (" (or an http(s) URL)" if urls_allowed() else "")
+        ) from None
+
+
+def request_parameters(parameters: Any) -> dict[str, Any]:
+    """The request's ``parameters`` checked: an object whose keys are in `PARAMETER_TYPES`, values of their type."""
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ValueError(f'"parameters" must be a JSON object, got {type(parameters).__name__}')
+    for key, value in parameters.items():
+        if key not in PARAMETER_TYPES:
+            raise ValueError(f"unknown parameter {key!r}; known: {sorted(PARAMETER_TYPES)}")
+        types = PARAMETER_TYPES[key]
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            raise ValueError(f'parameter "{key}" must be a {types[0].__name__}, got {json_type(value)} {value!r:.80}')
+    if parameters.get("batch_size", 1) < 1:
+        raise ValueError(f'parameter "batch_size" must be >= 1, got {parameters["batch_size"]}')
+    return dict(parameters)
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 class EndpointHandler:
@@ -27,16 +84,18 @@ class EndpointHandler:
         if image is None:
             return None
         if not isinstance(image, str):
-            raise ValueError(f"'image' must be a base64 string or a URL, got {type(image).__name__}")
-        return self.pipeline.load_image(image)
+            raise ValueError(f"'image' must be a base64 string, got {json_type(image)}")
+        return self.pipeline.load_image(request_image_bytes(image))
 
     def __call__(self, data: dict[str, Any]) -> list[Any]:
         if not isinstance(data, dict) or "inputs" not in data:
             raise ValueError('the request must be a JSON object with "inputs" (text or list of texts)')
         inputs, image, grounding = data["inputs"], data.get("image"), data.get("grounding")
-        parameters = dict(data.get("parameters") or {})
+        parameters = request_parameters(data.get("parameters"))
         if isinstance(inputs, str):
             samples: Any = {"text": inputs, "image": self._image(image), "grounding": grounding}
+        elif isinstance(inputs, list) and not inputs:
+            raise ValueError('"inputs" is an empty list: give a text or a non-empty list of texts')
         elif isinstance(inputs, list) and all(isinstance(text, str) for text in inputs):
             extras = {}
             for name, value in (("image", image), ("grounding", grounding)):

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, BertConfig, get_scheduler
 
 from datasets_scripts.ground_dataset import ground_dataset, has_accelerator
+from datasets_scripts.hub_layout import check_parquet_shards
 from datasets_scripts.output_folder import OutputFolderError, writable_folder
 from datasets_scripts.release_crops import attach_release_crops
 from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset, build_tokenizer, function_words
@@ -63,6 +64,15 @@ from modeling_umgf.grounders import GROUNDERS
 from modeling_umgf.image_processing_umgf import UMGFImageProcessor
 from modeling_umgf.metrics import entity_scores, format_table2, sentence_counts
 from modeling_umgf.processing_umgf import UMGFProcessor
+from modeling_umgf.run_folder import (
+    OwnedCheckpoints,
+    RunFolderError,
+    check_run_folder,
+    checkpoint_number,
+    lock_run_folder,
+    public_arguments,
+    replace_entries,
+)
 from modeling_umgf.schema_umgf import GROUNDING_COLUMNS, VISUAL_INPUTS
 
 logger = get_logger(__name__)
@@ -235,6 +245,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     run = parser.add_argument_group("outputs, checkpoints, tracking, Hub")
     run.add_argument("--output_dir", type=Path, default=Path("outputs/umgf"))
+    run.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="replace the model an --output_dir already holds (else such a folder is refused)",
+    )
     run.add_argument("--checkpointing_steps", help="'epoch', or save every N optimizer steps")
     run.add_argument(
         "--checkpoints_total_limit", type=int, help="keep only the newest N checkpoints (accelerate's total_limit)"
@@ -243,7 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument(
         "--force_resume",
         action="store_true",
-        help="resume even if the checkpoint was made with another batch size, accumulation, dataset or preset",
+        help="resume even if the checkpoint was made with other settings (batch size, learning rate, dataset, ...); "
+        "the checkpoint's optimizer and scheduler states are restored",
     )
     run.add_argument("--with_tracking", action="store_true", help="log to --report_to (default: every installed one)")
     run.add_argument(
@@ -254,7 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--logging_steps", type=int, default=10)
     run.add_argument("--push_to_hub", action="store_true", help="push the best model, processor and card to the Hub")
     run.add_argument("--hub_model_id", help="Hub repo of --push_to_hub (default: the output folder's name)")
-    run.add_argument("--hub_token")
+    run.add_argument("--hub_token", help="Hub token (never written to disk, logged or sent to a tracker)")
     run.add_argument("--hub_private_repo", action="store_true")
     run.add_argument("--hub_dataset_id", help="Hub id of the training dataset, for the model card")
     args = parser.parse_args(argv)
@@ -389,6 +405,8 @@ def load_splits(args: argparse.Namespace, config_name: str | None, image_dir: Pa
         for split, report in reports.items():
             logger.info(f"{config_name} {split}: {report.summary()}")
     else:
+        if Path(args.dataset_name).is_dir():
+            check_parquet_shards(args.dataset_name)  # a lost shard would silently train on fewer rows
         dataset = datasets.load_dataset(args.dataset_name, config_name)
         renames = {args.text_column_name: "tokens", args.label_column_name: "ner_tags"}
         for split in dataset:
@@ -600,24 +618,55 @@ def score(
     return entity_scores(gold, pred), records
 
 
+RUN_LOCAL_ARGUMENTS = frozenset(
+    {
+        "output_dir",
+        "overwrite_output_dir",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "force_resume",
+        "with_tracking",
+        "report_to",
+        "logging_steps",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_private_repo",
+        "hub_dataset_id",
+        "test_dataset_config_name",
+        "test_image_dir",
+        "max_eval_samples",
+        "per_device_eval_batch_size",
+        "preprocessing_num_workers",
+        "dataloader_num_workers",
+        "feature_cache_dir",
+        "gradient_checkpointing",
+        "encoder_as_model_name",
+    }
+)
+"""Arguments that do not change what a run trains (outputs, logging, evaluation, workers): left out of the run
+signature, so they may differ when resuming."""
+
+
 def run_signature(args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
-    """What a checkpoint records of its run: a run resuming from it must share all of it (unless --force_resume)."""
+    """What a checkpoint records of its run: a run resuming from it must share all of it (unless --force_resume):
+    every argument that shapes training (hyper-parameters, data, model; not `RUN_LOCAL_ARGUMENTS` nor secrets)."""
     if is_synthetic(args):
         data = f"synthetic {args.synthetic_sizes or 'default sizes'}"
     else:
         data = f"{args.umt_data_dir or args.dataset_name} {args.dataset_config_name}"
-    return {
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "num_processes": num_processes,
-        "data": data,
-        "preset": args.preset,
-        "max_train_samples": args.max_train_samples,
+    settings = {
+        key: (str(value) if isinstance(value, Path) else value)
+        for key, value in sorted(public_arguments(vars(args)).items())
+        if key not in RUN_LOCAL_ARGUMENTS
     }
+    return {**settings, "num_processes": num_processes, "data": data}
 
 
 def latest_checkpoint(output_dir: Path) -> Path:
-    checkpoints = [p for p in output_dir.glob("checkpoints/*") if (p / STATE_FILE).is_file()]
+    checkpoints = [
+        p for p in output_dir.glob("checkpoints/*") if checkpoint_number(p) is not None and (p / STATE_FILE).is_file()
+    ]
     if not checkpoints:
         raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir / 'checkpoints'}")
     return max(checkpoints, key=lambda p: json.loads((p / STATE_FILE).read_text())["global_step"])
@@ -647,7 +696,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # their spin-waits make a step several times slower. OMP_NUM_THREADS overrides this.
         torch.set_num_threads(1)
     try:
-        return train_and_evaluate(args)
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        main_rank = int(os.environ.get("RANK", "0")) == 0  # one lock per job: its main process holds it
+        with lock_run_folder(args.output_dir) if main_rank else contextlib.nullcontext():
+            check_run_folder(
+                args.output_dir, overwrite=args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint)
+            )
+            return train_and_evaluate(args)
+    except RunFolderError as error:
+        raise SystemExit(f"--output_dir: {error}") from None
     finally:
         torch.set_num_threads(threads)
 
@@ -655,8 +712,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     # 1. Accelerator, logging, seed. Without a GPU the processes of `torchrun` / `accelerate launch` form a CPU
     #    (gloo) process group only with cpu=True. DDP: a batch without objects leaves the visual branch unused, and
-    #    the "bert" presets never use the text MLP, so unused parameters must be expected. Checkpoints are named and
-    #    rotated by accelerate (checkpoints/checkpoint_<n>, --checkpoints_total_limit).
+    #    the "bert" presets never use the text MLP, so unused parameters must be expected. Checkpoints are
+    #    checkpoints/checkpoint_<n>, rotated (--checkpoints_total_limit) among those this script created there.
     accelerator = Accelerator(
         cpu=not has_accelerator(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -664,8 +721,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(
             project_dir=str(args.output_dir),
-            automatic_checkpoint_naming=True,
-            total_limit=args.checkpoints_total_limit,
+            automatic_checkpoint_naming=False,  # named and rotated here: only this run's checkpoints are deleted
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -788,19 +844,24 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
     if args.report_to != "none":
-        tracked = {k: (str(v) if isinstance(v, (Path, list, dict)) or v is None else v) for k, v in vars(args).items()}
+        tracked = {
+            k: (str(v) if isinstance(v, (Path, list, dict)) or v is None else v)
+            for k, v in public_arguments(vars(args)).items()  # never a token
+        }
         accelerator.init_trackers("umgf", tracked)
 
     # 6. Resume: the accelerate state (model, optimizer, scheduler, RNGs) and where in which epoch it stopped.
-    # accelerate numbers checkpoints from 0 in every process: continue after those already in the folder, and drop
-    # the ones a killed run left incomplete (no trainer state: written last)
-    numbered = {int(p.name.rsplit("_", 1)[1]): p for p in args.output_dir.glob("checkpoints/checkpoint_*")}
+    # New checkpoints are numbered after those already in the folder; the ones a killed run of this script left
+    # incomplete (no trainer state: written last) are dropped, others' are left alone.
+    owned = OwnedCheckpoints(args.output_dir)
+    complete = lambda path: (path / STATE_FILE).is_file()  # noqa: E731
     if accelerator.is_main_process:
-        for path in (p for p in numbered.values() if not (p / STATE_FILE).is_file()):
-            logger.warning(f"removing {path}, a checkpoint left incomplete")
-            shutil.rmtree(path)
+        deleted, foreign = owned.remove_incomplete(complete)
+        for path in deleted:
+            logger.warning(f"removed {path}, a checkpoint this script left incomplete")
+        for path in foreign:
+            logger.warning(f"{path} is incomplete but was not made by a run in this folder: left as it is")
     accelerator.wait_for_everyone()
-    accelerator.project_configuration.iteration = max(numbered, default=-1) + 1
     run = run_signature(args, accelerator.num_processes)
     state = {
         "global_step": 0,
@@ -829,15 +890,24 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 + ". Resume with the same settings, or pass --force_resume to continue anyway."
             )
         if changed:
-            logger.warning(f"resuming {checkpoint} with changed settings (--force_resume): {changed}")
+            logger.warning(
+                f"resuming {checkpoint} with changed settings (--force_resume): {changed}; the checkpoint's "
+                "optimizer and scheduler states (learning rates included) are restored as they were saved"
+            )
         accelerator.load_state(str(checkpoint))
         state = {**saved, "run": run}
         logger.info(f"resumed from {checkpoint}: epoch {state['epoch']}, optimizer step {state['global_step']}")
 
     def save_checkpoint() -> None:
-        folder = Path(accelerator.save_state())  # checkpoints/checkpoint_<n>; the oldest removed past the limit
+        folder = owned.next_folder()
+        if accelerator.is_main_process:
+            owned.claim(folder)  # recorded as ours before it exists, so a killed save is ours to remove
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(folder))
         if accelerator.is_main_process:
             (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
+            for path in owned.rotate(args.checkpoints_total_limit, complete):
+                logger.info(f"removed {path} (--checkpoints_total_limit {args.checkpoints_total_limit})")
 
     # 7. Training; at the end of every epoch, select on dev F1 and keep the best model.
     logger.info(
@@ -935,27 +1005,33 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if "cross_test" in splits:
         evaluations.append((f"cross_test_{args.test_dataset_config_name}", "cross_test", True))
     tables: dict[str, dict[str, Any]] = {}
+    prediction_records: dict[str, list[dict[str, Any]]] = {}
     for key, split, use_objects in evaluations:
         predictions = predict(model, eval_dataloaders[split], accelerator, processor, use_objects, key)
         tables[key], records = score(splits[split], predictions, label_names)
         results[key] = tables[key]
-        if accelerator.is_main_process:
-            with open(args.output_dir / f"predictions_{key}.jsonl", "w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(record) + "\n" for record in records)
+        prediction_records[key] = records  # written with the model (step 9), so that they always go together
     accelerator.log({f"{key}/f1": s["f1"] for key, s in tables.items()}, step=state["global_step"])
 
     # 9. Outputs: model + processor + pipeline code (pipeline(model=output_dir, trust_remote_code=True) works),
     #    handler, all_results.json and the model card filled with these results; then the Hub.
     if accelerator.is_main_process:
         card = dict(
-            repo_id=args.hub_model_id,
+            repo_id=args.hub_model_id or args.output_dir.resolve().name,
             dataset_id=args.hub_dataset_id or args.dataset_name,
             dataset_config=args.dataset_config_name,
         )
-        hub.save_for_hub(accelerator.unwrap_model(model), processor, args.output_dir, results, **card)
-        if is_synthetic(args):  # example posts with images for a demo Space (the Twitter images may not be shared)
-            shown = [row for row in raw["test"] if row["image"] is not None][:EXAMPLES]
-            hub.write_examples(args.output_dir, [(" ".join(row["tokens"]), row["image"]) for row in shown])
+
+        def save_outputs(folder: Path) -> None:
+            for key, records in prediction_records.items():
+                with open(folder / f"predictions_{key}.jsonl", "w", encoding="utf-8") as handle:
+                    handle.writelines(json.dumps(record) + "\n" for record in records)
+            hub.save_for_hub(accelerator.unwrap_model(model), processor, folder, results, **card)
+            if is_synthetic(args):  # example posts with images for a demo Space (the Twitter images may not be shared)
+                shown = [row for row in raw["test"] if row["image"] is not None][:EXAMPLES]
+                hub.write_examples(folder, [(" ".join(row["tokens"]), row["image"]) for row in shown])
+
+        replace_entries(args.output_dir, save_outputs)  # written beside, then renamed: a previous model stays whole
         print_tables(tables, args, results)
         if args.push_to_hub:
             url = hub.push_to_hub(

@@ -24,6 +24,7 @@ import datasets
 
 from .hub_layout import (
     ExportedConfig,
+    check_parquet_shards,
     push_folder_to_hub,
     read_exported_configs,
     table1_columns,
@@ -116,6 +117,8 @@ def _kept_configs(folder: Path, configs: Sequence[str], overwrite: bool, parser:
 
 
 def _stats(args: argparse.Namespace) -> None:
+    if Path(args.path).is_dir():
+        check_parquet_shards(args.path)
     columns = {}
     for name in args.configs or datasets.get_dataset_config_names(args.path):
         columns.update(config_statistics(name, datasets.load_dataset(args.path, name)))

@@ -11,17 +11,19 @@ through mpirun, ``--mpirun_hostfile``). Each process logs which chunks it ground
 
 ``OUT`` is checked first: a file in its place or a folder that cannot be written is an error before the dataset is
 loaded. The split is cut into chunks of ``chunk_size`` rows; chunk ``k`` is grounded by process ``k % processes``
-(batched inside the grounder) and written atomically to ``OUT/.chunks/<split>/``, so an interrupted run
-resumes where it stopped. Once every chunk exists, the main process joins them to the split and writes
-``OUT/<split>.parquet`` (load it with ``datasets.load_dataset("parquet", data_files=...)``). Tweets without a
-readable image keep grounder "" (not grounded); a grounded tweet with nothing found has its grounder's name
-and empty lists. Chunking, resuming and joining are the only hand-written parts; grounding is
+(batched inside the grounder) and written atomically to ``OUT/.chunks/<split>/<grounder>-<hash>/`` (one folder per
+grounder and ``--grounder_kwargs``, `chunk_key`), so an interrupted run resumes where it stopped and a run with
+another grounder or other settings never reuses its chunks. Once every chunk exists, the main process joins them to
+the split and writes ``OUT/<split>.parquet`` (load it with ``datasets.load_dataset("parquet", data_files=...)``).
+Tweets without a readable image keep grounder "" (not grounded); a grounded tweet with nothing found has its
+grounder's name and empty lists. Chunking, resuming and joining are the only hand-written parts; grounding is
 `modeling_umgf.grounding`, data parallelism is accelerate's.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -123,6 +125,13 @@ def join_grounding(split: datasets.Dataset, chunk_paths: Sequence[Path]) -> data
     return datasets.concatenate_datasets([kept, grounding.remove_columns("id")], axis=1)
 
 
+def chunk_key(grounder: str, grounder_kwargs: dict[str, Any]) -> str:
+    """The chunk folder name of a grounder and its settings: ``<grounder>-<first 12 hex digits of the SHA-256 of
+    the settings as sorted JSON>``."""
+    settings = json.dumps(grounder_kwargs, sort_keys=True, default=str)
+    return f"{grounder}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -171,14 +180,19 @@ def main(argv: Sequence[str] | None = None) -> Path:
     accelerator = Accelerator(cpu=not has_accelerator())
     with accelerator.main_process_first():
         split = _load(args.dataset, args.config, args.split)
+    if not isinstance(args.grounder_kwargs, dict):
+        parser.error(f"--grounder_kwargs must be a JSON object, got {json.dumps(args.grounder_kwargs)[:80]}")
     kwargs = dict(args.grounder_kwargs)
     if args.grounder in ("detector", "release"):
         kwargs.setdefault("device", str(accelerator.device))
-    grounder = build_grounder(args.grounder, **kwargs)
+    try:
+        grounder = build_grounder(args.grounder, **kwargs)
+    except ValueError as error:
+        parser.error(f"--grounder {args.grounder} --grounder_kwargs {json.dumps(args.grounder_kwargs)}: {error}")
     chunks = ground_split(
         split,
         grounder,
-        args.output_dir / ".chunks" / args.split,
+        args.output_dir / ".chunks" / args.split / chunk_key(args.grounder, args.grounder_kwargs),
         args.chunk_size,
         accelerator.process_index,
         accelerator.num_processes,

@@ -18,6 +18,7 @@ source for a config; the new card says "not recorded" there.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +95,43 @@ def write_config(
     max_bytes = convert_file_size_to_int(max_shard_size)
     for split, dataset in dataset_dict.items():
         num_shards = max(1, math.ceil(dataset.data.nbytes / max_bytes))
+        if num_shards > len(dataset):  # a shard cannot hold less than one row
+            raise OutputFolderError(
+                f"--max_shard_size {max_shard_size} is smaller than one row of {config_name} {split} "
+                f"({dataset.data.nbytes // max(1, len(dataset))} bytes per row on average): give a larger size"
+            )
         for index in range(num_shards):
             path = folder / config_name / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             dataset.shard(num_shards, index, contiguous=True).to_parquet(path)
     return {"data_files": [{"split": split, "path": f"{config_name}/{split}-*.parquet"} for split in dataset_dict]}
+
+
+SHARD_NAME = re.compile(r"(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet")
+"""The names `write_config` gives Parquet shards: ``<split>-<index>-of-<count>.parquet``."""
+
+
+def check_parquet_shards(folder: str | Path) -> None:
+    """Raise `OutputFolderError` naming the file when a Parquet file under ``folder`` cannot be read (truncated or
+    corrupt: its footer is read) or a shard of a ``<split>-<i>-of-<n>.parquet`` set is missing (a glob would
+    silently load fewer rows). A folder without Parquet files passes."""
+    import pyarrow.parquet as pq
+
+    shards: dict[tuple[Path, str, int], set[int]] = {}
+    for path in sorted(Path(folder).rglob("*.parquet")):
+        try:
+            pq.read_metadata(path)
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise OutputFolderError(f"{path}: not a readable Parquet file (truncated or corrupt): {error}") from None
+        match = SHARD_NAME.fullmatch(path.name)
+        if match:
+            key = (path.parent, match["split"], int(match["count"]))
+            shards.setdefault(key, set()).add(int(match["index"]))
+    for (parent, split, count), found in shards.items():
+        missing = sorted(set(range(count)) - found)
+        if missing:
+            names = [f"{split}-{index:05d}-of-{count:05d}.parquet" for index in missing]
+            raise OutputFolderError(f"{parent} lacks the shards {names} of split {split}: the data set is incomplete")
 
 
 def read_exported_configs(

@@ -8,8 +8,11 @@
 CONTRACT.md). Output: a table (default), JSON lines (the pipeline's full output per post) or CoNLL
 (``word<TAB>tag``, a blank line between posts). ``--draw`` saves the image with the grounded boxes that feed an
 entity (`visualization_umgf.draw_entities`): a PNG file with ``--text``, a folder of ``<id>.png`` with
-``--input``. ``--grounder`` picks the grounder instead of the model's own. Bad input gives one line on stderr and
-exit code 2; a failure while tagging, 1.
+``--input`` (one file per post: ids that would give the same name get ``-2``, ``-3``...; a file is written beside
+its name and renamed onto it, so a symbolic link there is replaced, never followed). Images over the pixel budget
+(``--max-image-pixels``, `image_utils_umgf.MAX_IMAGE_PIXELS`) are refused from their header. ``--grounder``
+picks the grounder instead of the model's own. Bad input gives one line on stderr and exit code 2; a failure while
+tagging, 1.
 
 Argument parsing is argparse's; the rest is formatting.
 """
@@ -18,9 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ from .grounders import GROUNDERS, build_grounder
 from .hub import load_saved
 from .image_utils_umgf import UnreadableImageError, load_rgb_image
 from .pipeline_umgf import MultimodalNERPipeline
+from .safe_files import unique_file_names, write_replacing
+
+POST_KEYS = ("text", "words", "image", "grounding", "id")
+"""The keys a post of --input may have (CONTRACT.md); anything else is an error naming the file and line."""
 
 
 class InputError(ValueError):
@@ -55,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grounder", choices=sorted(GROUNDERS), help="grounder to use instead of the model's own")
     parser.add_argument("--grounder-kwargs", type=json.loads, default={}, help="JSON keyword arguments of --grounder")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-image-pixels", type=int, help="refuse larger images (default: UMGF_MAX_IMAGE_PIXELS or 40 megapixels)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--compile",
@@ -69,6 +78,9 @@ def _check_post(sample: Any, where: str) -> dict[str, Any]:
     """One post of --input, with a clear error naming ``where`` for anything the pipeline could not use."""
     if not isinstance(sample, dict) or ("text" in sample) == ("words" in sample):
         raise InputError(f'{where}: expected an object with "text" or "words"')
+    unknown = sorted(set(sample) - set(POST_KEYS))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; a post has {list(POST_KEYS)}")
     if "text" in sample:
         if not isinstance(sample["text"], str):
             raise InputError(f'{where}: "text" must be a string, got {type(sample["text"]).__name__}')
@@ -99,16 +111,15 @@ def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not args.input.is_file():
             raise InputError(f"input file not found: {args.input}")
         samples = []
-        with args.input.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"{args.input}:{number}"
-                try:
-                    sample = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InputError(f"{where}: not valid JSON ({error.msg})") from error
-                samples.append(_check_post(sample, where))
+        for number, line in utf8_lines(args.input):
+            if not line.strip():
+                continue
+            where = f"{args.input}:{number}"
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{where}: not valid JSON ({error.msg})") from error
+            samples.append(_check_post(sample, where))
         if not samples:
             raise InputError(f"{args.input} holds no posts")
     if args.draw is not None:
@@ -119,10 +130,38 @@ def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
     for sample in samples:
         if sample.get("image") is not None:
             try:
-                sample["image"] = load_rgb_image(sample["image"])
+                sample["image"] = load_rgb_image(sample["image"], max_pixels=args.max_image_pixels)
             except UnreadableImageError as error:
                 raise InputError(f"post {sample['id']}: cannot read image: {error}") from error
     return samples
+
+
+def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The numbered lines of a UTF-8 text file; a line that is not UTF-8 is an `InputError` naming the file and
+    line (a UTF-16 file, for instance, fails on its first line)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InputError(
+                    f"{path}:{number}: not UTF-8 text ({error.reason} at byte {error.start}); save the file as UTF-8"
+                ) from None
+
+
+def grounder_from_args(name: str | None, kwargs: Any) -> Any:
+    """The grounder of ``--grounder`` / ``--grounder-kwargs`` (None: the model's own); bad settings are an
+    `InputError` naming them."""
+    if not isinstance(kwargs, dict):
+        raise InputError(f"--grounder-kwargs must be a JSON object, got {json.dumps(kwargs)[:80]}")
+    if name is None:
+        if kwargs:
+            raise InputError("--grounder-kwargs goes with --grounder")
+        return None
+    try:
+        return build_grounder(name, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"--grounder {name} --grounder-kwargs {json.dumps(kwargs)}: {error}") from error
 
 
 def load_pipeline(model: str, device: str | None, compile_backbone: bool = False) -> MultimodalNERPipeline:
@@ -167,15 +206,10 @@ def format_conll(result: dict[str, Any]) -> str:
     return "\n".join(f"{word['word']}\t{word['tag']}" for word in result["words"]) + "\n"
 
 
-def drawing_path(draw: Path, sample_id: str, single: bool) -> Path:
-    """Where ``--draw`` saves the picture of a post: the given file for --text, ``<folder>/<id>.png`` otherwise."""
-    return draw if single else draw / (re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("._") + ".png")
-
-
 def run(args: argparse.Namespace) -> int:
     samples = read_samples(args)
     pipe = load_pipeline(args.model, args.device, compile_backbone=args.compile)
-    grounder = build_grounder(args.grounder, **args.grounder_kwargs) if args.grounder else None
+    grounder = grounder_from_args(args.grounder, args.grounder_kwargs)
     inputs = [
         {key: sample[key] for key in ("text", "words", "image", "grounding", "id") if key in sample}
         for sample in samples
@@ -189,12 +223,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_table(sample, result) + "\n")
     if args.draw is not None:
-        for sample, result in zip(samples, results):
-            if sample.get("image") is None:
-                continue
-            path = drawing_path(args.draw, sample["id"], single=args.text is not None)
+        drawn = [(sample, result) for sample, result in zip(samples, results) if sample.get("image") is not None]
+        names = unique_file_names([sample["id"] for sample, _ in drawn], ".png")
+        for (sample, result), name in zip(drawn, names):
+            path = args.draw if args.text is not None else args.draw / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            pipe.draw_entities(sample["image"], result["entities"]).save(path, format="PNG")
+            write_replacing(path, pipe.draw_entities(sample["image"], result["entities"]).save, format="PNG")
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import re
 import sys
 from collections.abc import Mapping
@@ -188,7 +189,14 @@ def load_converted(model: UMGFForTokenClassification, converted: Mapping[str, to
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an authors' checkpoint (tensors only: ``weights_only=True``), without DDP prefixes."""
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError, IndexError, KeyError) as error:
+        # torch's own message advises weights_only=False, which would run the pickle's code: not relayed
+        raise ValueError(
+            f"{path} is not a checkpoint of tensors that can be read safely ({type(error).__name__}: a truncated "
+            "or corrupt file, or a pickle holding more than tensors, which is never loaded)"
+        ) from None
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ValueError(f"{path} is not a state dict (a mapping of tensor names to tensors)")
     return {key.removeprefix("module."): value for key, value in loaded.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .detector_grounding import ReleaseGrounder, ZeroShotDetectorGrounder
@@ -18,6 +19,11 @@ def build_grounder(name: str, **kwargs: Any) -> Grounder:
     """Instantiate the grounder registered under ``name`` (a key of `GROUNDERS`) with ``kwargs``."""
     if name not in GROUNDERS:
         raise ValueError(f"unknown grounder {name!r}; choose one of {sorted(GROUNDERS)}")
+    try:
+        inspect.signature(GROUNDERS[name]).bind(**kwargs)
+    except TypeError as error:
+        accepted = [p for p in inspect.signature(GROUNDERS[name]).parameters if p not in ("self", "args", "kwargs")]
+        raise ValueError(f"grounder {name!r}: {error}; its settings are {accepted}") from None
     return GROUNDERS[name](**kwargs)
 
 

@@ -22,12 +22,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 from PIL import Image
 
 from .image_utils_umgf import clip_box
 from .schema_umgf import GROUNDING_COLUMNS
 
 logger = logging.getLogger(__name__)
+
+
+def _number(value: Any, sample: str, column: str, index: int) -> float:
+    """A grounding value that must be a number (a bool, string or None is an error naming sample, column, object)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"sample {sample!r}: {column} of object {index} must be numbers, got {value!r:.40}")
+    return float(value)
+
+
+def _whole(value: Any, sample: str, column: str, index: int) -> int:
+    """A word index: a whole number (1.7 is an error, not word 1; 2.0 is word 2)."""
+    number = _number(value, sample, column, index)
+    if not number.is_integer():
+        raise ValueError(f"sample {sample!r}: {column} of object {index} must be a whole word index, got {value!r}")
+    return int(number)
 
 
 @dataclass
@@ -62,15 +78,15 @@ class Grounding:
             lengths = dict(zip(cls.COLUMNS[:-1], map(len, lists)))
             raise ValueError(f"sample {sample!r}: grounding columns differ in length: {lengths}")
         boxes, scores, phrases, starts, ends = lists
-        bad = [i for i, box in enumerate(boxes) if len(box) != 4]
+        bad = [i for i, box in enumerate(boxes) if isinstance(box, str) or not hasattr(box, "__len__") or len(box) != 4]
         if bad:
             raise ValueError(f"sample {sample!r}: object boxes {bad} are not [x0, y0, x1, y1]")
         return cls(
-            boxes=[[float(v) for v in box] for box in boxes],
-            scores=[float(s) for s in scores],
+            boxes=[[_number(v, sample, "object_boxes", i) for v in box] for i, box in enumerate(boxes)],
+            scores=[_number(s, sample, "object_scores", i) for i, s in enumerate(scores)],
             phrases=[str(p) for p in phrases],
-            word_starts=[int(s) for s in starts],
-            word_ends=[int(e) for e in ends],
+            word_starts=[_whole(s, sample, "object_word_start", i) for i, s in enumerate(starts)],
+            word_ends=[_whole(e, sample, "object_word_end", i) for i, e in enumerate(ends)],
             grounder=str(columns["grounder"] or ""),
         )
 

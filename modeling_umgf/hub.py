@@ -68,11 +68,12 @@ REQUIREMENTS: tuple[str, ...] = (
 besides transformers' own dependencies, with setup.py's version ranges. spaCy and its English pipeline are imported
 only by the ``detector`` grounder, to find noun phrases."""
 
-IGNORE_PATTERNS: tuple[str, ...] = ("checkpoints/*", "best_model/*", "feature_cache/*")
+IGNORE_PATTERNS: tuple[str, ...] = ("checkpoints/*", "best_model/*", "feature_cache/*", ".umgf-*")
 """What a training output folder holds besides the model repo: resumable checkpoints, the best epoch's model (a
-duplicate of the folder's own), the visual feature cache. Written to the folder's ``.gitignore``, which the Hub
-applies to uploads of the folder (``hf upload``, `upload_folder`), and passed as ``ignore_patterns`` by
-`push_to_hub`. The same patterns read alike as gitignore lines and as huggingface_hub's glob patterns."""
+duplicate of the folder's own), the visual feature cache, the run's records (which checkpoints it made, its lock
+file). Written to the folder's ``.gitignore``, which the Hub applies to uploads of the folder (``hf upload``,
+`upload_folder`), and passed as ``ignore_patterns`` by `push_to_hub`. The same patterns read alike as gitignore lines
+and as huggingface_hub's glob patterns."""
 
 UMGF_CITATION = """\
 @inproceedings{zhang2021multimodal,
@@ -88,18 +89,22 @@ def load_saved(name_or_path: str | os.PathLike) -> tuple[Any, Any]:
     """The model and processor of a saved UMGF folder or Hub repo (this package's classes, no remote code).
 
     Raises:
-        ValueError: naming the folder and what is wrong: no model there, a file that is not valid JSON, a truncated
-            or corrupt weights file.
+        ValueError: naming the folder and what is wrong: no model there, a file that is not valid JSON (named, with
+            its line), a truncated or corrupt weights file, weights that do not match the config (naming the
+            tensors), labels of the processor and the model that disagree.
     """
     from safetensors import SafetensorError
 
     from .modeling_umgf import UMGFForTokenClassification
     from .processing_umgf import UMGFProcessor
+    from .validation_umgf import check_label_maps
 
     name = os.fspath(name_or_path)
     if is_local_path(name) and not (Path(name).expanduser() / "config.json").is_file():
         raise ValueError(f"model folder not found (no config.json): {name}")
     name = str(Path(name).expanduser()) if is_local_path(name) else name
+    if is_local_path(name):
+        check_json_files(Path(name))
     try:
         processor = UMGFProcessor.from_pretrained(name)
         model = UMGFForTokenClassification.from_pretrained(name)
@@ -109,7 +114,20 @@ def load_saved(name_or_path: str | os.PathLike) -> tuple[Any, Any]:
         ) from error
     except OSError as error:
         raise ValueError(f"cannot load model {name}: {str(error).splitlines()[0]}") from error
+    check_label_maps(model.config, name, processor.label_names)
     return model, processor
+
+
+def check_json_files(folder: Path) -> None:
+    """Raise a ValueError naming the file, line and column of the first JSON file of ``folder`` that does not
+    parse (transformers' own error names neither the file nor, for trailing garbage, what is wrong)."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def is_local_path(name: str | os.PathLike) -> bool:

@@ -17,6 +17,7 @@ import binascii
 import io
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -34,11 +35,41 @@ ImageInput = Union[Image.Image, str, os.PathLike, bytes, np.ndarray, dict, None]
 DOWNLOAD_TIMEOUT = 10.0
 """Seconds to wait for an image URL when no timeout is given."""
 
+MAX_IMAGE_PIXELS = 40_000_000
+"""The pixel budget: an image of more pixels (width x height, read from its header before any pixel is decoded) is
+refused with `UnreadableImageError`, so a small file that decodes into a huge image (a decompression bomb) never
+allocates it. 40 megapixels is well above any tweet image (at most 4096 x 4096). The environment variable
+``UMGF_MAX_IMAGE_PIXELS`` overrides it for every entry point (processor, pipeline, ``umgf-predict``, ``handler.py``);
+`load_rgb_image` also takes ``max_pixels``."""
+
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 class UnreadableImageError(ValueError):
     """An image that is missing, undecodable or of an unsupported kind."""
+
+
+def pixel_budget(max_pixels: int | None = None) -> int:
+    """The pixel budget in force: ``max_pixels`` when given, else ``UMGF_MAX_IMAGE_PIXELS``, else
+    `MAX_IMAGE_PIXELS`."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    value = os.environ.get("UMGF_MAX_IMAGE_PIXELS")
+    if value is None:
+        return MAX_IMAGE_PIXELS
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"UMGF_MAX_IMAGE_PIXELS must be a positive whole number of pixels, got {value!r}")
+    return int(value)
+
+
+def check_pixel_budget(width: int, height: int, max_pixels: int | None = None) -> None:
+    """Raise `UnreadableImageError` when a ``width`` x ``height`` image exceeds the pixel budget (`pixel_budget`)."""
+    budget = pixel_budget(max_pixels)
+    if width * height > budget:
+        raise UnreadableImageError(
+            f"image of {width} x {height} = {width * height} pixels exceeds the pixel budget of {budget} pixels "
+            "(a decompression bomb or an oversized image; raise UMGF_MAX_IMAGE_PIXELS to accept it)"
+        )
 
 
 def _read_string(source: str, timeout: float | None) -> bytes | str:
@@ -86,22 +117,33 @@ def _open(source: Any, timeout: float | None = None) -> Image.Image:
     raise UnreadableImageError(f"unsupported image type {type(source).__name__}")
 
 
-def load_rgb_image(source: ImageInput, timeout: float | None = None) -> Image.Image:
+def load_rgb_image(source: ImageInput, timeout: float | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode ``source`` (see `ImageInput`; ``timeout`` is for URLs) into an upright 8-bit RGB image.
+
+    Its size is checked against the pixel budget (``max_pixels``, see `pixel_budget`) from the image header,
+    before the pixels are decoded.
 
     EXIF orientation is applied, palette/CMYK/grayscale images are converted, transparent pixels are put on a
     white background and 16-bit/float grayscale is rescaled to 0-255 by its own range.
 
     Raises:
-        UnreadableImageError: when ``source`` is None, missing, undownloadable, corrupt, or empty (zero width
-            or height).
+        UnreadableImageError: when ``source`` is None, missing, undownloadable, corrupt, empty (zero width
+            or height) or over the pixel budget.
     """
     if source is None:
         raise UnreadableImageError("no image")
     try:
-        image = _open(source, timeout)
+        with warnings.catch_warnings():  # the pixel budget below is the check; Pillow's warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _open(source, timeout)
+        check_pixel_budget(image.width, image.height, max_pixels)  # the header's size: no pixel decoded yet
         image.load()
         image = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as error:  # over Pillow's own limit, refused by Image.open
+        raise UnreadableImageError(
+            f"image refused as a decompression bomb ({error}); umgf's pixel budget is {pixel_budget(max_pixels)} "
+            "pixels, and Pillow refuses images over twice its PIL.Image.MAX_IMAGE_PIXELS whatever the budget"
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:  # Pillow raises these for corrupt files
         raise UnreadableImageError(f"cannot decode image: {error}") from error
     if image.width == 0 or image.height == 0:

@@ -44,7 +44,7 @@ from .schema_umgf import (
     word_label_of,
 )
 from .text_packing import can_pack, encode_packed
-from .validation_umgf import ModelInputs, check_inputs
+from .validation_umgf import ModelInputs, check_inputs, check_label_maps, check_loaded_weights
 
 
 def sinusoidal_position_encoding(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -288,6 +288,24 @@ class UMGFPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _keep_in_fp32_modules_strict = ["crf"]
     _no_split_modules = ["UMGFFusionLayer"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.from_pretrained`, strict about what it loads: tensors of another size than the config
+        gives, and for a folder saved by this class tensors missing from the weights or left over, are a
+        `WeightsMismatchError` naming them (transformers would only log them and leave random or dropped weights);
+        ``id2label`` / ``label2id`` must agree. ``ignore_mismatched_sizes=True`` keeps transformers' behaviour."""
+        if kwargs.get("ignore_mismatched_sizes") or kwargs.get("state_dict") is not None:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        wants_info = kwargs.pop("output_loading_info", False)
+        loaded: Any = super().from_pretrained(
+            pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+        )
+        model, info = loaded
+        source = os.fspath(pretrained_model_name_or_path)
+        check_loaded_weights(info, source, cls.__name__ in (model.config.architectures or []))
+        check_label_maps(model.config, source)
+        return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every UMGF auto class, so that

@@ -39,6 +39,7 @@ from .grounders import GROUNDERS, build_grounder
 from .grounding import Grounder
 from .image_utils_umgf import load_images, load_rgb_image
 from .schema_umgf import ENTITY_TYPES, hex_colour
+from .validation_umgf import check_label_maps
 from .visualization_umgf import box_label, draw_entities, supported_entities
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ class MultimodalNERPipeline(Pipeline):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # A processor whose labels are not the model's would name the tags wrongly (or fail on a tag id).
+        check_label_maps(self.model.config, self.model.name_or_path or "the model", self.processor.label_names)
         # Sentences are cut to what the text encoder can read, whatever the tokenizer was saved with.
         positions = getattr(self.model.config.text_encoder_config, "max_position_embeddings", None)
         if positions and self.processor.effective_max_length > positions:

@@ -272,7 +272,13 @@ class UMGFProcessor(ProcessorMixin):
         if isinstance(predictions, torch.Tensor):
             predictions = predictions.tolist()
         tags = []
-        for row, total in zip(predictions, num_words):
+        for index, (row, total) in enumerate(zip(predictions, num_words)):
+            unnamed = sorted({tag for tag in row if tag != LABEL_PAD_VALUE and not 0 <= tag < len(self.label_names)})
+            if unnamed:
+                raise ValueError(
+                    f"sample {index}: predicted tag ids {unnamed} have no name in the processor's "
+                    f"{len(self.label_names)} label_names; the processor's labels must be the model's id2label"
+                )
             names = [self.label_names[tag] for tag in row if tag != LABEL_PAD_VALUE][:total]
             tags.append(names + [self.label_names[0]] * (total - len(names)))
         return tags

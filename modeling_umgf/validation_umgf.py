@@ -12,7 +12,7 @@ device-side assert on a GPU), a float label or a misaligned ``word_ids`` silentl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -226,4 +226,63 @@ def _raise_for(config: UMGFConfig, x: ModelInputs, found: dict[str, int]) -> Non
         )
 
 
-__all__ = ["ModelInputs", "check_inputs", "word_numbering_errors"]
+class WeightsMismatchError(ValueError):
+    """A saved model whose weights do not match its configuration, or whose labels disagree with each other."""
+
+
+def _listed(names: Sequence[Any], limit: int = 8) -> str:
+    shown = ", ".join(str(name) for name in list(names)[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_loaded_weights(info: Mapping[str, Any], source: str, saved_by_this_class: bool) -> None:
+    """Raise `WeightsMismatchError` naming the tensors when loading ``source`` found mis-sized tensors, or, for a
+    folder saved by the loading class itself (``saved_by_this_class``), tensors its config needs that the weights
+    lack (they would be left random) or tensors the config has no place for (they would be dropped).
+
+    ``info`` is transformers' loading report (``from_pretrained(..., output_loading_info=True)``)."""
+    problems = []
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        sizes = [f"{key} {tuple(saved)} saved, {tuple(expected)} expected" for key, saved, expected in mismatched]
+        problems.append(f"tensors of another size than the config gives: {_listed(sizes)}")
+    if saved_by_this_class:
+        missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+        if missing:
+            problems.append(f"tensors the config needs but the weights lack: {_listed(missing)}")
+        if unexpected:
+            problems.append(f"tensors the config has no place for: {_listed(unexpected)}")
+    if problems:
+        raise WeightsMismatchError(
+            f"the weights of {source} do not match its config.json ({'; '.join(problems)}); was config.json "
+            "edited, or copied from another model?"
+        )
+
+
+def check_label_maps(config: Any, source: str, label_names: Sequence[str] | None = None) -> list[str]:
+    """The labels of ``config`` by id, after checking that ``id2label`` numbers them 0..n-1, that ``label2id`` is
+    its inverse and, when given, that a processor's ``label_names`` are the same list; else
+    `WeightsMismatchError` naming ``source`` and the disagreement."""
+    id2label = {int(i): label for i, label in (config.id2label or {}).items()}
+    if sorted(id2label) != list(range(len(id2label))):
+        raise WeightsMismatchError(f"{source}: id2label ids {sorted(id2label)} are not 0..{len(id2label) - 1}")
+    labels = [id2label[i] for i in range(len(id2label))]
+    label2id = {label: int(i) for label, i in (config.label2id or {}).items()}
+    if label2id != {label: i for i, label in enumerate(labels)}:
+        wrong = sorted(set(label2id.items()) ^ {(label, i) for i, label in enumerate(labels)})
+        raise WeightsMismatchError(f"{source}: label2id disagrees with id2label at {_listed(wrong)}")
+    if label_names is not None and list(label_names) != labels:
+        raise WeightsMismatchError(
+            f"{source}: the processor's label_names {list(label_names)} differ from the model's id2label {labels}"
+        )
+    return labels
+
+
+__all__ = [
+    "ModelInputs",
+    "WeightsMismatchError",
+    "check_inputs",
+    "check_label_maps",
+    "check_loaded_weights",
+    "word_numbering_errors",
+]

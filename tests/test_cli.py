@@ -254,3 +254,66 @@ def test_a_300_word_post_is_cut_and_its_last_words_tagged_o(tiny_ner_folder, cap
     assert len(result["words"]) == 300 and result["truncated_words"] == 300 - 62  # 64 positions - [CLS], [SEP]
     assert all(w["tag"] == "O" and w["score"] is None for w in result["words"][62:])
     assert all(e["word_end"] <= 62 for e in result["entities"])
+
+
+# ------------------------------------------------------------------------------- files, names, bad settings
+def test_draw_gives_every_post_its_own_file_and_never_writes_through_a_link(
+    tiny_ner_folder, tmp_path, image_path, capsys
+) -> None:
+    posts = tmp_path / "posts.jsonl"
+    ids = ["same", "same", "..", "...", "a"]
+    posts.write_text("".join(json.dumps({"id": i, "text": TEXT, "image": str(image_path)}) + "\n" for i in ids))
+    drawn = tmp_path / "drawn"
+    drawn.mkdir()
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"precious")
+    (drawn / "a.png").symlink_to(outside)
+    code, _, err = run_cli(capsys, "--model", tiny_ner_folder, "--input", posts, "--draw", drawn)
+    assert code == 0, err
+    assert sorted(p.name for p in drawn.iterdir()) == ["a.png", "post-2.png", "post.png", "same-2.png", "same.png"]
+    assert outside.read_bytes() == b"precious"  # the link was replaced, its target untouched
+    assert (
+        not (drawn / "a.png").is_symlink() and Image.open(drawn / "a.png").size == Image.open(drawn / "same.png").size
+    )
+    assert sorted(tmp_path.glob("*.png")) == [outside, image_path] and not list(drawn.glob(".*"))  # no leftovers
+
+
+def test_unique_file_names_stay_in_the_folder_and_apart() -> None:
+    from modeling_umgf.safe_files import unique_file_names
+
+    names = unique_file_names(["a/../b", "..", "A", "a", "x y", "x_y", ""], ".png")
+    assert names == ["a_.._b.png", "post.png", "A.png", "a-2.png", "x_y.png", "x_y-2.png", "post-2.png"]
+    assert len({n.lower() for n in names}) == len(names) and all("/" not in n and n[0] != "." for n in names)
+
+
+def test_bad_files_and_settings_name_what_and_where(tiny_ner_folder, tmp_path, capfd) -> None:
+    from PIL import Image as PILImage
+
+    utf16 = tmp_path / "posts16.jsonl"
+    utf16.write_text('{"text": "Berlin"}\n', encoding="utf-16")
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text('{"text": "Berlin"}\n{"text": "Berlin", "imgae": "x.png"}\n', encoding="utf-8")
+    bomb = tmp_path / "bomb.png"
+    PILImage.new("1", (10000, 10000)).save(bomb)
+    cases = [
+        (["--input", utf16], f"{utf16}:1: not UTF-8 text"),
+        (["--input", extra], f"{extra}:2: unknown key(s) ['imgae']"),
+        (
+            ["--text", TEXT, "--grounder", "grid", "--grounder-kwargs", '{"nope": 1}'],
+            "grounder 'grid': got an unexpected",
+        ),
+        (["--text", TEXT, "--grounder", "grid", "--grounder-kwargs", "[1]"], "--grounder-kwargs must be a JSON object"),
+        (["--text", TEXT, "--image", bomb], "exceeds the pixel budget of 40000000 pixels"),
+        (["--text", TEXT, "--image", image_path_of(tmp_path), "--max-image-pixels", "100"], "budget of 100 pixels"),
+    ]
+    for argv, message in cases:
+        code = main([str(a) for a in ["--model", tiny_ner_folder, *argv]])
+        out, err = capfd.readouterr()
+        assert code == 2 and out == "", (argv, err)
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+
+
+def image_path_of(folder: Path) -> Path:
+    path = folder / "small.png"
+    quadrant_image().save(path)
+    return path

@@ -20,6 +20,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 from datasets_scripts import cli, hub_layout
+from datasets_scripts.output_folder import OutputFolderError
 from datasets_scripts.statistics import dataset_statistics, tag_statistics
 from datasets_scripts.twitter_mner import FEATURES, build_dataset
 from datasets_scripts.umt_format import TwitterFormatError, normalise_tag, read_umt_file
@@ -838,3 +839,25 @@ def test_write_config_shards_are_complete_and_numbered(built: dict, tmp_path: Pa
             for row in undecoded_rows(datasets.Dataset.from_parquet(str(p), cache_dir=str(tmp_path / "cache")))
         ]
         assert rows == undecoded_rows(dataset)
+
+
+def test_a_shard_size_under_one_row_is_refused(built: dict, tmp_path: Path) -> None:
+    with pytest.raises(OutputFolderError, match=r"--max_shard_size 10 is smaller than one row of twitter2017 train"):
+        hub_layout.write_config(built["twitter2017"][0], tmp_path, "twitter2017", 10)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_lost_or_truncated_shard_is_named(built: dict, tmp_path: Path, capsys, damage: str) -> None:
+    hub_layout.write_config(built["twitter2017"][0], tmp_path, "twitter2017", "1KB")
+    shards = sorted((tmp_path / "twitter2017").glob("train-*.parquet"))
+    assert len(shards) > 1
+    hub_layout.check_parquet_shards(tmp_path)  # complete: passes
+    if damage == "delete":
+        shards[1].unlink()
+        message = f"lacks the shards ['{shards[1].name}'] of split train"
+    else:
+        shards[1].write_bytes(shards[1].read_bytes()[:100])
+        message = f"{shards[1]}: not a readable Parquet file"
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["stats", str(tmp_path)])
+    assert stopped.value.code == 1 and message in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from datasets_scripts.ground_dataset import ground_split, join_grounding, main
+from datasets_scripts.ground_dataset import chunk_key, ground_split, join_grounding, main
 from datasets_scripts.twitter_mner import EMPTY_GROUNDING, FEATURES
 from modeling_umgf.grounding import GridGrounder
 
@@ -136,9 +136,36 @@ def test_two_cpu_processes_form_one_job_and_write_the_one_process_output(tmp_pat
     # 9 rows in chunks of 2: chunks 0..4, process 0 takes 0, 2, 4 and process 1 takes 1, 3
     assert "process 0 of 2 grounds chunks [0, 2, 4] of 5 (0 already done)" in run.stderr
     assert "process 1 of 2 grounds chunks [1, 3] of 5 (0 already done)" in run.stderr
-    chunks = sorted(path.name for path in (tmp_path / "two" / ".chunks" / "train").iterdir())
+    [folder] = (tmp_path / "two" / ".chunks" / "train").iterdir()
+    chunks = sorted(path.name for path in folder.iterdir())
     assert chunks == [f"rows-{start:09d}-{min(start + 2, 9):09d}.parquet" for start in range(0, 9, 2)]
     one = pq.read_table(single)
     two = pq.read_table(tmp_path / "two" / "train.parquet")
     assert two.equals(one)
     assert one.column("grounder").to_pylist() == ["grid" if i % 2 == 0 else "" for i in range(9)]
+
+
+def test_a_rerun_with_another_grounder_or_settings_grounds_again(tmp_path) -> None:
+    tiny_split().save_to_disk(str(tmp_path / "in"))
+
+    def ground(grounder: str, kwargs: str) -> list:
+        output = main(
+            ["--dataset", str(tmp_path / "in"), "--split", "train", "--output_dir", str(tmp_path / "out")]
+            + ["--grounder", grounder, "--grounder_kwargs", kwargs, "--chunk_size", "2"]
+        )
+        return datasets.load_dataset("parquet", data_files=str(output), split="train")["object_boxes"]
+
+    two = ground("grid", '{"grid_size": 2}')
+    one = ground("grid", '{"grid_size": 1}')
+    assert [len(boxes) for boxes in two] == [4, 0, 4, 0, 4] and [len(boxes) for boxes in one] == [1, 0, 1, 0, 1]
+    assert ground("grid", '{"grid_size": 2}') == two  # the same settings again: its own chunks
+    folders = sorted(path.name for path in (tmp_path / "out" / ".chunks" / "train").iterdir())
+    assert folders == sorted([chunk_key("grid", {"grid_size": 2}), chunk_key("grid", {"grid_size": 1})])
+
+
+def test_bad_grounder_settings_are_named(tmp_path, capsys) -> None:
+    tiny_split().save_to_disk(str(tmp_path / "in"))
+    argv = ["--dataset", str(tmp_path / "in"), "--split", "train", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        main([*argv, "--grounder", "grid", "--grounder_kwargs", '{"nope": 1}'])
+    assert "grounder 'grid': got an unexpected keyword argument 'nope'" in capsys.readouterr().err

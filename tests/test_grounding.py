@@ -245,3 +245,28 @@ def test_grounding_columns_round_trip_clip_and_validate() -> None:
         Grounding.from_columns({**columns, "object_scores": [0.9]}, sample="s1")
     with pytest.raises(ValueError, match="outside the sentence"):
         grounding.check_spans(num_words=3, sample="s1")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"object_boxes": [[0, 0, "a", 4]]}, r"sample 's7': object_boxes of object 0 must be numbers, got 'a'"),
+        ({"object_boxes": [5]}, r"sample 's7': object boxes \[0\] are not \[x0, y0, x1, y1\]"),
+        ({"object_scores": ["high"]}, r"sample 's7': object_scores of object 0 must be numbers, got 'high'"),
+        ({"object_scores": [None]}, r"object_scores of object 0 must be numbers, got None"),
+        ({"object_word_start": [1.7], "object_word_end": [3.2]}, r"object_word_start of object 0 must be a whole word"),
+        ({"object_word_end": [True]}, r"object_word_end of object 0 must be numbers, got True"),
+    ],
+)
+def test_grounding_values_of_the_wrong_kind_name_the_sample(change, message) -> None:
+    columns = {
+        "object_boxes": [[0, 0, 4, 4]],
+        "object_scores": [0.5],
+        "object_phrases": ["x"],
+        "object_word_start": [1],
+        "object_word_end": [3],
+        "grounder": "detector",
+    }
+    assert Grounding.from_columns({**columns, "object_word_start": [1.0]}).word_starts == [1]  # whole floats are fine
+    with pytest.raises(ValueError, match=message):
+        Grounding.from_columns({**columns, **change}, sample="s7")

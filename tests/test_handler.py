@@ -64,7 +64,7 @@ def test_text_only_batch_and_parameters(handler) -> None:
     [
         ({"text": "x"}, '"inputs"'),
         ({"inputs": 3}, "string or a list of strings"),
-        ({"inputs": "Berlin", "image": "not base64!"}, "nor an http.s. URL or base64 image data"),
+        ({"inputs": "Berlin", "image": "not base64!"}, "must be base64 image data or a data:image"),
         ({"inputs": ["a", "b"], "image": ["x"]}, '"image" must be a list of 2'),
     ],
 )
@@ -106,3 +106,66 @@ def test_parameters_choose_the_grounder_and_a_grounding_can_be_sent(handler) -> 
     assert [len(e["boxes"]) for e in batch[0]] == [1 if e["word_start"] == 0 else 0 for e in batch[0]]
     with pytest.raises(ValueError, match='"grounding" must be a list of 2'):
         handler({"inputs": ["a", "b"], "grounding": [grounding]})
+
+
+# ------------------------------------------------------------------------------------- what a request may read
+@pytest.mark.parametrize("path_exists", [True, False])
+def test_local_paths_are_refused_without_saying_whether_they_exist(handler, tmp_path, path_exists) -> None:
+    image = tmp_path / "secret.png"
+    if path_exists:
+        quadrant_image().save(image)
+    with pytest.raises(ValueError) as refused:
+        handler({"inputs": "Berlin", "image": str(image)})
+    message = str(refused.value)
+    assert "base64" in message and str(image) not in message and "not found" not in message
+    # the same words whether the file is there or not
+    assert message == "'image' must be base64 image data or a data:image/...;base64, URI"
+
+
+def test_image_urls_need_the_switch(handler, monkeypatch) -> None:
+    fetched = []
+    monkeypatch.setattr(handler.pipeline, "load_image", lambda source: fetched.append(source) or quadrant_image())
+    with pytest.raises(ValueError, match=r"image URLs are disabled on this endpoint .*UMGF_HANDLER_ALLOW_URLS=1"):
+        handler({"inputs": "Berlin", "image": "http://169.254.169.254/latest/meta-data"})
+    assert fetched == []
+    monkeypatch.setenv("UMGF_HANDLER_ALLOW_URLS", "1")
+    handler({"inputs": "Berlin", "image": "https://example.org/tweet.png"})
+    assert fetched == ["https://example.org/tweet.png"]
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(handler, monkeypatch) -> None:
+    from PIL import Image, ImageFile
+
+    buffer = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buffer, format="PNG")  # 100 megapixels in a few kilobytes
+    assert len(buffer.getvalue()) < 100_000
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size))
+    with pytest.raises(ValueError, match=r"10000 x 10000 = 100000000 pixels exceeds the pixel budget of 40000000"):
+        handler({"inputs": "Berlin", "image": base64.b64encode(buffer.getvalue()).decode()})
+    assert decoded == []  # refused from the header: no pixel decoded
+    monkeypatch.setenv("UMGF_MAX_IMAGE_PIXELS", "1000")  # the budget is configurable
+    with pytest.raises(ValueError, match="exceeds the pixel budget of 1000 pixels"):
+        handler({"inputs": "Berlin", "image": png_base64()})
+
+
+@pytest.mark.parametrize(
+    "request_body, message",
+    [
+        ({"inputs": []}, '"inputs" is an empty list'),
+        ({"inputs": "a", "parameters": "return_words"}, '"parameters" must be a JSON object, got str'),
+        ({"inputs": "a", "parameters": ["return_words"]}, '"parameters" must be a JSON object, got list'),
+        (
+            {"inputs": "a", "parameters": {"grounder": {"name": "grid"}}},
+            'parameter "grounder" must be a str, got object',
+        ),
+        ({"inputs": "a", "parameters": {"return_words": "no"}}, 'parameter "return_words" must be a bool, got string'),
+        ({"inputs": "a", "parameters": {"batch_size": True}}, 'parameter "batch_size" must be a int, got boolean'),
+        ({"inputs": "a", "parameters": {"batch_size": 0}}, '"batch_size" must be >= 1'),
+        ({"inputs": "a", "parameters": {"device": "cuda"}}, "unknown parameter 'device'"),
+        ({"inputs": "a", "image": 3}, "'image' must be a base64 string, got number"),
+    ],
+)
+def test_malformed_requests_name_what_is_wrong(handler, request_body, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        handler(request_body)

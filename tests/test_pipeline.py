@@ -304,3 +304,38 @@ def test_pipeline_loaded_with_a_dtype_saves_and_reloads(dtype, tmp_path_factory,
     again = pipeline(model=str(tmp_path / "saved"), trust_remote_code=True, device=-1)
     assert next(again.model.parameters()).dtype == dtype
     assert again("Kawhi Leonard wins the fan vote") == ner("Kawhi Leonard wins the fan vote")
+
+
+def test_a_saved_folder_whose_weights_do_not_match_its_config_is_refused_by_pipeline(tmp_path) -> None:
+    """pipeline(model=folder, trust_remote_code=True), as the handler and the Hub load it: an edited config.json is
+    an error naming the tensors, not a model with random layers."""
+    folder = tmp_path / "model"
+    tiny_ner_pipeline().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_fusion_layers"] = 3
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"weights lack: umgf\.layers\.2\."):
+        pipeline(model=str(folder), trust_remote_code=True)
+
+
+def test_a_processor_with_other_labels_than_the_model_is_refused() -> None:
+    local = tiny_ner_pipeline()
+    local.processor.label_names = local.processor.label_names[:3]
+    with pytest.raises(ValueError, match=r"the processor's label_names .* differ from the model's id2label"):
+        MultimodalNERPipeline(model=local.model, processor=local.processor, device=-1)
+
+
+def test_a_decompression_bomb_is_tagged_text_only_without_decoding_it(monkeypatch, caplog) -> None:
+    import io
+
+    from PIL import ImageFile
+
+    buffer = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buffer, format="PNG")  # 100 megapixels in a few kilobytes
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size))
+    local = tiny_ner_pipeline()
+    with caplog.at_level(logging.WARNING):
+        result = local({"text": TWEET, "image": buffer.getvalue(), "id": "bomb"}, return_words=True)
+    assert decoded == [] and result["objects"] == []
+    assert "sample 'bomb': image of 10000 x 10000 = 100000000 pixels exceeds the pixel budget" in caplog.text

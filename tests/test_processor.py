@@ -239,7 +239,8 @@ def test_tiny_and_huge_images_work() -> None:
     processor = tiny_processor(grounder_kwargs={"grid_size": 1})
     tiny = processor(images=Image.new("RGB", (1, 1), (255, 0, 0)), words=KOHL, return_tensors="pt")
     torch.testing.assert_close(tiny["pixel_values"][0, 0, 0], torch.ones(8, 8))
-    huge = processor(images=Image.new("RGB", (8000, 6000), (0, 0, 255)), words=KOHL, return_tensors="pt")
+    # exactly the pixel budget (image_utils_umgf.MAX_IMAGE_PIXELS): accepted
+    huge = processor(images=Image.new("RGB", (8000, 5000), (0, 0, 255)), words=KOHL, return_tensors="pt")
     torch.testing.assert_close(huge["pixel_values"][0, 0, 2], torch.ones(8, 8))
 
 
@@ -545,3 +546,25 @@ def test_loading_ignores_the_models_dtype_and_the_backbones_default_to_the_paper
     assert built.image_processor is processor.image_processor and built.tokenizer.vocab == processor.tokenizer.vocab
     type(processor).from_backbones("my-bert", "my-resnet")
     assert made[2:] == ["my-resnet", "my-bert"]
+
+
+def test_label_names_cut_short_are_a_clear_error_not_an_index_error() -> None:
+    processor = tiny_processor()
+    processor.label_names = processor.label_names[:3]
+    with pytest.raises(ValueError, match=r"sample 1: predicted tag ids \[5, 8\] have no name in the processor's 3"):
+        processor.decode_word_predictions(torch.tensor([[0, 1, 2], [5, 8, -100]]), [3, 2])
+
+
+def test_an_image_over_the_pixel_budget_is_never_decoded(monkeypatch, caplog) -> None:
+    """The processor's policy for an unreadable image (text-only, with a warning naming it) holds for a
+    decompression bomb, refused from its header."""
+    from PIL import ImageFile
+
+    buffer = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buffer, format="PNG")
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size))
+    with caplog.at_level(logging.WARNING):
+        batch = tiny_processor()(words=[["Berlin"]], images=[buffer.getvalue()], sample_ids=["bomb"])
+    assert decoded == [] and "sample 'bomb': image of 10000 x 10000" in caplog.text and "pixel budget" in caplog.text
+    assert batch["object_boxes"] == [[]]  # used text-only (a readable image gets the grid's 9 boxes)

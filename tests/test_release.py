@@ -388,3 +388,19 @@ def test_token_level_tags_and_marginals_of_a_batch() -> None:
             alone = model(input_ids=x["input_ids"][b : b + 1, :length], word_ids=x["word_ids"][b : b + 1, :length])
             real = int(words.word_mask[b].sum())
             torch.testing.assert_close(together[b, :real], model.tag_probabilities(alone)[0])
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 12, b"PK\x03\x04 truncated zip", b""])
+def test_a_file_that_is_no_checkpoint_is_named_without_advising_to_unpickle(tmp_path, content, capsys) -> None:
+    from modeling_umgf.convert_original_checkpoint import main
+
+    path = tmp_path / "ddp_mner.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{path} is not a checkpoint of tensors that can be read safely") as error:
+        convert(path, tmp_path / "out", str(tmp_path / "no-bert"), "test_resnet")
+    assert "weights_only=False" not in str(error.value)
+    assert main(["--checkpoint", str(path), "--output_dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "is not a checkpoint of tensors" in err and "weights_only=False" not in err and not (tmp_path / "out").exists()
+    )

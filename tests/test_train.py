@@ -572,3 +572,122 @@ def test_push_to_hub_checks_the_repo_before_training(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="cannot create or reach the Hub repo me/umgf: 401 Unauthorized"):
         run(tmp_path, "--push_to_hub", "--hub_model_id", "me/umgf")
     assert not trained  # stopped before loading any data
+
+
+# ------------------------------------------------------------------------- output folders, secrets, resumes
+TINY = ["--synthetic_sizes", "24", "8", "8", "--num_train_epochs", "1"]
+
+
+def test_the_hub_token_is_never_written_logged_or_tracked(tmp_path, monkeypatch, caplog, capsys):
+    """The documented habit `--hub_token ... --with_tracking`, with checkpoints. The trackers get what
+    `Accelerator.init_trackers` is given, written here the way tensorboard writes it
+    (``<output_dir>/<tracker>/<run>/hparams.yml``): the token is in no file of the output folder, no log record and
+    no output."""
+    import yaml
+
+    token = "hf_FakeTokenThatMustNeverBeWritten1234"
+    out = tmp_path / "out"
+    tracked = []
+
+    def init_trackers(self, project_name, config=None, init_kwargs=None):
+        tracked.append(config)
+        (out / "tensorboard" / project_name).mkdir(parents=True)
+        (out / "tensorboard" / project_name / "hparams.yml").write_text(yaml.safe_dump(config))
+
+    monkeypatch.setattr(train_umgf.Accelerator, "init_trackers", init_trackers)
+    caplog.set_level("DEBUG")
+    run(out, *TINY, "--hub_token", token, "--with_tracking", "--checkpointing_steps", "1", "--logging_steps", "1")
+    [config] = tracked
+    assert config["learning_rate"] == 2e-3 and "hub_token" not in config  # the other arguments are tracked
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 20 and (out / "all_results.json").is_file() and list(out.glob("checkpoints/*/*"))
+    assert [str(p) for p in files if token.encode() in p.read_bytes()] == []
+    captured = capsys.readouterr()
+    assert token not in caplog.text + captured.out + captured.err
+
+
+def test_a_fresh_run_keeps_what_it_did_not_create(tmp_path):
+    out = tmp_path / "out"
+    foreign = out / "checkpoints" / "checkpoint_0"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("someone else's")
+    (out / "checkpoints" / "checkpoint_final").mkdir()
+    with pytest.raises(SystemExit, match=r"already holds a model or checkpoints.*--overwrite_output_dir"):
+        run(out, *TINY, "--checkpointing_steps", "1")
+    results = run(out, *TINY, "--checkpointing_steps", "1", "--checkpoints_total_limit", "1", "--overwrite_output_dir")
+    assert results["global_step"] == 2  # 24 sentences in batches of 16
+    assert (foreign / "notes.txt").read_text() == "someone else's" and (out / "checkpoints/checkpoint_final").is_dir()
+    # its own checkpoints are numbered after the others and rotated among themselves: only the newest is left
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "checkpoint_0",
+        "checkpoint_2",
+        "checkpoint_final",
+    ]
+    # a checkpoint this script left incomplete (killed while saving) is removed by the next run; others' are not
+    shutil.rmtree(out / "checkpoints" / "checkpoint_2")
+    (out / "checkpoints" / "checkpoint_2").mkdir()
+    (out / "checkpoints" / "checkpoint_2" / "model.safetensors").write_bytes(b"half")
+    run(out, *TINY, "--overwrite_output_dir")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_final"]
+
+
+def test_a_link_out_of_the_output_folder_is_never_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "checkpoint_0").mkdir(parents=True)
+    (elsewhere / "checkpoint_0" / "precious.txt").write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(SystemExit, match=r"symbolic links \['checkpoints'\].*never follows a link"):
+        run(out, *TINY, "--checkpointing_steps", "1", "--overwrite_output_dir")
+    assert [p.name for p in elsewhere.rglob("*")] == ["checkpoint_0", "precious.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".umgf-run.lock", "checkpoints"]  # nothing written
+    # a link deeper down, where the best epoch's weights go
+    (out / "checkpoints").unlink()
+    (out / "best_model").mkdir()
+    (out / "best_model" / "model.safetensors").symlink_to(elsewhere / "checkpoint_0" / "precious.txt")
+    with pytest.raises(SystemExit, match=r"symbolic links \['best_model/model.safetensors'\]"):
+        run(out, *TINY, "--overwrite_output_dir")
+    assert (elsewhere / "checkpoint_0" / "precious.txt").read_text() == "keep"
+
+
+def test_an_interrupted_final_save_leaves_the_previous_model_whole(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run(out, *TINY)
+    names = ("config.json", "model.safetensors", "all_results.json", "predictions_test.jsonl", "README.md")
+    saved = {name: (out / name).read_bytes() for name in names}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the new model card is rendered: the new weights are already written
+
+    monkeypatch.setattr(train_umgf.hub, "write_model_card", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(out, *TINY, "--seed", "7", "--overwrite_output_dir")
+    assert {name: (out / name).read_bytes() for name in saved} == saved
+    assert not list(out.glob(".saving-*"))  # the staging folder is gone
+    monkeypatch.undo()
+    run(out, *TINY, "--seed", "7", "--overwrite_output_dir")
+    assert (out / "model.safetensors").read_bytes() != saved["model.safetensors"]  # a save that completes replaces
+
+
+def test_one_run_per_output_folder_at_a_time(tmp_path):
+    from modeling_umgf.run_folder import LOCK_NAME, lock_run_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with lock_run_folder(out), pytest.raises(SystemExit, match=f"another run is writing into {out} .*{LOCK_NAME}"):
+        run(out, *TINY)  # another run holds the folder
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # it wrote nothing
+    run(out, *TINY)  # released: the folder is usable again
+    assert (out / "model.safetensors").is_file()
+
+
+def test_resume_refuses_a_changed_learning_rate_unless_forced(tmp_path, caplog):
+    args = [*TINY, "--checkpointing_steps", "1"]
+    run(tmp_path, *args, "--learning_rate", "1e-3")
+    with pytest.raises(SystemExit, match=r"learning_rate 0.001 there, 0.5 now.*--force_resume"):
+        run(tmp_path, *args, "--learning_rate", "0.5", "--resume_from_checkpoint", "latest")
+    # arguments that do not change what is trained may differ
+    run(tmp_path, *args, "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest", "--logging_steps", "3")
+    run(tmp_path, *args, "--learning_rate", "0.5", "--resume_from_checkpoint", "latest", "--force_resume")
+    assert "with changed settings (--force_resume)" in caplog.text and "learning rates included" in caplog.text

@@ -92,12 +92,15 @@ def test_damaged_model_folders_are_named(tmp_path, tmp_path_factory, capsys) -> 
     shutil.copytree(saved, truncated)
     weights = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
-    with pytest.raises(ValueError, match=r"corrupt/processor_config.json' is not a valid JSON file"):
+    with pytest.raises(ValueError, match=r"corrupt/processor_config.json:1:2: not valid JSON"):
         load_saved(corrupt)
     with pytest.raises(ValueError, match="its weights file is damaged"):
         load_saved(truncated)
     capsys.readouterr()
-    for folder, message in ((corrupt, "not a valid JSON file"), (truncated, "weights file is damaged")):
+    for folder, message in (
+        (corrupt, "processor_config.json:1:2: not valid JSON"),
+        (truncated, "weights file is damaged"),
+    ):
         assert predict_main(["--model", str(folder), "--text", "Berlin rocks"]) == 2
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and message in err
