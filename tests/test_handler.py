@@ -63,7 +63,7 @@ def test_text_only_batch_and_parameters(handler) -> None:
     "request_body, message",
     [
         ({"text": "x"}, '"inputs"'),
-        ({"inputs": 3}, "string or a list of strings"),
+        ({"inputs": 3}, "a string, a list of strings, or"),
         ({"inputs": "Berlin", "image": "not base64!"}, "nor an http.s. URL or base64 image data"),
         ({"inputs": ["a", "b"], "image": ["x"]}, '"image" must be a list of 2'),
     ],
@@ -106,3 +106,18 @@ def test_parameters_choose_the_grounder_and_a_grounding_can_be_sent(handler) -> 
     assert [len(e["boxes"]) for e in batch[0]] == [1 if e["word_start"] == 0 else 0 for e in batch[0]]
     with pytest.raises(ValueError, match='"grounding" must be a list of 2'):
         handler({"inputs": ["a", "b"], "grounding": [grounding]})
+
+
+def test_the_inference_endpoints_object_form_is_accepted(handler) -> None:
+    image = png_base64()
+    plain = handler({"inputs": TWEET, "image": image})
+    assert handler({"inputs": {"text": TWEET, "image": image}}) == plain
+    texts = ["Kawhi Leonard wins", "Berlin rocks !"]
+    batch = handler({"inputs": [{"text": texts[0]}, {"text": texts[1], "image": image}]})
+    assert batch == handler({"inputs": texts, "image": [None, image]})
+    words = handler({"inputs": {"words": ["Berlin", "rocks"]}, "parameters": {"return_words": True}})
+    assert [w["word"] for w in words["words"]] == ["Berlin", "rocks"]
+    with pytest.raises(ValueError, match='"inputs" must have "text"'):
+        handler({"inputs": {"image": image}})
+    with pytest.raises(ValueError, match="inside each object"):
+        handler({"inputs": {"text": TWEET}, "image": image})
