@@ -1,7 +1,7 @@
 """Inference Endpoints custom handler for a UMGF model repo (copied to the repo root by `modeling_umgf.hub`).
 
 Request: ``{"inputs": "text", "image": "<base64 image>", "grounding": {...}, "parameters": {...}}``, or the
-Inference Endpoints form for several inputs ``{"inputs": {"text": ..., "image": ..., "grounding": ...}}`` (or a list
+Inference Endpoints form with the fields inside ``{"inputs": {"text": ..., "image": ..., "grounding": ...}}`` (or a list
 of such objects; ``"words"`` may replace ``"text"``). ``image`` is
 optional (text-only tagging) and may be plain base64, a ``data:image/...;base64,`` URI or an ``http(s)://`` URL;
 ``grounding`` is optional precomputed grounding columns (CONTRACT.md); ``inputs`` may be a list of texts, with
