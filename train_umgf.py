@@ -753,6 +753,17 @@ def closing_summary(args: argparse.Namespace, results: dict[str, Any], written: 
     return "\n".join(lines)
 
 
+def best_model_folder(output_dir: Path) -> Path:
+    """Where the best epoch's model is: ``best_model/``; once a finished run has removed it (`remove_best_copy`), a
+    run resumed in the same folder finds that model in the folder itself (the only fallback; else an error)."""
+    if (output_dir / BEST_DIR / "config.json").is_file():
+        return output_dir / BEST_DIR
+    if (output_dir / "config.json").is_file():
+        logger.info(f"the best epoch's model is the one {output_dir} holds (no {BEST_DIR}/: the run had finished)")
+        return output_dir
+    raise FileNotFoundError(f"no model of the best dev epoch in {output_dir / BEST_DIR} or {output_dir}")
+
+
 def remove_best_copy(output_dir: Path) -> None:
     """Remove ``best_model/``, the best epoch's copy kept during training, once the output folder holds that model
     itself (never a link: nothing outside the output folder is touched)."""
@@ -1051,7 +1062,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     # 8. Test the best dev epoch, with and without images, and the cross-domain test.
     if not evaluate_only:
-        best = UMGFForTokenClassification.from_pretrained(args.output_dir / BEST_DIR)
+        best = UMGFForTokenClassification.from_pretrained(best_model_folder(args.output_dir))
         accelerator.unwrap_model(model).load_state_dict(best.state_dict())
         del best
     results: dict[str, Any] = {"mode": "evaluate" if evaluate_only else "train"}
