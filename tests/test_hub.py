@@ -339,6 +339,10 @@ def test_the_card_counts_the_sentences_and_epochs_a_run_used(tmp_path) -> None:
         pipe.model, pipe.processor, tmp_path, {**results, "num_train_epochs": 3}, dataset_config="twitter2017"
     )
     assert "Trained on 1,000 of the 3,373 training tweets of Twitter-2017, 3 epochs." in card_text(tmp_path)
+    capped = {**results, "test_samples": 300, "test_samples_available": 723, "images": False}
+    hub.save_for_hub(pipe.model, pipe.processor, tmp_path / "capped", capped, dataset_config="twitter2017")
+    assert "Scored on the first 300 of the 723 test tweets only." in card_text(tmp_path / "capped")
+    assert "The data had no images: its visual branch was never trained on one" in card_text(tmp_path / "capped")
     evaluated = {**RESULTS, "mode": "evaluate", "test_samples": 723, "test_samples_available": 723}
     hub.save_for_hub(pipe.model, pipe.processor, tmp_path / "eval", evaluated, dataset_config="twitter2017")
     text = card_text(tmp_path / "eval")
