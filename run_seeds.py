@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed: train_umgf.main([*train_argv, "--seed", str(seed), "--output_dir", str(root / f"seed_{seed}")])
         for seed in args.seeds
     }
-    keys = [key for key in runs[args.seeds[0]] if key.startswith(("test", "cross_test"))]
+    keys = [  # the evaluations (tables of scores), not the flat test_* figures beside them
+        key
+        for key, value in runs[args.seeds[0]].items()
+        if key.startswith(("test", "cross_test")) and isinstance(value, dict)
+    ]
     summary = {
         "seeds": args.seeds,
         **{f"{key}_mean_std": mean_std([runs[s][key] for s in args.seeds]) for key in keys},

@@ -34,6 +34,8 @@ import json
 import logging
 import math
 import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -172,6 +174,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["error", "text-only"],
         default="error",
         help="a tweet without its released crops: stop with an error naming it (default), or use it text-only",
+    )
+    data.add_argument(
+        "--if_no_images",
+        choices=["warn", "text-only"],
+        default="warn",
+        help="when the data has no image at all: say so and train the preset as it is (default), or train the "
+        "'text-only' preset instead (a visual preset would only build a vision backbone that never sees an image)",
     )
     data.add_argument("--max_length", type=int, default=128, help="max sub-tokens per sentence (paper: 128)")
     data.add_argument("--max_train_samples", type=int)
@@ -458,9 +467,66 @@ def without_images(dataset: datasets.Dataset) -> datasets.Dataset:
     return dataset.remove_columns([c for c in ("image", *GROUNDING_COLUMNS) if c in dataset.column_names])
 
 
+def has_images(dataset: datasets.Dataset) -> bool:
+    """Whether any sentence of ``dataset`` has an image (the Arrow column's null count: no image is decoded)."""
+    if "image" not in dataset.column_names or len(dataset) == 0:
+        return False
+    column = dataset.with_format("arrow")["image"]
+    return column.null_count < len(column)
+
+
+#: The presets whose model has a visual branch, and "text-only", the same fusion model without one.
+TEXT_ONLY_PRESET = "text-only"
+
+
+def check_images(args: argparse.Namespace, splits: dict[str, datasets.Dataset]) -> bool:
+    """Whether the data has images. Without any (e.g. the UMT text alone, no --image_dir), a visual preset would
+    build a vision backbone that never sees an image: say so, and with ``--if_no_images text-only`` train the
+    "text-only" preset instead (``args.preset`` is changed). A checkpoint given by --model_name_or_path is used as
+    it is."""
+    found = any(has_images(split) for split in splits.values())
+    if found or is_synthetic(args) or args.model_name_or_path:
+        return found
+    if PRESETS[args.preset].get("use_visual", True):
+        if args.if_no_images == TEXT_ONLY_PRESET:
+            logger.warning(
+                f"the data has no images: training the {TEXT_ONLY_PRESET!r} preset instead of {args.preset!r} "
+                "(--if_no_images text-only)"
+            )
+            args.preset = TEXT_ONLY_PRESET
+        else:
+            logger.warning(
+                f"the data has no images (no --image_dir, or none of its images found): the {args.preset!r} "
+                "preset's vision branch will never be used. Pass --image_dir to use the images, or train without "
+                f"one: --preset {TEXT_ONLY_PRESET} (or --if_no_images {TEXT_ONLY_PRESET})"
+            )
+    return found
+
+
+def preset_of(config: UMGFConfig, grounder: str | None = None) -> str:
+    """The name of the preset a saved model was built with: the most specific preset whose every field matches
+    ``config`` ("wo-tar" is "paper" with the grid grounder); "paper" when none does."""
+    matches = [
+        name
+        for name, fields in PRESETS.items()
+        if fields and all(getattr(config, key, None) == value for key, value in fields.items())
+    ]
+    best = max(matches, key=lambda name: len(PRESETS[name]), default="paper")
+    return "wo-tar" if best == "paper" and grounder == PRESET_GROUNDERS["wo-tar"] else best
+
+
+def encoder_name(model: UMGFForTokenClassification) -> str:
+    """The text encoder's name for people: its Hub id, the last part of its local path, or (no name, as for the
+    synthetic job's encoder trained from scratch) its type and size."""
+    text_config = model.config.text_encoder_config
+    return hub.encoder_display_name(
+        getattr(text_config, "name_or_path", ""), text_config.model_type, text_config.hidden_size
+    )
+
+
 # -------------------------------------------------------------------------------------------------------- model
 def build_model_and_processor(
-    args: argparse.Namespace, label_names: list[str]
+    args: argparse.Namespace, label_names: list[str], images: bool = True
 ) -> tuple[UMGFForTokenClassification, UMGFProcessor]:
     """A UMGF checkpoint to fine-tune, a new model over pretrained encoders, or the synthetic job's small model."""
     id2label = dict(enumerate(label_names))
@@ -491,7 +557,7 @@ def build_model_and_processor(
         preset = {**PRESETS[args.preset], **overrides}
         vision = preset.pop("vision_backbone", UMGFConfig().vision_backbone)
         weights = {"none": False, "timm": True}.get(args.vision_weights, args.vision_weights)
-        if weights is False and preset.get("use_visual", True):
+        if weights is False and preset.get("use_visual", True) and images:
             logger.warning(
                 f"the {vision} vision backbone starts from random weights: pass --vision_weights timm "
                 "(or a local weights file) to use pretrained ones"
@@ -674,16 +740,86 @@ def latest_checkpoint(output_dir: Path) -> Path:
 
 def print_tables(tables: dict[str, dict[str, Any]], args: argparse.Namespace, results: dict[str, Any]) -> None:
     data = "synthetic task" if is_synthetic(args) else args.dataset_config_name
+    preset = results.get("preset", args.preset)
     names = {
-        "test": "UMGF (with images)" if "test_without_images" in tables else f"UMGF ({args.preset})",
+        "test": "UMGF (with images)" if "test_without_images" in tables else f"UMGF ({preset})",
         "test_without_images": "UMGF (images removed)",
     }
-    print(
-        f"\nTest results on {data} (best epoch {results['best_epoch']} of dev F1 {100 * results['dev_f1']:.2f}; "
-        f"seqeval default, conlleval-compatible):"
+    selected = (
+        f"model evaluated as it is, dev F1 {100 * results['dev_f1']:.2f}"
+        if results.get("mode") == "evaluate"
+        else f"best epoch {results['best_epoch']} of dev F1 {100 * results['dev_f1']:.2f}"
     )
+    print(f"\nTest results on {data} ({selected}; seqeval default, conlleval-compatible):")
     print(format_table2({names.get(key, key): scores for key, scores in tables.items()}))
     print()
+
+
+def flat_scores(prefix: str, scores: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, float]:
+    """run_ner_no_trainer's flat keys of one evaluation: ``<prefix>_precision``, ``_recall``, ``_f1`` (seqeval's
+    micro averages, as in ``scores``) and ``_accuracy`` (the share of words tagged right, seqeval's
+    `accuracy_score`), from the per-sentence ``records`` of `score`."""
+    words = sum(len(record["gold"]) for record in records)
+    right = sum(g == p for record in records for g, p in zip(record["gold"], record["pred"]))
+    return {
+        **{f"{prefix}_{key}": float(scores[key]) for key in ("precision", "recall", "f1")},
+        f"{prefix}_accuracy": right / words if words else 0.0,
+    }
+
+
+def learning_warning(dev_f1: float, predicted: int, sentences: int, results: dict[str, Any]) -> str | None:
+    """A loud message when the model has learned nothing visible: it predicts no entity at all on the test split
+    (``predicted`` entities in ``sentences`` sentences) or its dev F1 is 0; None otherwise."""
+    if predicted and dev_f1 > 0:
+        return None
+    what = (
+        f"the model predicts no entity at all in the {sentences} test sentences (every word O)"
+        if not predicted
+        else "its dev F1 is 0.00"
+    )
+    if results.get("mode") == "evaluate":
+        why = "Check that the model was trained on this kind of data and that its labels match."
+    else:
+        why = (
+            f"It did not learn to tag: {results.get('global_step')} optimizer steps on "
+            f"{results.get('train_samples')} sentences are likely too few for the CRF to leave the all-O "
+            "solution. Train longer (--num_train_epochs), on more sentences (--max_train_samples), or with a "
+            "higher --learning_rate for the new layers (README, Training: 'A first run on real data')."
+        )
+    return f"{what}. {why}"
+
+
+def closing_summary(args: argparse.Namespace, results: dict[str, Any], written: list[Path], example: str) -> str:
+    """What the run wrote and where, and a ready ``umgf-predict`` command for its model."""
+    model = str(args.output_dir) if results.get("mode") != "evaluate" else str(args.model_name_or_path)
+    lines = ["", "=" * 100, "Done." if results.get("mode") != "evaluate" else "Done (evaluation only, no training)."]
+    if results.get("mode") != "evaluate":
+        lines.append(f"  model, processor, pipeline code and model card: {args.output_dir}")
+    lines += [f"  {path.name}: {path}" for path in written]
+    lines.append(f"  tag a post: umgf-predict --model {shlex.quote(model)} --text {shlex.quote(example)}")
+    for warning in results.get("warnings", []):
+        lines.append(f"  WARNING: {warning}")
+    lines.append("=" * 100)
+    return "\n".join(lines)
+
+
+def best_model_folder(output_dir: Path) -> Path:
+    """Where the best epoch's model is: ``best_model/``; once a finished run has removed it (`remove_best_copy`), a
+    run resumed in the same folder finds that model in the folder itself (the only fallback; else an error)."""
+    if (output_dir / BEST_DIR / "config.json").is_file():
+        return output_dir / BEST_DIR
+    if (output_dir / "config.json").is_file():
+        logger.info(f"the best epoch's model is the one {output_dir} holds (no {BEST_DIR}/: the run had finished)")
+        return output_dir
+    raise FileNotFoundError(f"no model of the best dev epoch in {output_dir / BEST_DIR} or {output_dir}")
+
+
+def remove_best_copy(output_dir: Path) -> None:
+    """Remove ``best_model/``, the best epoch's copy kept during training, once the output folder holds that model
+    itself (never a link: nothing outside the output folder is touched)."""
+    best = output_dir / BEST_DIR
+    if best.is_dir() and not best.is_symlink():
+        shutil.rmtree(best)
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -751,8 +887,10 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     # 2. Data: train / dev / test (+ the test split of a second config for cross-domain runs).
     raw = load_splits(args, args.dataset_config_name, args.image_dir)
     label_names = label_names_of(raw["train"])
+    # --num_train_epochs 0 --model_name_or_path DIR: that model is evaluated as it is; nothing is trained or saved
+    evaluate_only = bool(args.model_name_or_path) and args.num_train_epochs == 0 and not args.max_train_steps
     splits = {
-        "train": limit(raw["train"], args.max_train_samples),
+        "train": raw["train"].select([]) if evaluate_only else limit(raw["train"], args.max_train_samples),
         "validation": limit(raw["validation"], args.max_eval_samples),
         "test": limit(raw["test"], args.max_eval_samples),
     }
@@ -770,13 +908,16 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             )
             logger.info(f"{name}: {report.summary()}")
 
+    images = check_images(args, splits)
+
     # 3. Model and processor.
-    model, processor = build_model_and_processor(args, label_names)
+    model, processor = build_model_and_processor(args, label_names, images)
+    preset = preset_of(model.config, processor.grounder) if args.model_name_or_path else args.preset
     if args.gradient_checkpointing:  # transformers >= 5.x: activation_checkpointing_enable (the old name warns)
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     use_visual = bool(model.config.use_visual)
     logger.info(
-        f"model: preset {args.preset!r}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"model: preset {preset!r}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"visual branch {'on' if use_visual else 'off'}, grounder {processor.grounder!r}"
     )
 
@@ -817,7 +958,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             generator=torch.Generator().manual_seed(args.seed),  # the loader's seed draws leave the global RNG
         )
 
-    train_dataloader = dataloader(splits["train"], args.per_device_train_batch_size, shuffle=True)
+    train_dataloader = dataloader(splits["train"], args.per_device_train_batch_size, shuffle=not evaluate_only)
     eval_dataloaders = {
         name: dataloader(split, args.per_device_eval_batch_size, shuffle=False)
         for name, split in splits.items()
@@ -828,7 +969,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     max_train_steps = (
         args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs * updates_per_epoch
     )
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch) if updates_per_epoch else 0
     if args.lr_scheduler_type == "step":
         step_updates = STEP_EPOCHS * updates_per_epoch
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: STEP_GAMMA ** (update // step_updates))
@@ -910,32 +1051,36 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 logger.info(f"removed {path} (--checkpoints_total_limit {args.checkpoints_total_limit})")
 
     # 7. Training; at the end of every epoch, select on dev F1 and keep the best model.
-    logger.info(
-        f"training: {len(splits['train'])} sentences, {num_epochs} epochs, {max_train_steps} optimizer steps, "
-        f"batch {args.per_device_train_batch_size} x {accelerator.num_processes} processes x "
-        f"{args.gradient_accumulation_steps} accumulation"
-    )
+    if evaluate_only:
+        logger.info(f"evaluation only: {args.model_name_or_path} as it is, no training (--num_train_epochs 0)")
+    else:
+        logger.info(
+            f"training: {len(splits['train'])} sentences, {num_epochs} epochs, {max_train_steps} optimizer steps, "
+            f"batch {args.per_device_train_batch_size} x {accelerator.num_processes} processes x "
+            f"{args.gradient_accumulation_steps} accumulation"
+        )
     progress = tqdm(
         total=max_train_steps,
         initial=state["global_step"],
         desc="training",
-        disable=not accelerator.is_local_main_process,
+        disable=evaluate_only or not accelerator.is_local_main_process,
     )
 
     def select_on_dev() -> None:
         dev = predict(model, eval_dataloaders["validation"], accelerator, processor, True, "dev")
-        dev_scores, _ = score(splits["validation"], dev, label_names)
+        dev_scores, dev_records = score(splits["validation"], dev, label_names)
         state["history"].append({"epoch": state["epoch"], "step": state["global_step"], "dev_f1": dev_scores["f1"]})
         accelerator.log(
             {f"dev/{key}": dev_scores[key] for key in ("f1", "precision", "recall")}, step=state["global_step"]
         )
+        when = "evaluation" if evaluate_only else f"epoch {state['epoch']}"
         logger.info(
-            f"epoch {state['epoch']}: dev P {dev_scores['precision']:.4f} R {dev_scores['recall']:.4f} "
-            f"F1 {dev_scores['f1']:.4f}"
+            f"{when}: dev P {dev_scores['precision']:.4f} R {dev_scores['recall']:.4f} F1 {dev_scores['f1']:.4f}"
         )
         if dev_scores["f1"] > state["best_f1"]:
             state["best_f1"], state["best_epoch"] = dev_scores["f1"], state["epoch"]
-            if accelerator.is_main_process:
+            state["best_dev"] = flat_scores("eval", dev_scores, dev_records)
+            if accelerator.is_main_process and not evaluate_only:
                 accelerator.unwrap_model(model).save_pretrained(args.output_dir / BEST_DIR, safe_serialization=True)
                 processor.save_pretrained(args.output_dir / BEST_DIR)
 
@@ -987,18 +1132,34 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     train_seconds = time.perf_counter() - started
 
     # 8. Test the best dev epoch, with and without images, and the cross-domain test.
-    best = UMGFForTokenClassification.from_pretrained(args.output_dir / BEST_DIR)
-    accelerator.unwrap_model(model).load_state_dict(best.state_dict())
-    del best
-    results: dict[str, Any] = {
-        "best_epoch": state["best_epoch"],
-        "dev_f1": state["best_f1"],
-        "train_seconds": round(train_seconds, 1),
-        "global_step": state["global_step"],
-        "seed": args.seed,
-        "preset": args.preset,
-        "scoring": "seqeval default mode (conlleval-compatible), micro-averaged entity P/R/F1",
-    }
+    if not evaluate_only:
+        best = UMGFForTokenClassification.from_pretrained(best_model_folder(args.output_dir))
+        accelerator.unwrap_model(model).load_state_dict(best.state_dict())
+        del best
+    results: dict[str, Any] = {"mode": "evaluate" if evaluate_only else "train"}
+    if evaluate_only:  # what was evaluated, and nothing about a training that did not happen
+        results["model"] = hub.hub_id(args.model_name_or_path) or Path(args.model_name_or_path).resolve().name
+    else:
+        results.update(
+            best_epoch=state["best_epoch"],
+            train_seconds=round(train_seconds, 1),
+            global_step=state["global_step"],
+            num_train_epochs=state["epoch"],
+            train_samples=len(splits["train"]),
+            train_samples_available=len(raw["train"]),
+            seed=args.seed,
+        )
+    results.update(
+        dev_f1=state["best_f1"],
+        preset=preset,
+        text_encoder=encoder_name(accelerator.unwrap_model(model)),
+        dataset_config_name=args.dataset_config_name,
+        images=images,
+        eval_samples=len(splits["validation"]),
+        test_samples=len(splits["test"]),
+        test_samples_available=len(raw["test"]),
+        scoring="seqeval default mode (conlleval-compatible), micro-averaged entity P/R/F1",
+    )
     evaluations = [("test", "test", True)]
     if has_objects:
         evaluations.append(("test_without_images", "test", False))
@@ -1006,33 +1167,53 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         evaluations.append((f"cross_test_{args.test_dataset_config_name}", "cross_test", True))
     tables: dict[str, dict[str, Any]] = {}
     prediction_records: dict[str, list[dict[str, Any]]] = {}
+    warning: str | None = None
     for key, split, use_objects in evaluations:
         predictions = predict(model, eval_dataloaders[split], accelerator, processor, use_objects, key)
         tables[key], records = score(splits[split], predictions, label_names)
         results[key] = tables[key]
         prediction_records[key] = records  # written with the model (step 9), so that they always go together
+        if key == "test":  # run_ner_no_trainer's flat keys: eval_* (dev, the selected epoch) and test_*
+            results.update({**state.get("best_dev", {}), **flat_scores("test", tables[key], records)})
+            warning = learning_warning(state["best_f1"], sum(r["predicted"] for r in records), len(records), results)
+    if warning:
+        results["warnings"] = [warning]
+        logger.warning(f"\n{'!' * 100}\nWARNING: {warning}\n{'!' * 100}")
     accelerator.log({f"{key}/f1": s["f1"] for key, s in tables.items()}, step=state["global_step"])
 
     # 9. Outputs: model + processor + pipeline code (pipeline(model=output_dir, trust_remote_code=True) works),
     #    handler, all_results.json and the model card filled with these results; then the Hub.
+    #    An evaluation-only run writes its results and predictions, not another copy of the model it evaluated.
     if accelerator.is_main_process:
+        examples: list[tuple[str, Any]] = []
+        if is_synthetic(args):  # example posts with images for a demo Space (the Twitter images may not be shared)
+            shown = [row for row in raw["test"] if row["image"] is not None][:EXAMPLES]
+            examples = [(" ".join(row["tokens"]), row["image"]) for row in shown]
         card = dict(
             repo_id=args.hub_model_id or args.output_dir.resolve().name,
             dataset_id=args.hub_dataset_id or args.dataset_name,
             dataset_config=args.dataset_config_name,
+            widget_texts=[text for text, _ in examples] or hub.WIDGET_TEXTS,  # the model's own posts, if any
         )
+        written = [args.output_dir / "all_results.json"]
+        written += [args.output_dir / f"predictions_{key}.jsonl" for key in prediction_records]
 
         def save_outputs(folder: Path) -> None:
             for key, records in prediction_records.items():
                 with open(folder / f"predictions_{key}.jsonl", "w", encoding="utf-8") as handle:
                     handle.writelines(json.dumps(record) + "\n" for record in records)
+            if evaluate_only:  # results and predictions, not another copy of the model it evaluated
+                (folder / "all_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+                return
             hub.save_for_hub(accelerator.unwrap_model(model), processor, folder, results, **card)
-            if is_synthetic(args):  # example posts with images for a demo Space (the Twitter images may not be shared)
-                shown = [row for row in raw["test"] if row["image"] is not None][:EXAMPLES]
-                hub.write_examples(folder, [(" ".join(row["tokens"]), row["image"]) for row in shown])
+            if examples:
+                hub.write_examples(folder, examples)
 
         replace_entries(args.output_dir, save_outputs)  # written beside, then renamed: a previous model stays whole
+        if not evaluate_only:
+            remove_best_copy(args.output_dir)  # the folder now holds the best epoch's model itself
         print_tables(tables, args, results)
+        print(closing_summary(args, results, written, card["widget_texts"][0]))
         if args.push_to_hub:
             url = hub.push_to_hub(
                 accelerator.unwrap_model(model),
@@ -1041,8 +1222,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 results,
                 token=args.hub_token,
                 private=args.hub_private_repo,
-                dataset_id=args.dataset_name,
-                dataset_config=args.dataset_config_name,
+                **{key: value for key, value in card.items() if key != "repo_id"},
             )
             logger.info(f"pushed to the Hub: {url}")
     accelerator.end_training()

@@ -4,14 +4,16 @@
     umgf-predict --model my-umgf --input posts.jsonl --format jsonl --draw drawn/ > entities.jsonl
 
 ``--input`` reads JSON lines ``{"text": ..., "image": ..., "grounding": ..., "id": ...}`` (or ``"words"`` instead of
-``"text"``; image paths are relative to the current folder; ``grounding`` holds precomputed grounding columns,
-CONTRACT.md). Output: a table (default), JSON lines (the pipeline's full output per post) or CoNLL
-(``word<TAB>tag``, a blank line between posts). ``--draw`` saves the image with the grounded boxes that feed an
-entity (`visualization_umgf.draw_entities`): a PNG file with ``--text``, a folder of ``<id>.png`` with
-``--input`` (one file per post: ids that would give the same name get ``-2``, ``-3``...; a file is written beside
-its name and renamed onto it, so a symbolic link there is replaced, never followed). Images over the pixel budget
-(``--max-image-pixels``, `image_utils_umgf.MAX_IMAGE_PIXELS`) are refused from their header. ``--grounder``
-picks the grounder instead of the model's own. Bad input gives one line on stderr and exit code 2; a failure while
+``"text"``; ``--input -`` reads them from stdin; relative image paths are read from the JSONL file's folder, from
+the current folder for stdin; ``grounding`` holds precomputed grounding columns, CONTRACT.md), with a progress bar
+on stderr. Output: a table (default), JSON lines (the pipeline's full output per post) or CoNLL
+(``word<TAB>tag``, a blank line between posts), on stdout or into ``--output FILE``. ``--draw`` saves the image
+with the grounded boxes that feed an entity, the post and the scores (`visualization_umgf.draw_entities`): a PNG
+file with ``--text``, a folder of ``<id>.png`` with ``--input`` (one file per post: ids that would give the same
+name get ``-2``, ``-3``...; a file is written beside its name and renamed onto it, so a symbolic link there is
+replaced, never followed). Every file written is named on stderr. Images over the pixel budget
+(``--max-image-pixels``, `image_utils_umgf.MAX_IMAGE_PIXELS`) are refused from their header. ``--grounder`` picks
+the grounder instead of the model's own. Bad input gives one line on stderr and exit code 2; a failure while
 tagging, 1.
 
 Argument parsing is argparse's; the rest is formatting.
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .grounders import GROUNDERS, build_grounder
 from .hub import load_saved
@@ -52,9 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model folder or Hub repo id (model + processor)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="one post")
-    source.add_argument("--input", type=Path, help='JSON lines file: {"text" or "words", "image", "grounding", "id"}')
+    source.add_argument(
+        "--input",
+        type=Path,
+        help='JSON lines file ("-": stdin): {"text" or "words", "image", "grounding", "id"}; relative image paths '
+        "are read from the file's folder",
+    )
     parser.add_argument("--image", help="image of --text (path, http(s) URL or base64)")
     parser.add_argument("--format", choices=("table", "jsonl", "conll"), default="table")
+    parser.add_argument("--output", type=Path, help="write the output to this file instead of stdout")
     parser.add_argument(
         "--draw", type=Path, help="draw the grounded boxes of the entities: a PNG file (--text) or a folder (--input)"
     )
@@ -108,20 +117,23 @@ def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
     else:
         if args.image is not None:
             raise InputError('--image goes with --text; give images in the --input file ("image" key)')
-        if not args.input.is_file():
+        stdin = str(args.input) == "-"
+        if not stdin and not args.input.is_file():
             raise InputError(f"input file not found: {args.input}")
         samples = []
-        for number, line in utf8_lines(args.input):
+        name = "<stdin>" if stdin else str(args.input)
+        lines = enumerate(sys.stdin, 1) if stdin else utf8_lines(args.input)
+        for number, line in lines:
             if not line.strip():
                 continue
-            where = f"{args.input}:{number}"
+            where = f"{name}:{number}"
             try:
                 sample = json.loads(line)
             except json.JSONDecodeError as error:
                 raise InputError(f"{where}: not valid JSON ({error.msg})") from error
-            samples.append(_check_post(sample, where))
+            samples.append(_relative_to(_check_post(sample, where), None if stdin else args.input.parent))
         if not samples:
-            raise InputError(f"{args.input} holds no posts")
+            raise InputError(f"{name} holds no posts")
     if args.draw is not None:
         if args.text is not None and (args.image is None or args.draw.is_dir()):
             raise InputError("--draw with --text needs --image and a PNG file path (not a folder)")
@@ -162,6 +174,21 @@ def grounder_from_args(name: str | None, kwargs: Any) -> Any:
         return build_grounder(name, **kwargs)
     except (TypeError, ValueError) as error:
         raise InputError(f"--grounder {name} --grounder-kwargs {json.dumps(kwargs)}: {error}") from error
+
+
+def _relative_to(sample: dict[str, Any], folder: Path | None) -> dict[str, Any]:
+    """``sample`` with a relative image path read from ``folder`` (the JSONL file's folder), when the file is there;
+    any other image string (absolute path, URL, base64) is left as it is."""
+    image = sample.get("image")
+    if folder is None or not isinstance(image, str) or "://" in image or image.startswith("data:"):
+        return sample
+    try:
+        path = Path(image)
+        if not path.is_absolute() and (folder / path).is_file():
+            return {**sample, "image": str(folder / path)}
+    except (OSError, ValueError):  # a long base64 string is no path
+        pass
+    return sample
 
 
 def load_pipeline(model: str, device: str | None, compile_backbone: bool = False) -> MultimodalNERPipeline:
@@ -210,26 +237,44 @@ def run(args: argparse.Namespace) -> int:
     samples = read_samples(args)
     pipe = load_pipeline(args.model, args.device, compile_backbone=args.compile)
     grounder = grounder_from_args(args.grounder, args.grounder_kwargs)
-    inputs = [
+    inputs: list[dict[str, Any]] = [
         {key: sample[key] for key in ("text", "words", "image", "grounding", "id") if key in sample}
         for sample in samples
     ]
-    results = pipe(inputs, batch_size=args.batch_size, return_words=True, grounder=grounder)
-    for sample, result in zip(samples, results):
-        if args.format == "jsonl":
-            print(json.dumps({"id": sample["id"], **result}, ensure_ascii=False))
-        elif args.format == "conll":
-            print(format_conll(result))
-        else:
-            print(format_table(sample, result) + "\n")
+    results = tag_posts(pipe, inputs, args.batch_size, grounder, progress=args.input is not None)
+    out = sys.stdout if args.output is None else args.output.open("w", encoding="utf-8")
+    try:
+        for sample, result in zip(samples, results):
+            if args.format == "jsonl":
+                print(json.dumps({"id": sample["id"], **result.to_dict()}, ensure_ascii=False), file=out)
+            elif args.format == "conll":
+                print(format_conll(result), file=out)
+            else:
+                print(format_table(sample, result) + "\n", file=out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.output is not None:
+        print(f"umgf-predict: wrote {len(results)} posts ({args.format}) to {args.output}", file=sys.stderr)
     if args.draw is not None:
         drawn = [(sample, result) for sample, result in zip(samples, results) if sample.get("image") is not None]
         names = unique_file_names([sample["id"] for sample, _ in drawn], ".png")
         for (sample, result), name in zip(drawn, names):
             path = args.draw if args.text is not None else args.draw / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_replacing(path, pipe.draw_entities(sample["image"], result["entities"]).save, format="PNG")
+            picture = pipe.draw_entities(sample["image"], result["entities"], text=result["text"])
+            write_replacing(path, picture.save, format="PNG")
+            print(f"umgf-predict: wrote {path}", file=sys.stderr)
     return 0
+
+
+def tag_posts(
+    pipe: MultimodalNERPipeline, inputs: Sequence[dict[str, Any]], batch_size: int, grounder: Any, progress: bool
+) -> list[Any]:
+    """The pipeline's results for ``inputs``, in order, with a progress bar over the posts on stderr (``progress``)."""
+    results = pipe((sample for sample in inputs), batch_size=batch_size, grounder=grounder)
+    bar = tqdm(results, total=len(inputs), desc="tagging", unit="post", disable=not progress, file=sys.stderr)
+    return list(bar)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -166,6 +166,24 @@ def dataset_hub_id(dataset: str | os.PathLike | None) -> str | None:
     return hub_id(dataset, what="training dataset (no Hub repo recorded in its dataset card)")
 
 
+GENERIC_FOLDER_NAMES = frozenset({"model", "models", "checkpoint", "final", "best_model", "pytorch", "weights"})
+"""Folder names that say nothing about an encoder: its parent folder's name is shown with them."""
+
+
+def encoder_display_name(name_or_path: str | os.PathLike | None, model_type: str, hidden_size: int | None) -> str:
+    """The text encoder's name for a card or a log: its Hub id; for a local folder the folder's name (with its
+    parent's when the name is generic, e.g. ``all-minilm/model``: a path is never published whole); without a name
+    (an encoder trained from scratch), its type and size."""
+    size = f" ({hidden_size}-d)" if hidden_size else ""
+    if not name_or_path:
+        return f"{model_type}{size}, trained from scratch"
+    if not is_local_path(name_or_path):
+        return os.fspath(name_or_path)
+    path = Path(name_or_path).expanduser()
+    name = f"{path.parent.name}/{path.name}" if path.name in GENERIC_FOLDER_NAMES and path.parent.name else path.name
+    return f"{name or model_type}{size}"
+
+
 def asset_path(name: str) -> Path:
     """Path of a project-root asset (``model_card.md``, ``handler.py``): the source tree, else ``share/umgf``."""
     candidates = [Path(__file__).resolve().parent.parent / name, Path(sys.prefix) / "share" / "umgf" / name]
@@ -268,6 +286,7 @@ def write_model_card(
     widget_texts: Sequence[str] = WIDGET_TEXTS,
     pipe: MultimodalNERPipeline | None = None,
     template_path: str | os.PathLike | None = None,
+    encoder_name: str | None = None,
 ) -> Path:
     """Render ``model_card.md`` into ``folder/README.md`` for the model saved in ``folder``.
 
@@ -286,6 +305,8 @@ def write_model_card(
         widget_texts: widget examples; their outputs are computed with ``pipe``.
         pipe: the pipeline of the saved model (default: loaded from ``folder``).
         template_path: the Jinja template (default: the project's ``model_card.md``).
+        encoder_name: the text encoder's name (default: `encoder_display_name` of config.json's text config;
+            `save_for_hub` gives it from the model, whose local path config.json does not keep).
     """
     folder = Path(folder)
     results = dict(results or {})
@@ -294,7 +315,7 @@ def write_model_card(
     repo_id = repo_id or folder.resolve().name
     dataset_id = dataset_hub_id(dataset_id)
     dataset_config = dataset_config or results.get("dataset_config_name")
-    dataset_name = DATASET_NAMES.get(dataset_config or "", dataset_config or "synthetic task")
+    dataset_name = DATASET_NAMES.get(dataset_config or "", dataset_config or "the synthetic task")
     if pipe is None:
         from .modeling_umgf import UMGFForTokenClassification
         from .processing_umgf import UMGFProcessor
@@ -305,6 +326,9 @@ def write_model_card(
             device=-1,
         )
     text_config = config.get("text_config", {})
+    encoder_name = encoder_name or encoder_display_name(
+        text_config.get("_name_or_path"), text_config.get("model_type", "bert"), text_config.get("hidden_size")
+    )
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         language="en",
@@ -330,6 +354,8 @@ def write_model_card(
         model_config=config,
         text_config=text_config,
         base_model=card_data.base_model,
+        encoder_name=encoder_name,
+        visual=bool(config.get("use_visual", True)),
         requirements=[Requirement(line).name for line in REQUIREMENTS],
         citation=UMGF_CITATION,
         grounder=processor_config.get("grounder"),
@@ -354,6 +380,9 @@ def save_for_hub(
     pipe = MultimodalNERPipeline(model=model, processor=processor, device=model.device)
     text_config = model.config.text_config
     name_or_path = text_config.name_or_path
+    card_kwargs.setdefault(
+        "encoder_name", encoder_display_name(name_or_path, text_config.model_type, text_config.hidden_size)
+    )
     text_config.name_or_path = hub_id(name_or_path, what="config.json text_config._name_or_path") or ""
     try:
         pipe.save_pretrained(folder)
@@ -403,6 +432,7 @@ __all__ = [
     "UMGF_CITATION",
     "asset_path",
     "dataset_hub_id",
+    "encoder_display_name",
     "hub_id",
     "is_local_path",
     "load_saved",

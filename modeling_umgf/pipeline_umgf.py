@@ -35,6 +35,7 @@ from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
+from .detector_grounding import DEFAULT_DETECTOR
 from .grounders import GROUNDERS, build_grounder
 from .grounding import Grounder
 from .image_utils_umgf import load_images, load_rgb_image
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TASK = "multimodal-ner"
+DETECTOR_GROUNDERS = ("detector", "release")
+"""The grounders that run a downloaded detector (Grounding DINO)."""
 
 
 def word_offsets(text: str, words: Sequence[str]) -> list[tuple[int, int]]:
@@ -65,6 +68,53 @@ def word_offsets(text: str, words: Sequence[str]) -> list[tuple[int, int]]:
         cursor = start + len(word)
         spans.append((start, cursor))
     return spans
+
+
+AGGREGATION_STRATEGIES = ("simple", "first", "none")
+"""The ``aggregation_strategy`` values the pipeline takes: "simple" (the default) and "first" give entities (the
+CRF tags whole words, each read at its first sub-token, so both group the same word tags); "none" gives one item
+per word. transformers' "average" and "max" combine sub-token scores into a word's, which a word-level CRF does not
+have: they are refused with a ValueError."""
+
+
+class TaggedPost(list):
+    """The result for one post: a list of its entities (of its words with ``aggregation_strategy="none"``), the
+    same type whatever the parameters. What else the pipeline read is kept beside the list: the attributes
+    ``text``, ``entities``, ``words`` (every word ``{"word", "start", "end", "tag", "score"}``), ``objects`` and
+    ``truncated_words``, also readable by key (``post["words"]``), and all together as a dict by `to_dict`."""
+
+    DETAILS = ("text", "entities", "words", "objects", "truncated_words")
+
+    def __init__(self, items: Sequence[dict[str, Any]], **details: Any) -> None:
+        super().__init__(items)
+        for name in self.DETAILS:
+            setattr(self, name, details[name])
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            if key not in self.DETAILS:
+                raise KeyError(f"{key!r}: a post's details are {list(self.DETAILS)}")
+            return getattr(self, key)
+        return super().__getitem__(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"text", "entities", "words", "objects", "truncated_words"}`` (JSON-ready)."""
+        return {name: getattr(self, name) for name in self.DETAILS}
+
+
+def aggregation_of(strategy: Any) -> str:
+    """The ``aggregation_strategy`` as one of `AGGREGATION_STRATEGIES` (a string or transformers' enum), or a
+    ValueError saying what this pipeline does instead."""
+    name = str(getattr(strategy, "value", strategy)).lower()
+    if name in ("average", "max"):
+        raise ValueError(
+            f"aggregation_strategy={name!r} combines the scores of a word's sub-tokens; this model's CRF tags and "
+            "scores whole words, so there is nothing to combine: use 'simple' (or 'first', the same) for entities, "
+            "'none' for words"
+        )
+    if name not in AGGREGATION_STRATEGIES:
+        raise ValueError(f"aggregation_strategy must be one of {list(AGGREGATION_STRATEGIES)}, got {strategy!r}")
+    return name
 
 
 def corners_dict(box: Sequence[float]) -> dict[str, float]:
@@ -88,7 +138,10 @@ class MultimodalNERPipeline(Pipeline):
     with a warning and the post is tagged text-only (the processor's policy).
 
     Parameters: ``grounder`` (a grounder name or `Grounder` to use instead of the processor's own; e.g.
-    ``pipeline(model=..., grounder="grid")`` or per call), ``return_words``, ``timeout`` (image downloads).
+    ``pipeline(model=..., grounder="grid")`` or per call), ``aggregation_strategy`` (`AGGREGATION_STRATEGIES`),
+    ``ignore_labels`` (entity types, or with "none" word tags, left out; default ``["O"]``), ``timeout`` (image
+    downloads), ``return_words`` (accepted for compatibility: the words are always in the result). A model
+    without a visual branch ignores an image (and a grounding), with one warning, and never runs a grounder.
 
     Output per sample: a list of entities, each ``{"entity_group", "score", "word", "start", "end", "words",
     "word_start", "word_end", "boxes"}`` (the first five as in transformers' "token-classification" pipeline):
@@ -100,6 +153,10 @@ class MultimodalNERPipeline(Pipeline):
     each word's first sub-token (the node the decoder reads). With ``return_words=True`` a sample gives instead
     ``{"text", "entities", "words": [{"word", "start", "end", "tag", "score"}], "objects", "truncated_words"}``,
     where a word's ``score`` is the CRF marginal of its tag (None for words cut by ``max_length``, tagged O).
+    Every result is a `TaggedPost`: the list above, with those details as attributes (``post.words``,
+    ``post["words"]``, ``post.to_dict()``). With ``aggregation_strategy="none"`` the list holds one item per word
+    instead, ``{"entity": tag, "score", "index": word number from 0, "word", "start", "end"}``, as transformers'
+    "token-classification" pipeline gives per token.
     """
 
     model: UMGFForTokenClassification
@@ -148,20 +205,43 @@ class MultimodalNERPipeline(Pipeline):
         return_words: bool | None = None,
         timeout: float | None = None,
         grounder: str | Grounder | None = None,
+        aggregation_strategy: Any = None,
+        ignore_labels: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> tuple[dict, dict, dict]:
         if kwargs:
             raise TypeError(f"unknown arguments for the {TASK} pipeline: {sorted(kwargs)}")
         preprocess: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        if grounder is not None:
+        if grounder is not None and self.has_visual_branch:  # a text-only model never grounds
             preprocess["grounder"] = build_grounder(grounder) if isinstance(grounder, str) else grounder
-        postprocess = {} if return_words is None else {"return_words": return_words}
+        postprocess: dict[str, Any] = {}
+        if aggregation_strategy is not None:
+            postprocess["aggregation_strategy"] = aggregation_of(aggregation_strategy)
+        if ignore_labels is not None:
+            if isinstance(ignore_labels, str) or not all(isinstance(label, str) for label in ignore_labels):
+                raise ValueError(f"ignore_labels must be a list of labels, got {ignore_labels!r}")
+            postprocess["ignore_labels"] = tuple(ignore_labels)
         return preprocess, {}, postprocess
+
+    @property
+    def has_visual_branch(self) -> bool:
+        """Whether the model reads images at all (a text-only preset has no visual branch)."""
+        return bool(getattr(self.model.config, "use_visual", True))
+
+    def _without_visual_inputs(self, sample: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``sample`` without its image and grounding when the model has no visual branch (warned once)."""
+        if self.has_visual_branch or (sample.get("image") is None and sample.get("grounding") is None):
+            return sample
+        if not getattr(self, "_warned_text_only", False):
+            logger.warning("this model has no visual branch (a text-only model): images are ignored, none is grounded")
+            self._warned_text_only = True
+        return {**sample, "image": None, "grounding": None}
 
     def preprocess(self, item: Any, timeout: float | None = None) -> dict[str, Any]:  # type: ignore[override]
         sample = {"text": item} if isinstance(item, str) else item
         if not isinstance(sample, Mapping) or ("text" in sample) == ("words" in sample):
             raise ValueError(f"each input must be a string or a dict with 'text' or 'words', got {item!r:.200}")
+        sample = self._without_visual_inputs(sample)
         words: list[str]
         if "text" in sample:
             text = sample["text"]
@@ -302,10 +382,17 @@ class MultimodalNERPipeline(Pipeline):
             )
         return sorted(boxes, key=lambda entry: -entry["alpha"])
 
-    def postprocess(self, sample: dict[str, Any], return_words: bool = False) -> Any:  # type: ignore[override]
+    def postprocess(  # type: ignore[override]
+        self,
+        sample: dict[str, Any],
+        aggregation_strategy: str = "simple",
+        ignore_labels: Sequence[str] = ("O",),
+    ) -> TaggedPost:
         text, offsets = sample["text"], sample["offsets"]
         entities = []
         for entity in sample["entities"]:
+            if entity["type"] in ignore_labels:
+                continue
             start, end = offsets[entity["word_start"]][0], offsets[entity["word_end"] - 1][1]
             entities.append(
                 {
@@ -320,28 +407,42 @@ class MultimodalNERPipeline(Pipeline):
                     "boxes": entity["boxes"],
                 }
             )
-        if not return_words:
-            return entities
         words = [
             {"word": word, "start": start, "end": end, "tag": tag, "score": score}
             for word, (start, end), tag, score in zip(sample["words"], offsets, sample["tags"], sample["word_scores"])
         ]
-        return {
-            "text": text,
-            "entities": entities,
-            "words": words,
-            "objects": sample["objects"],
-            "truncated_words": sample["truncated_words"],
-        }
+        items = entities
+        if aggregation_strategy == "none":  # one item per word, as the token-classification pipeline gives
+            items = [
+                {
+                    "entity": w["tag"],
+                    "score": w["score"],
+                    "index": index,
+                    "word": w["word"],
+                    "start": w["start"],
+                    "end": w["end"],
+                }
+                for index, w in enumerate(words)
+                if w["tag"] not in ignore_labels
+            ]
+        return TaggedPost(
+            items,
+            text=text,
+            entities=entities,
+            words=words,
+            objects=sample["objects"],
+            truncated_words=sample["truncated_words"],
+        )
 
     load_image = staticmethod(load_rgb_image)
     """The pipeline's image loader (path, URL, base64, data URI, ...): raises a ValueError naming what is wrong."""
 
     @staticmethod
-    def draw_entities(image: Image.Image, entities: Sequence[dict[str, Any]]) -> Image.Image:
+    def draw_entities(image: Image.Image, entities: Sequence[dict[str, Any]], text: str | None = None) -> Image.Image:
         """``image`` with the grounded boxes that feed ``entities`` (this pipeline's output), outlined in the colour
-        of the entity attending to each most (`visualization_umgf.draw_entities`)."""
-        return draw_entities(image, entities)
+        of the entity attending to each most and labelled with its score, above the post ``text`` and the entities'
+        scores (`visualization_umgf.draw_entities`)."""
+        return draw_entities(image, entities, text)
 
     @staticmethod
     def box_annotations(entities: Sequence[dict[str, Any]]) -> list[tuple[tuple[int, int, int, int], str]]:
@@ -356,6 +457,31 @@ class MultimodalNERPipeline(Pipeline):
     def available_grounders() -> list[str]:
         """The names a ``grounder`` parameter takes."""
         return sorted(GROUNDERS)
+
+    def usable_grounders(self) -> list[str]:
+        """The grounders that can ground a typed post with its image here, the model's own first: none for a model
+        without a visual branch; never "precomputed" (a typed post brings no boxes); the detector grounders only
+        when their detector's weights are on this machine (a local folder or the Hub cache: no download)."""
+        if not self.has_visual_branch:
+            return []
+        own = self.processor.grounder
+        names = [own, *(name for name in sorted(GROUNDERS) if name != own)]
+        return [
+            name
+            for name in names
+            if name != "precomputed" and (name not in DETECTOR_GROUNDERS or self._detector_on_disk(name))
+        ]
+
+    def _detector_on_disk(self, grounder: str) -> bool:
+        """Whether the detector of ``grounder`` (the processor's settings for its own) loads without a download."""
+        settings = self.processor.grounder_kwargs if grounder == self.processor.grounder else {}
+        detector = str((settings or {}).get("detector", DEFAULT_DETECTOR))
+        if os.path.isdir(detector):
+            return os.path.isfile(os.path.join(detector, "config.json"))
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = [try_to_load_from_cache(detector, name) for name in ("config.json", "model.safetensors")]
+        return all(isinstance(path, str) for path in cached)
 
     @staticmethod
     def entity_colours(entities: Sequence[dict[str, Any]] | None = None) -> dict[str, str]:
@@ -395,4 +521,13 @@ def register_pipeline() -> None:
     )
 
 
-__all__ = ["TASK", "MultimodalNERPipeline", "corners_dict", "register_pipeline", "word_offsets"]
+__all__ = [
+    "AGGREGATION_STRATEGIES",
+    "TASK",
+    "MultimodalNERPipeline",
+    "TaggedPost",
+    "aggregation_of",
+    "corners_dict",
+    "register_pipeline",
+    "word_offsets",
+]

@@ -353,6 +353,8 @@ class UMGFProcessor(ProcessorMixin):
             groundings.append(grounding)
         # Samples with cached features are neither grounded nor clipped: their objects are fixed by the features.
         to_ground = [None if feature is not None else image for image, feature in zip(images, features)]
+        if grounder is None and all(image is None for image in to_ground):  # no image: no grounder is built
+            return [Grounding() if g is None else g for g in groundings]
         grounded = ground_batch(grounder or self.visual_grounder, to_ground, sentences, ids, groundings)
         return [Grounding() if g is None else g for g in grounded]
 

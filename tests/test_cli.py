@@ -128,7 +128,9 @@ def test_draw_outlines_the_grounded_boxes_in_the_colour_of_their_entity(
     assert code == 0, err
     drawn = np.asarray(Image.open(out_png).convert("RGB"))
     scale = -(-MIN_SIDE // min(quadrant_image().size))  # small images are drawn enlarged, pixels kept sharp
-    assert drawn.shape[:2] == (quadrant_image().height * scale, quadrant_image().width * scale)
+    # the picture on top, the post and the scores in a band below it
+    assert drawn.shape[1] == quadrant_image().width * scale and drawn.shape[0] > quadrant_image().height * scale
+    drawn = drawn[: quadrant_image().height * scale]
     original = np.asarray(quadrant_image()).repeat(scale, axis=0).repeat(scale, axis=1)
     entities = local(TEXT, image=quadrant_image())
     best: dict[tuple, tuple[float, str]] = {}
@@ -220,7 +222,7 @@ def test_draw_writes_one_picture_per_post_with_an_image(tiny_ner_folder, tmp_pat
     code, _, err = run_cli(capsys, "--model", tiny_ner_folder, "--input", posts, "--draw", tmp_path / "drawn")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["a_1.png"]  # the post without image: none
-    expected = local.draw_entities(quadrant_image(), local(TEXT, image=quadrant_image()))
+    expected = local.draw_entities(quadrant_image(), local(TEXT, image=quadrant_image()), text=TEXT)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "drawn" / "a_1.png").convert("RGB")), np.asarray(expected))
     assert not np.array_equal(np.asarray(expected), np.asarray(quadrant_image()))  # boxes were drawn
     (tmp_path / "file.png").write_bytes(b"")
@@ -317,3 +319,30 @@ def image_path_of(folder: Path) -> Path:
     path = folder / "small.png"
     quadrant_image().save(path)
     return path
+
+
+def test_stdin_output_file_progress_and_image_paths_relative_to_the_input_file(
+    tiny_ner_folder, tmp_path, capsys, monkeypatch, local
+) -> None:
+    import io
+
+    folder = tmp_path / "posts"
+    (folder / "img").mkdir(parents=True)
+    quadrant_image().save(folder / "img" / "tweet.png")
+    (folder / "posts.jsonl").write_text(json.dumps({"id": "a", "text": TEXT, "image": "img/tweet.png"}) + "\n")
+    monkeypatch.chdir(tmp_path)  # img/tweet.png is not there: only the file's folder holds it
+    out = tmp_path / "entities.jsonl"
+    argv = ["--model", tiny_ner_folder, "--input", folder / "posts.jsonl", "--format", "jsonl", "--output", out]
+    code, printed, err = run_cli(capsys, *argv, "--draw", tmp_path / "drawn")
+    assert code == 0, err
+    assert printed == ""  # the output went to the file
+    expected = local(TEXT, image=quadrant_image())
+    [result] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert result["id"] == "a" and result["entities"] == json.loads(json.dumps(list(expected)))
+    assert f"wrote 1 posts (jsonl) to {out}" in err and f"wrote {tmp_path / 'drawn' / 'a.png'}" in err
+    assert "tagging" in err and "1/1" in err  # the progress bar over the posts
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"id": "s", "words": ["Berlin", "rocks"]}) + "\n"))
+    code, printed, err = run_cli(capsys, "--model", tiny_ner_folder, "--input", "-", "--format", "conll")
+    assert code == 0, err
+    want = local({"words": ["Berlin", "rocks"]})
+    assert printed == "".join(f"{w['word']}\t{w['tag']}\n" for w in want.words) + "\n"

@@ -63,7 +63,7 @@ def test_text_only_batch_and_parameters(handler) -> None:
     "request_body, message",
     [
         ({"text": "x"}, '"inputs"'),
-        ({"inputs": 3}, "string or a list of strings"),
+        ({"inputs": 3}, "a string, a list of strings, or"),
         ({"inputs": "Berlin", "image": "not base64!"}, "must be base64 image data or a data:image"),
         ({"inputs": ["a", "b"], "image": ["x"]}, '"image" must be a list of 2'),
     ],
@@ -169,3 +169,18 @@ def test_a_decompression_bomb_is_refused_before_decoding(handler, monkeypatch) -
 def test_malformed_requests_name_what_is_wrong(handler, request_body, message) -> None:
     with pytest.raises(ValueError, match=message):
         handler(request_body)
+
+
+def test_the_inference_endpoints_object_form_is_accepted(handler) -> None:
+    image = png_base64()
+    plain = handler({"inputs": TWEET, "image": image})
+    assert handler({"inputs": {"text": TWEET, "image": image}}) == plain
+    texts = ["Kawhi Leonard wins", "Berlin rocks !"]
+    batch = handler({"inputs": [{"text": texts[0]}, {"text": texts[1], "image": image}]})
+    assert batch == handler({"inputs": texts, "image": [None, image]})
+    words = handler({"inputs": {"words": ["Berlin", "rocks"]}, "parameters": {"return_words": True}})
+    assert [w["word"] for w in words["words"]] == ["Berlin", "rocks"]
+    with pytest.raises(ValueError, match='"inputs" must have "text"'):
+        handler({"inputs": {"image": image}})
+    with pytest.raises(ValueError, match="inside each object"):
+        handler({"inputs": {"text": TWEET}, "image": image})

@@ -186,7 +186,8 @@ def test_push_to_hub_uploads_the_saved_folder_in_one_commit(monkeypatch) -> None
 
 
 # --------------------------------------------------------------------- a run on local folders: Hub ids or nothing
-TRAINING_LEFTOVERS = {"checkpoints", "best_model", "feature_cache", ".umgf-checkpoints.json", ".umgf-run.lock"}
+# best_model/ is removed once the folder holds the model
+TRAINING_LEFTOVERS = {"checkpoints", "feature_cache", ".umgf-checkpoints.json", ".umgf-run.lock"}
 
 
 def published_files(folder: Path) -> dict[str, str]:
@@ -234,13 +235,13 @@ def test_cards_of_a_run_on_local_folders_hold_no_local_path_and_parse(local_run)
     files = published_files(out)
     assert {"README.md", "config.json", "requirements.txt", ".gitignore"} <= set(files)
     uploaded = set(filter_repo_objects(files, ignore_patterns=list(hub.IGNORE_PATTERNS)))
-    assert str(base) in files["best_model/config.json"]  # save_pretrained's own copy (not uploaded) names it
+    assert "best_model/config.json" not in files  # no second copy is left behind
     assert [name for name in uploaded if str(base) in files[name] or str(base.resolve()) in files[name]] == []
     card_yaml = card_metadata(out)
     assert "base_model" not in card_yaml and "datasets" not in card_yaml and "model-index" not in card_yaml
     text = ModelCard.load(out / "README.md").text
-    assert "Trained on Twitter-2017." in text and "huggingface.co/datasets" not in text
-    assert "Text encoder: `bert` (32-d)" in text
+    assert "Trained on Twitter-2017, 1 epoch." in text and "huggingface.co/datasets" not in text
+    assert "Text encoder: `tiny-bert (32-d)`" in text  # the encoder folder's name, never its path
     assert "_name_or_path" not in json.loads(files["config.json"])["text_config"]
     test = {k: round(100 * v, 2) for k, v in json.loads(files["all_results.json"])["test"].items() if k != "per_type"}
     assert f"| test | {test['precision']} | {test['recall']} | {test['f1']} |" in text  # the scores stay in the table
@@ -379,3 +380,50 @@ def test_a_json_file_with_trailing_garbage_is_named(tmp_path) -> None:
     line = text[: text.index("garbage")].count("\n") + 1
     with pytest.raises(ValueError, match=rf"{folder / 'config.json'}:{line}:1: not valid JSON \(Extra data\)"):
         hub.load_saved(folder)
+
+
+# -------------------------------------------------------------------------------- cards from what happened
+def card_text(folder: Path) -> str:
+    """The card's text with every run of whitespace (line breaks of the template) as one space."""
+    return " ".join(ModelCard.load(folder / "README.md").text.split())
+
+
+def test_the_card_counts_the_sentences_and_epochs_a_run_used(tmp_path) -> None:
+    pipe = tiny_ner_pipeline()
+    results = {**RESULTS, "mode": "train", "train_samples": 1000, "train_samples_available": 3373}
+    hub.save_for_hub(
+        pipe.model, pipe.processor, tmp_path, {**results, "num_train_epochs": 3}, dataset_config="twitter2017"
+    )
+    assert "Trained on 1,000 of the 3,373 training tweets of Twitter-2017, 3 epochs." in card_text(tmp_path)
+    capped = {**results, "test_samples": 300, "test_samples_available": 723, "images": False}
+    hub.save_for_hub(pipe.model, pipe.processor, tmp_path / "capped", capped, dataset_config="twitter2017")
+    assert "Scored on the first 300 of the 723 test tweets only." in card_text(tmp_path / "capped")
+    assert "The data had no images: its visual branch was never trained on one" in card_text(tmp_path / "capped")
+    evaluated = {**RESULTS, "mode": "evaluate", "test_samples": 723, "test_samples_available": 723}
+    hub.save_for_hub(pipe.model, pipe.processor, tmp_path / "eval", evaluated, dataset_config="twitter2017")
+    text = card_text(tmp_path / "eval")
+    assert "**evaluated** as it is on the test split of Twitter-2017 (723 tweets)" in text
+    assert "Trained on" not in text and "best epoch" not in text and "optimizer steps" not in text
+
+
+def test_a_text_only_models_card_describes_no_image_fusion_and_names_its_encoder(tmp_path) -> None:
+    from conftest import tiny_config
+    from processor_fixtures import tiny_processor
+
+    from modeling_umgf import UMGFForTokenClassification
+
+    model = UMGFForTokenClassification(tiny_config(use_visual=False)).eval()
+    model.config.text_config._name_or_path = str(tmp_path / "all-MiniLM-L6-v2" / "model")
+    hub.save_for_hub(model, tiny_processor("detector"), tmp_path / "out", {**RESULTS, "preset": "text-only"})
+    text = card_text(tmp_path / "out")
+    assert "from their text only" in text and "Text encoder: `all-MiniLM-L6-v2/model (32-d)`" in text
+    for visual in (
+        "fusion\nlayers run self-attention within each modality",
+        "vision backbone",
+        "Grounding:",
+        "detector",
+    ):
+        assert visual not in text, visual
+    assert str(tmp_path) not in text
+    assert hub.encoder_display_name("google-bert/bert-base-cased", "bert", 768) == "google-bert/bert-base-cased"
+    assert hub.encoder_display_name("", "bert", 64) == "bert (64-d), trained from scratch"

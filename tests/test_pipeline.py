@@ -339,3 +339,63 @@ def test_a_decompression_bomb_is_tagged_text_only_without_decoding_it(monkeypatc
         result = local({"text": TWEET, "image": buffer.getvalue(), "id": "bomb"}, return_words=True)
     assert decoded == [] and result["objects"] == []
     assert "sample 'bomb': image of 10000 x 10000 = 100000000 pixels exceeds the pixel budget" in caplog.text
+
+
+# ------------------------------------------------------------------ the token-classification pipeline's habits
+def test_aggregation_strategy_none_gives_every_word_and_ignore_labels_filters(pipe) -> None:
+    post = pipe(TWEET)
+    words = post.words  # every word with its tag and CRF marginal
+    per_word = pipe(TWEET, aggregation_strategy="none")
+    expected = [
+        {"entity": w["tag"], "score": w["score"], "index": i, "word": w["word"], "start": w["start"], "end": w["end"]}
+        for i, w in enumerate(words)
+        if w["tag"] != "O"
+    ]
+    assert per_word == expected and expected
+    assert all(TWEET[item["start"] : item["end"]] == item["word"] for item in per_word)
+    assert len(pipe(TWEET, aggregation_strategy="none", ignore_labels=[])) == len(words)
+    assert pipe(TWEET, aggregation_strategy="simple") == pipe(TWEET, aggregation_strategy="first") == post
+    dropped = post[0]["entity_group"]
+    kept = pipe(TWEET, ignore_labels=[dropped])
+    assert kept == [e for e in post if e["entity_group"] != dropped] and len(kept) < len(post)
+    for strategy in ("average", "max"):
+        with pytest.raises(ValueError, match="CRF tags and scores whole words"):
+            pipe(TWEET, aggregation_strategy=strategy)
+    with pytest.raises(ValueError, match="aggregation_strategy must be one of"):
+        pipe(TWEET, aggregation_strategy="longest")
+
+
+def test_the_result_is_always_a_list_of_entities(pipe) -> None:
+    plain, with_words = pipe(TWEET), pipe(TWEET, return_words=True)
+    assert type(plain) is type(with_words) and isinstance(with_words, list)
+    assert with_words == plain  # the same entities, whatever return_words says
+    details = with_words.to_dict()
+    assert set(details) == {"text", "entities", "words", "objects", "truncated_words"}
+    assert details["entities"] == list(plain) and with_words["words"] == with_words.words == details["words"]
+    json.dumps(details)
+    [batched] = pipe([TWEET], batch_size=1)
+    assert isinstance(batched, list) and batched == plain
+
+
+def test_a_model_without_a_visual_branch_ignores_images_with_one_warning(monkeypatch, caplog) -> None:
+    from conftest import tiny_config
+    from processor_fixtures import tiny_processor
+
+    from modeling_umgf import detector_grounding, pipeline_umgf
+
+    def no_detector(*args, **kwargs):
+        raise AssertionError("a text-only model must not build or run a grounder")
+
+    monkeypatch.setattr(detector_grounding.ZeroShotDetectorGrounder, "__init__", no_detector)
+    monkeypatch.setattr(pipeline_umgf, "build_grounder", no_detector)
+    torch.manual_seed(0)
+    model = UMGFForTokenClassification(tiny_config(use_visual=False)).eval()
+    text_only = MultimodalNERPipeline(model=model, processor=tiny_processor("detector"), device=-1)
+    expected = text_only(TWEET)
+    with caplog.at_level(logging.WARNING, logger="modeling_umgf.pipeline_umgf"):
+        first = text_only(TWEET, image=quadrant_image())
+        second = text_only([TWEET, TWEET], image=[quadrant_image(), quadrant_image()], grounder="detector")
+    assert first == expected and second == [expected, expected]
+    assert first.objects == [] and all(not e["boxes"] for e in first)
+    warnings = [r.getMessage() for r in caplog.records if "no visual branch" in r.getMessage()]
+    assert len(warnings) == 1

@@ -30,22 +30,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def client(tiny_ner_folder):
+def load_app():
     spec = importlib.util.spec_from_file_location("umgf_space_app", Path(__file__).parent.parent / "spaces" / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    demo = app.build_demo(str(tiny_ner_folder))
+    return app
+
+
+@pytest.fixture(scope="module")
+def served(tiny_ner_folder):
+    demo = load_app().build_demo(str(tiny_ner_folder))
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        yield demo, gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
         demo.close()
 
 
+@pytest.fixture(scope="module")
+def client(served):
+    return served[1]
+
+
 def annotations(update: dict) -> dict | None:
-    """The AnnotatedImage value of a predict answer (the Space returns it as a component update)."""
+    """The value of a component in a predict answer (the Space returns some as component updates)."""
     return update.get("value") if update and "__type__" in update else update
 
 
@@ -53,14 +62,17 @@ def test_space_highlights_entities_and_draws_boxes(client, tmp_path) -> None:
     image_path = tmp_path / "tweet.png"
     quadrant_image().save(image_path)
     own = "the model's own (grid)"
-    highlighted, annotated, raw = client.predict(
+    highlighted, annotated, raw, note = client.predict(
         TWEET, gradio_client.handle_file(str(image_path)), own, api_name="/predict"
     )
+    highlighted = annotations(highlighted)
     expected = tiny_ner_pipeline()(TWEET, image=quadrant_image())
     spans = [(e["entity_group"], e["word"]) for e in expected]
-    assert [
-        (item["class_or_confidence"], item["token"]) for item in highlighted if item["class_or_confidence"]
-    ] == spans
+    # every entity highlighted with its type and its score
+    assert [(item["class_or_confidence"], item["token"]) for item in highlighted if item["class_or_confidence"]] == [
+        (f"{e['entity_group']} {e['score']:.2f}", e["word"]) for e in expected
+    ]
+    assert not note  # the model's own grounder: nothing to say
     assert "".join(item["token"] for item in highlighted) == TWEET
     assert [(e["entity_group"], e["start"], e["end"]) for e in raw["entities"]] == [
         (e["entity_group"], e["start"], e["end"]) for e in expected
@@ -70,9 +82,10 @@ def test_space_highlights_entities_and_draws_boxes(client, tmp_path) -> None:
     assert {a["label"] for a in annotated["annotations"]} <= {f"{t}: {w}" for t, w in spans}
     # another grounder, chosen in the Space: for the symbols grounder (no function words given) the three saturated
     # quadrants, which touch, are one symbol spanning the image, grounded to the one phrase, the whole post
-    _, annotated, raw = client.predict(
+    _, annotated, raw, note = client.predict(
         TWEET, gradio_client.handle_file(str(image_path)), "symbols", api_name="/predict"
     )
+    assert "trained with the `grid` grounder; `symbols` gives it other objects" in note
     assert len(annotations(annotated)["annotations"]) == 1
     assert [(o["phrase"], o["box"]) for o in raw["objects"]] == [
         (" ".join(w["word"] for w in raw["words"]), {"xmin": 0.0, "ymin": 0.0, "xmax": 120.0, "ymax": 90.0})
@@ -81,10 +94,34 @@ def test_space_highlights_entities_and_draws_boxes(client, tmp_path) -> None:
 
 def test_space_runs_text_only_and_rejects_empty_posts(client) -> None:
     own = "the model's own (grid)"
-    highlighted, annotated, raw = client.predict("Kawhi Leonard wins", None, own, api_name="/predict")
+    highlighted, annotated, raw, _ = client.predict("Kawhi Leonard wins", None, own, api_name="/predict")
     assert annotations(annotated) is None and all(not e["boxes"] for e in raw["entities"])
-    assert [item["token"] for item in highlighted if item["class_or_confidence"]] == [
+    assert [item["token"] for item in annotations(highlighted) if item["class_or_confidence"]] == [
         e["word"] for e in tiny_ner_pipeline()("Kawhi Leonard wins")
     ]
     with pytest.raises(gradio_client.exceptions.AppError, match="Enter the text of a post"):
         client.predict("  ", None, own, api_name="/predict")
+
+
+def test_space_errors_say_why_and_only_working_grounders_are_offered(served, monkeypatch, tmp_path) -> None:
+    demo, client = served
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the detector")
+
+    monkeypatch.setattr(demo.pipeline, "preprocess", offline)
+    with pytest.raises(gradio_client.exceptions.AppError, match="OSError: We couldn't connect"):
+        client.predict("Kawhi Leonard wins", None, "the model's own (grid)", api_name="/predict")
+    monkeypatch.undo()
+    app = load_app()
+    ner = demo.pipeline
+    # grid (its own) first; never precomputed; no detector whose weights are not on this machine
+    assert ner._detector_on_disk("detector") is False  # the tests run offline with an empty Hub cache
+    assert app.grounder_choices(ner) == ["the model's own (grid)", "symbols"]
+    detector = tmp_path / "dino"
+    detector.mkdir()
+    (detector / "config.json").write_text("{}")
+    monkeypatch.setattr(ner.processor, "grounder_kwargs", {"detector": str(detector)})
+    monkeypatch.setattr(ner.processor, "grounder", "detector")
+    assert app.grounder_choices(ner)[0] == "the model's own (detector)"
+    assert "precomputed" not in app.grounder_choices(ner)

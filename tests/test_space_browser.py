@@ -79,6 +79,7 @@ def page(tmp_path, model_folder):
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.demo = demo  # the served demo, whose pipeline a test may break on purpose
     try:
         driver.get(f"http://127.0.0.1:{port}/")
         yield driver
@@ -115,8 +116,8 @@ def test_an_example_with_an_image_shows_its_entities_and_boxes(page, model_folde
             (body := page.find_element(By.TAG_NAME, "body").text) and any(label in body for label in labels) and body
         )
     )
-    for entity in expected:  # the highlighted post: each entity's words with its type
-        assert entity["word"] in text_on_page and entity["entity_group"] in text_on_page
+    for entity in expected:  # the highlighted post: each entity's words with its type and its score
+        assert entity["word"] in text_on_page and f"{entity['entity_group']} {entity['score']:.2f}" in text_on_page
     boxed = page.find_elements(By.XPATH, "//*[contains(., 'Grounded boxes')]//img")
     assert boxed, "the boxed image is not on the page"
     shot = tmp_path / "space.png"
@@ -124,3 +125,19 @@ def test_an_example_with_an_image_shows_its_entities_and_boxes(page, model_folde
     assert shot.stat().st_size > 10_000
     if os.environ.get("UMGF_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["UMGF_SCREENSHOT"])
+
+
+def test_a_failing_grounder_is_shown_with_its_reason(page, monkeypatch) -> None:
+    def offline(*args, **kwargs):
+        raise OSError("cannot reach the Hub to download the detector (offline)")
+
+    monkeypatch.setattr(page.demo.pipeline, "preprocess", offline)
+    wait_for(lambda: page.find_elements(By.TAG_NAME, "textarea"))
+    page.find_element(By.TAG_NAME, "textarea").send_keys("Kawhi Leonard wins the fan vote")
+    page.find_element(By.XPATH, "//button[contains(., 'Find entities')]").click()
+    body = wait_for(
+        lambda: (text := page.find_element(By.TAG_NAME, "body").text) and "cannot reach the Hub" in text and text
+    )
+    assert "OSError: cannot reach the Hub to download the detector (offline)" in body
+    if os.environ.get("UMGF_ERROR_SCREENSHOT"):
+        page.save_screenshot(os.environ["UMGF_ERROR_SCREENSHOT"])

@@ -691,3 +691,121 @@ def test_resume_refuses_a_changed_learning_rate_unless_forced(tmp_path, caplog):
     run(tmp_path, *args, "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest", "--logging_steps", "3")
     run(tmp_path, *args, "--learning_rate", "0.5", "--resume_from_checkpoint", "latest", "--force_resume")
     assert "with changed settings (--force_resume)" in caplog.text and "learning rates included" in caplog.text
+
+
+# ------------------------------------------------------------------------------- what a run says and writes
+def test_all_results_has_run_ner_no_trainers_flat_keys(trained):
+    from seqeval.metrics import accuracy_score
+
+    results = json.loads((trained / "all_results.json").read_text())
+    records = [json.loads(line) for line in (trained / "predictions_test.jsonl").read_text().splitlines()]
+    gold, pred = [r["gold"] for r in records], [r["pred"] for r in records]
+    assert results["test_f1"] == pytest.approx(f1_score(gold, pred)) == pytest.approx(results["test"]["f1"])
+    assert results["test_precision"] == results["test"]["precision"]
+    assert results["test_recall"] == results["test"]["recall"]
+    assert results["test_accuracy"] == pytest.approx(accuracy_score(gold, pred))
+    assert results["eval_f1"] == results["dev_f1"] and 0 <= results["eval_accuracy"] <= 1
+    assert {"eval_precision", "eval_recall"} <= set(results)
+
+
+def test_a_run_leaves_no_second_copy_and_its_card_tells_what_happened(trained):
+    from huggingface_hub import ModelCard
+
+    assert not (trained / train_umgf.BEST_DIR).exists()  # the folder holds the best epoch's model itself
+    results = json.loads((trained / "all_results.json").read_text())
+    assert results["mode"] == "train" and results["train_samples"] == 320 and results["num_train_epochs"] == 3
+    card = ModelCard.load(trained / "README.md")
+    examples = json.loads((trained / "examples" / "examples.json").read_text())
+    assert [w["text"] for w in card.data.widget] == [e["text"] for e in examples]  # its own posts
+    assert "Trained on the synthetic task, 3 epochs." in card.text
+    assert "Text encoder: `bert (64-d), trained from scratch`" in card.text
+
+
+def test_an_evaluation_only_run_reads_the_model_and_trains_and_copies_nothing(trained, tmp_path, capsys, monkeypatch):
+    pushed = {}
+    monkeypatch.setattr(train_umgf, "create_repo", lambda *a, **k: None)
+    monkeypatch.setattr(train_umgf.hub, "push_to_hub", lambda *a, **k: pushed.update(k) or "url")
+    out = tmp_path / "eval"
+    argv = ["--model_name_or_path", str(trained), "--num_train_epochs", "0", "--preset", "bert"]
+    hub_args = ["--push_to_hub", "--hub_model_id", "me/umgf-eval", "--hub_dataset_id", "me/synthetic-mner"]
+    results = run(out, *argv, "--synthetic_sizes", "320", "40", "80", *hub_args)
+    trained_results = json.loads((trained / "all_results.json").read_text())
+    assert results["mode"] == "evaluate" and results["preset"] == "paper"  # the model's, not --preset's
+    assert results["test"] == trained_results["test"]  # the same model on the same test split
+    assert not {"train_seconds", "best_epoch", "global_step"} & set(results)
+    assert sorted(p.name for p in out.iterdir() if p.name != "feature_cache") == [
+        "all_results.json",
+        "predictions_test.jsonl",
+        "predictions_test_without_images.jsonl",
+    ]
+    assert pushed["dataset_id"] == "me/synthetic-mner"  # --hub_dataset_id reaches the pushed card
+    printed = capsys.readouterr().out
+    assert "model evaluated as it is" in printed and "best epoch" not in printed
+    assert f"umgf-predict --model {trained}" in printed
+
+
+def test_a_model_that_tags_nothing_is_reported_loudly(trained, tmp_path, capsys):
+    silent = tmp_path / "silent"
+    model = UMGFForTokenClassification.from_pretrained(trained)
+    with torch.no_grad():
+        model.classifier.bias[model.config.label2id["O"]] = 1e4  # every word O
+    model.save_pretrained(silent)
+    UMGFProcessor.from_pretrained(trained).save_pretrained(silent)
+    results = run(
+        tmp_path / "eval",
+        "--model_name_or_path",
+        str(silent),
+        "--num_train_epochs",
+        "0",
+        "--synthetic_sizes",
+        "320",
+        "40",
+        "80",
+    )
+    assert results["test"]["f1"] == 0 and "predicts no entity at all" in results["warnings"][0]
+    assert "WARNING: the model predicts no entity at all in the 80 test sentences" in capsys.readouterr().out
+    assert train_umgf.learning_warning(0.5, 3, 10, {}) is None
+    assert "dev F1 is 0.00" in train_umgf.learning_warning(0.0, 3, 10, {"mode": "train"})
+
+
+@pytest.mark.parametrize("name", sorted(train_umgf.PRESETS))
+def test_the_preset_of_a_saved_model_is_read_from_its_config(name):
+    from modeling_umgf import UMGFConfig
+    from modeling_umgf.configuration_umgf import DEFAULT_GROUNDER, PRESET_GROUNDERS
+
+    config = UMGFConfig.from_preset(name)
+    assert train_umgf.preset_of(config, PRESET_GROUNDERS.get(name, DEFAULT_GROUNDER)) == name
+
+
+def test_data_without_images_is_said_and_the_text_only_preset_can_be_chosen(tmp_path, caplog):
+    from accelerate import PartialState
+
+    PartialState(cpu=True)  # accelerate's logger needs its state
+    fixtures = Path(__file__).parent / "fixtures" / "twitter"
+    encoder = save_tiny_text_encoder(tmp_path / "bert")
+    base = ["--umt_data_dir", str(fixtures), "--dataset_config_name", "twitter2017", "--output_dir", str(tmp_path)]
+    base += ["--text_model_name_or_path", str(encoder), "--vision_backbone", "test_resnet"]
+    args = train_umgf.with_defaults(train_umgf.parse_args(base))
+    splits = dict(train_umgf.load_splits(args, args.dataset_config_name, None))
+    with caplog.at_level("WARNING"):
+        assert train_umgf.check_images(args, splits) is False
+        train_umgf.build_model_and_processor(args, ["O", "B-PER", "I-PER"], images=False)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "the data has no images" in said and "--preset text-only" in said
+    assert "--vision_weights" not in said  # no advice about weights for images there are none of
+    assert args.preset == "paper"
+    chosen = train_umgf.with_defaults(train_umgf.parse_args([*base, "--if_no_images", "text-only"]))
+    train_umgf.check_images(chosen, splits)
+    assert chosen.preset == "text-only"
+    model, _ = train_umgf.build_model_and_processor(chosen, ["O", "B-PER", "I-PER"], images=False)
+    assert model.config.use_visual is False
+
+
+def test_the_closing_summary_names_every_output_and_a_ready_command(tmp_path):
+    args = train_umgf.with_defaults(train_umgf.parse_args(["--output_dir", str(tmp_path / "my run")]))
+    written = [tmp_path / "my run" / "all_results.json", tmp_path / "my run" / "predictions_test.jsonl"]
+    summary = train_umgf.closing_summary(args, {"mode": "train", "warnings": ["no entity"]}, written, "Hi Bob !")
+    assert f"model, processor, pipeline code and model card: {tmp_path / 'my run'}" in summary
+    assert all(f"{path.name}: {path}" in summary for path in written)
+    assert f"umgf-predict --model '{tmp_path / 'my run'}' --text 'Hi Bob !'" in summary
+    assert "WARNING: no entity" in summary
