@@ -733,7 +733,7 @@ def test_an_evaluation_only_run_reads_the_model_and_trains_and_copies_nothing(tr
     assert results["mode"] == "evaluate" and results["preset"] == "paper"  # the model's, not --preset's
     assert results["test"] == trained_results["test"]  # the same model on the same test split
     assert not {"train_seconds", "best_epoch", "global_step"} & set(results)
-    assert sorted(p.name for p in out.iterdir() if p.name != "feature_cache") == [
+    assert sorted(p.name for p in out.iterdir() if p.name not in ("feature_cache", ".umgf-run.lock")) == [
         "all_results.json",
         "predictions_test.jsonl",
         "predictions_test_without_images.jsonl",
