@@ -201,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     accelerator.wait_for_everyone()
     output = args.output_dir / f"{args.split}.parquet"
     if accelerator.is_main_process:
-        join_grounding(split, chunks).to_parquet(str(output))
+        partial = output.with_name(f".{output.name}.partial")
+        join_grounding(split, chunks).to_parquet(str(partial))
+        os.replace(partial, output)  # written beside, then renamed: never through a link, never half-written
         logger.info("wrote %s", output)
     accelerator.wait_for_everyone()
     return output

@@ -169,3 +169,14 @@ def test_bad_grounder_settings_are_named(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main([*argv, "--grounder", "grid", "--grounder_kwargs", '{"nope": 1}'])
     assert "grounder 'grid': got an unexpected keyword argument 'nope'" in capsys.readouterr().err
+
+
+def test_the_output_is_renamed_into_place_never_written_through_a_link(tmp_path) -> None:
+    tiny_split().save_to_disk(str(tmp_path / "in"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "precious.parquet").write_bytes(b"keep")
+    (tmp_path / "out" / "train.parquet").symlink_to(tmp_path / "precious.parquet")
+    argv = ["--dataset", str(tmp_path / "in"), "--split", "train", "--output_dir", str(tmp_path / "out")]
+    output = main([*argv, "--grounder", "grid", "--grounder_kwargs", '{"grid_size": 1}'])
+    assert (tmp_path / "precious.parquet").read_bytes() == b"keep" and not output.is_symlink()
+    assert datasets.load_dataset("parquet", data_files=str(output), split="train")["id"] == [f"t{i}" for i in range(5)]
