@@ -334,7 +334,7 @@ def test_evaluating_a_converted_checkpoint_on_released_crops_is_one_command(tmp_
             str(tmp_path / "eval"),
         ]
     )
-    assert results["global_step"] == 0 and results["best_epoch"] == 0 and "test" in results
+    assert results["mode"] == "evaluate" and "test" in results and "global_step" not in results
     records = [json.loads(line) for line in (tmp_path / "eval" / "predictions_test.jsonl").read_text().splitlines()]
     model = UMGFForTokenClassification.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
