@@ -4,13 +4,16 @@ Request: ``{"inputs": "text", "image": "<base64 image>", "grounding": {...}, "pa
 optional (text-only tagging) and may be plain base64, a ``data:image/...;base64,`` URI or an ``http(s)://`` URL;
 ``grounding`` is optional precomputed grounding columns (CONTRACT.md); ``inputs`` may be a list of texts, with
 ``image`` and ``grounding`` lists of the same length (None for a post without one). ``parameters`` are the
-pipeline's: ``return_words``, ``grounder`` (a grounder name instead of the model's own), ``batch_size``.
+pipeline's: ``return_words``, ``grounder`` (a grounder name instead of the model's own), ``batch_size``,
+``precision`` (``"auto"``, ``"fp32"``, ``"bf16"``, ``"int8"``; the default is the ``UMGF_PRECISION`` environment
+variable, else ``"auto"``: bf16 where the hardware has bfloat16 units, fp32 elsewhere).
 Response: the "multimodal-ner" pipeline's entities (a list per text when ``inputs`` is a list). An image that
 cannot be read is an error naming it, not a silent text-only answer.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from transformers import pipeline
@@ -20,7 +23,8 @@ class EndpointHandler:
     """Loads the repo's "multimodal-ner" pipeline (its remote code) once; each call tags one post or a batch."""
 
     def __init__(self, path: str = "") -> None:
-        self.pipeline = pipeline(model=path or ".", trust_remote_code=True)
+        precision = os.environ.get("UMGF_PRECISION", "auto")
+        self.pipeline = pipeline(model=path or ".", trust_remote_code=True, precision=precision)
 
     def _image(self, image: Any) -> Any:
         """The decoded image (the pipeline's own loader), or a ValueError saying why it cannot be read."""
