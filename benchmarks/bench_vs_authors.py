@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import machine, median_time, peak_rss_gib, run_isolated, save_results, set_threads
+from bench_common import (
+    machine,
+    median_time,
+    peak_rss_gib,
+    run_isolated,
+    save_results,
+    set_threads,
+    start_memory_guard,
+)
 from check_release_equivalence import authors_model, theirs_inputs
 
 from modeling_umgf import LABELS, UMGFConfig, UMGFForTokenClassification
@@ -36,7 +44,7 @@ from modeling_umgf.precision import inference_copy
 TWEETS, WORDS, CROPS = 16, 30, 4
 
 
-def the_work(tag2idx: dict[str, int]) -> list[dict]:
+def the_work(tag2idx: dict[str, int], tweets: int = TWEETS) -> list[dict]:
     """16 tweets of 30 one-piece words with random tags (32 sub-tokens with [CLS] and [SEP])."""
     g = torch.Generator().manual_seed(0)
     word_tags = [t for t in tag2idx if t[:2] in ("B-", "I-")] + ["O"]
@@ -45,38 +53,42 @@ def the_work(tag2idx: dict[str, int]) -> list[dict]:
             "pieces": [[int(i)] for i in torch.randint(1000, 28996, (WORDS,), generator=g)],
             "tags": [word_tags[int(i)] for i in torch.randint(0, len(word_tags), (WORDS,), generator=g)],
         }
-        for _ in range(TWEETS)
+        for _ in range(tweets)
     ]
 
 
 def ours_inputs(theirs: dict) -> dict[str, torch.Tensor]:
+    tweets = len(theirs["x"]["input_ids"])
     """The same tweets and crops for umgf: cut to the longest tweet, word ids, word labels, crops [B, O, ...]."""
     length = WORDS + 2
-    word_ids = torch.full((TWEETS, length), -1)
+    word_ids = torch.full((tweets, length), -1)
     word_ids[:, 1 : WORDS + 1] = torch.arange(WORDS)
     return {
         "input_ids": theirs["x"]["input_ids"][:, :length],
         "attention_mask": theirs["x"]["attention_mask"][:, :length].long(),
         "word_ids": word_ids,
-        "pixel_values": theirs["b_img"].view(TWEETS, CROPS, 3, 224, 224),
-        "object_mask": torch.ones(TWEETS, CROPS, dtype=torch.long),
-        "labels": torch.randint(0, len(LABELS), (TWEETS, WORDS), generator=torch.Generator().manual_seed(1)),
+        "pixel_values": theirs["b_img"].view(tweets, CROPS, 3, 224, 224),
+        "object_mask": torch.ones(tweets, CROPS, dtype=torch.long),
+        "labels": torch.randint(0, len(LABELS), (tweets, WORDS), generator=torch.Generator().manual_seed(1)),
     }
 
 
-def build_both(authors_code: Path) -> tuple[Any, Any, dict, UMGFForTokenClassification, dict]:
+def build_both(authors_code: Path, tweets: int = TWEETS) -> tuple[Any, Any, dict, UMGFForTokenClassification, dict]:
     """Their model and module, their batch, our paper-preset model (channels-last backbone) and our inputs."""
     theirs, module = authors_model(authors_code, seed=0)
-    batch = theirs_inputs(the_work(module.tag2idx), module.tag2idx, module.max_len, module.max_node, seed=0)
+    work = the_work(module.tag2idx, tweets)
+    batch = theirs_inputs(work, module.tag2idx, module.max_len, module.max_node, seed=0)
     torch.manual_seed(0)
     ours = UMGFForTokenClassification(UMGFConfig.from_preset("paper")).eval()
     ours.umgf.vision_backbone.to(memory_format=torch.channels_last)  # the model hands it NHWC crops
     return theirs, module, batch, ours, ours_inputs(batch)
 
 
-def training_steps(name: str, authors_code: Path, repeats: int) -> dict[str, Any]:
-    """One process of ``--memory``: a warm-up step and ``repeats`` timed training steps of one model."""
-    theirs, _, batch, ours, inputs = build_both(authors_code)
+def training_steps(name: str, authors_code: Path, repeats: int, tweets: int, guard_gib: float) -> dict[str, Any]:
+    """One process of ``--memory``: a warm-up step and ``repeats`` timed training steps of one model (aborted,
+    saying so, above ``guard_gib`` of RSS: the machine is shared)."""
+    start_memory_guard(guard_gib)
+    theirs, _, batch, ours, inputs = build_both(authors_code, tweets)
     x, img, matrix, y = batch["x"], batch["b_img"], batch["b_matrix"], batch["y"]
     model = theirs if name == "theirs" else ours
     if name == "theirs":
@@ -125,11 +137,14 @@ def main() -> None:
         "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "int8"], help="our inference rows"
     )
     parser.add_argument("--memory", action="store_true", help="training step time and peak RSS, one process each")
+    parser.add_argument("--tweets", type=int, default=TWEETS, help="tweets per batch of --memory (default 16)")
+    parser.add_argument("--memory-guard-gib", type=float, default=19.5, help="--memory aborts a process above this")
     parser.add_argument("--memory-run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     set_threads()
     if args.memory_run:
-        print(json.dumps(training_steps(args.memory_run, args.authors_code, args.train_repeats)), flush=True)
+        row = training_steps(args.memory_run, args.authors_code, args.train_repeats, args.tweets, args.memory_guard_gib)
+        print(json.dumps(row), flush=True)
         return
     if args.memory:
         memory(args)
@@ -210,10 +225,13 @@ def memory(args: argparse.Namespace) -> None:
     """``--memory``: each training configuration in its own process, side by side; the FLOPs of a batch."""
     rows = {}
     for name in ("theirs", "ours", "ours_gradient_checkpointing"):
-        command = ["--authors_code", str(args.authors_code), "--memory-run", name]
-        rows[name] = run_isolated(Path(__file__), command + ["--train-repeats", str(args.train_repeats)], 3600)
+        command = ["--authors_code", str(args.authors_code), "--memory-run", name, "--tweets", str(args.tweets)]
+        command += ["--train-repeats", str(args.train_repeats), "--memory-guard-gib", str(args.memory_guard_gib)]
+        rows[name] = run_isolated(Path(__file__), command, 3600)
+        if "aborted" in rows[name]:
+            raise SystemExit(f"training {name}: {rows[name]}")
         print(f"training {name}: {rows[name]['step_seconds']} s, peak RSS {rows[name]['peak_rss_gib']} GiB", flush=True)
-    _, _, _, ours, inputs = build_both(args.authors_code)
+    _, _, _, ours, inputs = build_both(args.authors_code)  # FLOPs of the inference batch of 16
     flops = inference_flops(ours, {k: v for k, v in inputs.items() if k != "labels"})
     ratios = {
         name: {
@@ -222,7 +240,13 @@ def memory(args: argparse.Namespace) -> None:
         }
         for name, row in rows.items()
     }
-    payload = {"machine": machine(), "training": rows, "ratios": ratios, "inference_flops_per_batch": flops}
+    payload = {
+        "machine": machine(),
+        "tweets_per_batch": args.tweets,
+        "training": rows,
+        "ratios": ratios,
+        "inference_flops_per_batch": flops,
+    }
     path = save_results("vs_authors_memory", payload)
     print(json.dumps({"ratios": ratios, "inference_flops_per_batch": flops}))
     print(f"SUMMARY bench_vs_authors --memory: {json.dumps(ratios)} -> {path}")

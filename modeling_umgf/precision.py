@@ -9,7 +9,8 @@
 - ``"int8"``: the linear layers of the encoder (text encoder, node MLPs, fusion layers) become
   `torch.ao.nn.quantized.dynamic.Linear` (int8 weights, activations quantised per batch; fbgemm / oneDNN kernels,
   CPU only, AVX2 suffices). Convolutions, LayerNorm, the decoder's classifier and the CRF stay float32. It
-  replaces modules in place and cannot be undone: load the model anew for float32. Opt-in only.
+  replaces modules in place and cannot be undone: load the model anew for float32. The activations' int8 scale is
+  taken over the whole batch, so a sentence's scores depend slightly on what it is batched with. Opt-in only.
 - ``"auto"``: ``"bf16"`` where the device has native bfloat16 arithmetic, ``"fp32"`` elsewhere.
 
 `torch.ao.quantization.quantize_dynamic` is deprecated in favour of torchao's ``quantize_``; it is used because

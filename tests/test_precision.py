@@ -223,3 +223,31 @@ def test_handler_takes_the_precision_from_the_environment_and_the_request(tmp_pa
     assert handler.pipeline.model.inference_precision == "int8"
     with pytest.raises(ValueError, match="unknown precision"):
         handler({"inputs": TWEET, "parameters": {"precision": "fp8"}})
+
+
+def test_train_umgf_eval_precision_tests_a_quantised_copy_and_saves_the_float_model(tmp_path) -> None:
+    """``--eval_precision int8``: the test predictions are the saved (float) model's once quantised, and the saved
+    model itself stays float32."""
+    import json
+
+    import train_umgf
+    from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset
+    from modeling_umgf.processing_umgf import UMGFProcessor
+
+    sizes = ("32", "16", "16")
+    argv = ["--output_dir", str(tmp_path), "--synthetic_sizes", *sizes, "--num_train_epochs", "1"]
+    results = train_umgf.main([*argv, "--eval_precision", "int8"])
+    assert results["eval_precision"] == "int8"
+    saved = UMGFForTokenClassification.from_pretrained(tmp_path).eval()
+    assert type(saved.umgf.layers[0].text.ffn.fc1) is nn.Linear
+    processor = UMGFProcessor.from_pretrained(tmp_path)
+    test = build_synthetic_dataset(SyntheticMNERConfig(train_size=32, validation_size=16, test_size=16))["test"]
+    processed = processor.process_examples(test[:])
+    examples = [{key: values[i] for key, values in processed.items()} for i in range(len(test))]
+    batch = processor.data_collator(return_metadata=True)(examples)
+    inputs = train_umgf.model_inputs(batch, processor, use_objects=True)
+    quantised = saved.set_inference_precision("int8")
+    with torch.no_grad():
+        predicted = processor.decode_word_predictions(quantised(**inputs).predictions, batch["num_words"])
+    records = [json.loads(line) for line in (tmp_path / "predictions_test.jsonl").read_text().splitlines()]
+    assert predicted == [record["pred"] for record in records]
