@@ -16,7 +16,8 @@ same weights), with the share of word predictions equal to our fp32 ones. ``--me
 side by side in fresh processes (peak RSS is per process): theirs, ours (the default: fine-tuned backbone, no
 checkpointing) and ours with ``gradient_checkpointing_enable()`` (BERT, fusion layers and the backbone), each a
 warm-up step (Adam's state is allocated there) and ``--train-repeats`` timed steps; it reports the peak RSS of each
-process and, for the roofline, the FLOPs of one inference batch of ours (``torch.utils.flop_counter``).
+process and, for the roofline, the FLOPs of one inference batch of ours (``torch.utils.flop_counter`` on one tweet,
+times 16).
 """
 
 from __future__ import annotations
@@ -231,8 +232,8 @@ def memory(args: argparse.Namespace) -> None:
         if "aborted" in rows[name]:
             raise SystemExit(f"training {name}: {rows[name]}")
         print(f"training {name}: {rows[name]['step_seconds']} s, peak RSS {rows[name]['peak_rss_gib']} GiB", flush=True)
-    _, _, _, ours, inputs = build_both(args.authors_code)  # FLOPs of the inference batch of 16
-    flops = inference_flops(ours, {k: v for k, v in inputs.items() if k != "labels"})
+    _, _, _, ours, inputs = build_both(args.authors_code, 1)  # FLOPs grow linearly with the tweets: count one
+    flops = TWEETS * inference_flops(ours, {k: v for k, v in inputs.items() if k != "labels"})
     ratios = {
         name: {
             "step_over_theirs": round(row["step_seconds"] / rows["theirs"]["step_seconds"], 2),
