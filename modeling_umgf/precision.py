@@ -1,11 +1,11 @@
 """Inference precision: float32, bfloat16 autocast, or int8 dynamic quantisation of the linear layers.
 
 - ``"fp32"``: float32 everywhere (the weights as trained).
-- ``"bf16"``: the vision backbone, the text encoder, the fusion layers (and, in the pipeline, the detector) run
-  under `torch.autocast` with bfloat16; the weights stay float32, the emission scores are cast back to float32
-  and the CRF computes in float32 (`crf.CRF`). It pays only on hardware with bfloat16 arithmetic (CPUs with
-  AVX512-BF16 or AMX, CUDA GPUs of compute capability 8.0 or more); elsewhere PyTorch emulates it and it is
-  slower than float32.
+- ``"bf16"``: the vision backbone, the text encoder, the fusion layers (and the pipeline's detector, when given
+  ``"bf16"`` by name) run under `torch.autocast` with bfloat16; the weights stay float32, the emission scores are
+  cast back to float32 and the CRF computes in float32 (`crf.CRF`). It pays only on hardware with bfloat16
+  arithmetic (CPUs with AVX512-BF16 or AMX, CUDA GPUs of compute capability 8.0 or more); elsewhere PyTorch
+  emulates it and it is slower than float32.
 - ``"int8"``: the linear layers of the encoder (text encoder, node MLPs, fusion layers) become
   `torch.ao.nn.quantized.dynamic.Linear` (int8 weights, activations quantised per batch; fbgemm / oneDNN kernels,
   CPU only, AVX2 suffices). Convolutions, LayerNorm, the decoder's classifier and the CRF stay float32. It

@@ -185,19 +185,21 @@ def test_pipeline_precision_default_auto_per_call_and_over_the_grounder(monkeypa
     set_cpu_flags(monkeypatch, False, False)
     assert tiny_ner_pipeline().model.inference_precision == "fp32"  # auto on a CPU without bf16 units
     set_cpu_flags(monkeypatch, True, False)
-    pipe = MultimodalNERPipeline(model=tiny_ner_model(), processor=tiny_processor("grid"), device=-1)
-    assert pipe.model.inference_precision == "bf16"
     grounder = AutocastRecorder()
-    bf16 = pipe(TWEET, image=quadrant_image(), grounder=grounder, return_words=True)
+    auto = MultimodalNERPipeline(model=tiny_ner_model(), processor=tiny_processor("grid"), device=-1)
+    assert auto.model.inference_precision == "bf16"
+    auto(TWEET, image=quadrant_image(), grounder=grounder)  # auto: bf16 model, fp32 detector (its boxes move)
+    pipe = MultimodalNERPipeline(model=tiny_ner_model(), processor=tiny_processor("grid"), device=-1, precision="bf16")
+    bf16 = pipe(TWEET, image=quadrant_image(), grounder=grounder, return_words=True)  # by name: the detector too
     fp32_pipe = MultimodalNERPipeline(
         model=tiny_ner_model(), processor=tiny_processor("grid"), device=-1, precision="fp32"
     )
     assert fp32_pipe.model.inference_precision == "fp32"
     expected = fp32_pipe(TWEET, image=quadrant_image(), grounder=grounder, return_words=True)
-    assert grounder.autocast == [True, False]
+    assert grounder.autocast == [False, True, False]
     assert [w["tag"] for w in bf16["words"]] == [w["tag"] for w in expected["words"]]
-    pipe(TWEET, precision="int8")  # per call: the model is quantised from then on
-    assert pipe.model.inference_precision == "int8"
+    pipe(TWEET, image=quadrant_image(), grounder=grounder, precision="int8")  # per call: quantised from then on
+    assert pipe.model.inference_precision == "int8" and grounder.autocast[-1] is False
 
 
 def test_cli_precision_reaches_the_model(tmp_path_factory) -> None:
