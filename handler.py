@@ -8,7 +8,9 @@ or a ``data:image/...;base64,`` URI; an ``http(s)://`` URL only when the endpoin
 it exists. Images over the pixel budget (``UMGF_MAX_IMAGE_PIXELS``, see SECURITY.md) are refused from their header,
 before decoding; ``grounding`` is optional precomputed grounding columns (CONTRACT.md); ``inputs`` may be a list of
 texts, with ``image`` and ``grounding`` lists of the same length (None for a post without one). ``parameters`` are the
-pipeline's: ``return_words`` (true/false), ``grounder`` (a grounder name instead of the model's own), ``batch_size``.
+pipeline's: ``return_words`` (true/false), ``grounder`` (a grounder name instead of the model's own), ``batch_size``,
+``precision`` (``"auto"``, ``"fp32"``, ``"bf16"``, ``"int8"``; the default is the ``UMGF_PRECISION`` environment
+variable, else ``"auto"``: bf16 where the hardware has bfloat16 units, fp32 elsewhere).
 Response: the "multimodal-ner" pipeline's entities (a list per text when ``inputs`` is a list); with
 ``return_words`` each post's full record ``{"text", "entities", "words", "objects", "truncated_words"}``. An image
 that cannot be read is an error naming it, not a silent text-only answer; a model without a visual branch ignores
@@ -27,7 +29,14 @@ from transformers import pipeline
 ALLOW_URLS_VARIABLE = "UMGF_HANDLER_ALLOW_URLS"
 """Set to 1 (or true/yes) to let requests give images as http(s) URLs, which the endpoint then downloads."""
 
-PARAMETER_TYPES: dict[str, tuple[type, ...]] = {"return_words": (bool,), "grounder": (str,), "batch_size": (int,)}
+PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "return_words": (bool,),
+    "grounder": (str,),
+    "batch_size": (int,),
+    "precision": (str,),
+    "aggregation_strategy": (str,),
+    "ignore_labels": (list,),
+}
 """The request parameters the handler passes on to the pipeline, and their JSON types."""
 
 
@@ -80,7 +89,8 @@ class EndpointHandler:
     """Loads the repo's "multimodal-ner" pipeline (its remote code) once; each call tags one post or a batch."""
 
     def __init__(self, path: str = "") -> None:
-        self.pipeline = pipeline(model=path or ".", trust_remote_code=True)
+        precision = os.environ.get("UMGF_PRECISION", "auto")
+        self.pipeline = pipeline(model=path or ".", trust_remote_code=True, precision=precision)
 
     def _image(self, image: Any) -> Any:
         """The decoded image (the pipeline's own loader), or a ValueError saying why it cannot be read."""

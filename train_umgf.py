@@ -65,6 +65,7 @@ from modeling_umgf.feature_cache import cache_object_features
 from modeling_umgf.grounders import GROUNDERS
 from modeling_umgf.image_processing_umgf import UMGFImageProcessor
 from modeling_umgf.metrics import entity_scores, format_table2, sentence_counts
+from modeling_umgf.precision import PRECISIONS, inference_copy, resolve_precision
 from modeling_umgf.processing_umgf import UMGFProcessor
 from modeling_umgf.run_folder import (
     OwnedCheckpoints,
@@ -219,6 +220,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="recompute activations in the backward pass (BERT, fusion layers and the vision backbone): same "
         "gradients, much less memory, more time (BENCHMARKS.md)",
+    )
+    model.add_argument(
+        "--eval_precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="precision of the test evaluation (modeling_umgf/precision.py; dev selection stays fp32): 'auto' "
+        "is bf16 where the hardware has bfloat16 units; agreement with fp32 in BENCHMARKS.md",
     )
     model.add_argument(
         "--feature_cache_dir", type=Path, help="visual feature cache (default: <output_dir>/feature_cache)"
@@ -1136,6 +1144,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         best = UMGFForTokenClassification.from_pretrained(best_model_folder(args.output_dir))
         accelerator.unwrap_model(model).load_state_dict(best.state_dict())
         del best
+    tested = inference_copy(accelerator.unwrap_model(model), args.eval_precision)
     results: dict[str, Any] = {"mode": "evaluate" if evaluate_only else "train"}
     if evaluate_only:  # what was evaluated, and nothing about a training that did not happen
         results["model"] = hub.hub_id(args.model_name_or_path) or Path(args.model_name_or_path).resolve().name
@@ -1159,6 +1168,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         test_samples=len(splits["test"]),
         test_samples_available=len(raw["test"]),
         scoring="seqeval default mode (conlleval-compatible), micro-averaged entity P/R/F1",
+        eval_precision=resolve_precision(args.eval_precision, accelerator.device),
     )
     evaluations = [("test", "test", True)]
     if has_objects:
@@ -1169,7 +1179,14 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     prediction_records: dict[str, list[dict[str, Any]]] = {}
     warning: str | None = None
     for key, split, use_objects in evaluations:
-        predictions = predict(model, eval_dataloaders[split], accelerator, processor, use_objects, key)
+        predictions = predict(
+            model if tested is accelerator.unwrap_model(model) else tested,
+            eval_dataloaders[split],
+            accelerator,
+            processor,
+            use_objects,
+            key,
+        )
         tables[key], records = score(splits[split], predictions, label_names)
         results[key] = tables[key]
         prediction_records[key] = records  # written with the model (step 9), so that they always go together

@@ -14,7 +14,8 @@ Sub-commands (each measurement in a fresh process, so that its peak RSS is its o
 
 - ``prepare``: save the detector, the UMGF model folder (model, processor, pipeline code) and the posts into
   ``outputs/bench_pipeline`` (once; ``--force`` rebuilds).
-- ``run --mode pipeline|cli --batch-size B --posts N``: tag N posts; posts/s, CPU time, peak RSS. ``pipeline``
+- ``run --mode pipeline|cli --batch-size B --posts N [--precision P]``: tag N posts at inference precision P
+  (default ``auto``; the row records what it resolved to); posts/s, CPU time, peak RSS. ``pipeline``
   loads the folder the way ``umgf-predict`` does, tags one post first (loading the detector and spaCy; its time
   is ``load_seconds``) and then times ``pipe(posts, batch_size=B)``; ``cli`` times the whole ``umgf-predict
   --input posts.jsonl --batch-size B`` process, loading included.
@@ -189,11 +190,11 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def load_pipeline():
-    """The model folder's pipeline, loaded the way ``umgf-predict`` loads it."""
+def load_pipeline(precision: str = "auto"):
+    """The model folder's pipeline, loaded the way ``umgf-predict`` loads it, at inference ``precision``."""
     from modeling_umgf.cli import load_pipeline as cli_load_pipeline
 
-    return cli_load_pipeline(str(MODEL_DIR), "cpu")
+    return cli_load_pipeline(str(MODEL_DIR), "cpu", precision=precision)
 
 
 def box_counts(results: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -205,11 +206,13 @@ def measure_run(args: argparse.Namespace) -> dict[str, Any]:
     """One end-to-end configuration (``run``)."""
     set_threads()
     row: dict[str, Any] = {"mode": args.mode, "batch_size": args.batch_size, "posts": args.posts}
+    row["precision"] = args.precision
     if args.mode == "cli":
         subset = WORK / f"posts_{args.posts}.jsonl"
         subset.write_text("".join(line + "\n" for line in POSTS.read_text().splitlines()[: args.posts]))
         command = [str(Path(sys.executable).parent / "umgf-predict"), "--model", str(MODEL_DIR), "--input"]
         command += [subset.name, "--format", "jsonl", "--batch-size", str(args.batch_size), "--device", "cpu"]
+        command += ["--precision", args.precision]
         done, wall, _ = timed(lambda: subprocess.run(command, cwd=WORK, capture_output=True, text=True))
         if done.returncode != 0:
             raise RuntimeError(f"umgf-predict failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -223,7 +226,8 @@ def measure_run(args: argparse.Namespace) -> dict[str, Any]:
         )
     else:
         posts = read_posts(args.posts)
-        (pipe, load_wall, _) = timed(load_pipeline)
+        (pipe, load_wall, _) = timed(lambda: load_pipeline(args.precision))
+        row["resolved_precision"] = pipe.model.inference_precision
         _, warm_wall, _ = timed(lambda: pipe(posts[:1], batch_size=1))  # loads the detector and spaCy
         results, wall, cpu = timed(
             lambda: pipe(posts, batch_size=args.batch_size, num_workers=args.num_workers, return_words=True)
@@ -540,6 +544,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run = sub.add_parser("run", help="one end-to-end configuration in this process")
     run.add_argument("--mode", choices=["pipeline", "cli"], required=True)
     run.add_argument("--num-workers", type=int, default=0, help="the pipeline's DataLoader workers")
+    run.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"], help="inference precision"
+    )
     profile = sub.add_parser("profile", help="stage profile and the forwards alone, in this process")
     profile.add_argument("--repeats", type=int, default=2)
     for command in (run, profile):

@@ -11,8 +11,11 @@ code on the CPU. Checks, each a line of the report and an entry of the JSON:
 3. bfloat16 and float16 autocast training steps of the synthetic job's model (finite loss, the loss falls), and a
    model loaded in bfloat16 fed float32 crops;
 4. the multimodal-ner pipeline on the device tags as on the CPU;
-5. the speed table: inference and training step times at paper shapes (bert-base, ResNet-152, batch 16, 4 crops),
-   float32 and bfloat16 autocast.
+5. the inference precision switch (``set_inference_precision``, the pipeline's ``precision``): what "auto" resolves
+   to on the device, bf16 against fp32 on the same weights (same tags, float32 emissions and CRF), int8 refused
+   off the CPU;
+6. the speed table: inference and training step times at paper shapes (bert-base, ResNet-152, batch 16, 4 crops),
+   float32 and bfloat16 autocast, and inference at ``set_inference_precision("auto")``.
 
 The last line says how many checks passed.
 """
@@ -178,6 +181,46 @@ def check_pipeline(device: str) -> dict[str, Any]:
     return {"entities": sum(len(r) for r in b), "max_score_difference": scores}
 
 
+def check_inference_precision(device: str) -> dict[str, Any]:
+    import copy
+
+    from inference_fixtures import tiny_ner_model
+    from processor_fixtures import tiny_processor
+    from test_pipeline import TWEET, quadrant_image
+
+    from modeling_umgf.pipeline_umgf import MultimodalNERPipeline
+    from modeling_umgf.precision import resolve_precision
+
+    report: dict[str, Any] = {"auto": resolve_precision("auto", device)}
+    reference = tiny_ner_model().to(device)
+    model = copy.deepcopy(reference).set_inference_precision("bf16")
+    batch = to({k: v for k, v in ragged_batch().items() if k != "labels"}, device)
+    with torch.inference_mode():
+        expected, out = reference(**batch), model(**batch)
+    if out.logits.dtype != torch.float32 or model.crf.transitions.dtype != torch.float32:
+        raise AssertionError(f"bf16: emissions {out.logits.dtype}, CRF {model.crf.transitions.dtype}")
+    if not torch.equal(out.predictions, expected.predictions):
+        raise AssertionError("bf16 tags differ from fp32 on the same weights")
+    report["bf16_max_emission_difference"] = close(out.logits, expected.logits, 0.1)
+    if torch.device(device).type != "cpu":
+        try:
+            copy.deepcopy(reference).set_inference_precision("int8")
+        except ValueError:
+            report["int8_off_the_cpu"] = "refused"
+        else:
+            raise AssertionError("int8 accepted off the CPU")
+    tags = {}
+    for precision in ("fp32", "bf16"):
+        pipe = MultimodalNERPipeline(
+            model=tiny_ner_model(), processor=tiny_processor("grid"), device=device, precision=precision
+        )
+        tags[precision] = [w["tag"] for w in pipe(TWEET, image=quadrant_image(), return_words=True)["words"]]
+    if tags["bf16"] != tags["fp32"]:
+        raise AssertionError(f"pipeline tags differ: {tags}")
+    report["pipeline_words"] = len(tags["fp32"])
+    return report
+
+
 def speed_table(device: str, quick: bool) -> dict[str, Any]:
     from bench_common import build_model, make_batch, sample_batches, twitter_tweets
 
@@ -225,6 +268,18 @@ def speed_table(device: str, quick: bool) -> dict[str, Any]:
             "tweets_per_second": round(16 / infer_seconds, 1),
             "training_step_seconds": round(train_seconds, 4),
         }
+    resolved = model.set_inference_precision("auto").inference_precision
+
+    def infer_auto() -> None:
+        model.eval()
+        with torch.inference_mode():
+            model(**{k: v for k, v in batches[0].items() if k != "labels"})
+
+    seconds = timed(infer_auto)
+    rows[f"set_inference_precision('auto') = {resolved}"] = {
+        "inference_seconds_per_batch_of_16": round(seconds, 4),
+        "tweets_per_second": round(16 / seconds, 1),
+    }
     if device_type == "cuda":
         rows["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rows["gpu"] = torch.cuda.get_device_name()
@@ -245,6 +300,7 @@ def main() -> None:
         ("syncs per training step", lambda: check_syncs(args.device)),
         ("mixed precision", lambda: check_mixed_precision(args.device)),
         ("pipeline", lambda: check_pipeline(args.device)),
+        ("inference precision", lambda: check_inference_precision(args.device)),
     ]
     if not args.skip_speed:
         checks.append(("speed table", lambda: speed_table(args.device, args.quick)))

@@ -6,7 +6,8 @@
 #                                           # needs that such a machine lacks, as wheels in .whl/ (git-ignored)
 #   bash benchmarks/gpu_check.sh            # there: installs .whl/ into /tmp/site, then runs
 #                                           # benchmarks/gpu_check.py (model and CRF on CUDA vs CPU, syncs per
-#                                           # step, bf16/fp16 training steps, the pipeline, the speed table)
+#                                           # step, bf16/fp16 training steps, the pipeline, the inference precision
+#                                           # switch, the speed table)
 #
 # The report goes to $OUT/gpu_check.json when $OUT is set (the device tool's output folder), else to
 # benchmarks/results/gpu_check.json. Record figures in BENCHMARKS.md only when measured on a GPU.

@@ -35,6 +35,7 @@ from .grounders import GROUNDERS, build_grounder
 from .hub import load_saved
 from .image_utils_umgf import UnreadableImageError, load_rgb_image
 from .pipeline_umgf import MultimodalNERPipeline
+from .precision import PRECISIONS
 from .safe_files import unique_file_names, write_replacing
 
 POST_KEYS = ("text", "words", "image", "grounding", "id")
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compile the vision backbone first (model.optimize_for_inference(); costs a compilation, then "
         "faster crops, see BENCHMARKS.md); worth it for large --input files",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="inference precision (default auto: bf16 where the CPU or GPU has bfloat16 units, else fp32; int8: "
+        "dynamic quantisation of the linear layers, opt-in; see BENCHMARKS.md for their agreement with fp32)",
     )
     return parser
 
@@ -191,9 +199,11 @@ def _relative_to(sample: dict[str, Any], folder: Path | None) -> dict[str, Any]:
     return sample
 
 
-def load_pipeline(model: str, device: str | None, compile_backbone: bool = False) -> MultimodalNERPipeline:
+def load_pipeline(
+    model: str, device: str | None, compile_backbone: bool = False, precision: str = "auto"
+) -> MultimodalNERPipeline:
     """The multimodal-ner pipeline of a model folder or Hub repo (with this package's classes, no remote code),
-    on ``device`` (default: CUDA when available)."""
+    on ``device`` (default: CUDA when available), at inference ``precision`` (`precision`)."""
     try:
         network, processor = load_saved(model)
     except ValueError as error:
@@ -202,7 +212,7 @@ def load_pipeline(model: str, device: str | None, compile_backbone: bool = False
     if compile_backbone:
         network.optimize_for_inference()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return MultimodalNERPipeline(model=network, processor=processor, device=torch.device(device))
+    return MultimodalNERPipeline(model=network, processor=processor, device=torch.device(device), precision=precision)
 
 
 def format_table(sample: dict[str, Any], result: dict[str, Any]) -> str:
@@ -235,7 +245,7 @@ def format_conll(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     samples = read_samples(args)
-    pipe = load_pipeline(args.model, args.device, compile_backbone=args.compile)
+    pipe = load_pipeline(args.model, args.device, compile_backbone=args.compile, precision=args.precision)
     grounder = grounder_from_args(args.grounder, args.grounder_kwargs)
     inputs: list[dict[str, Any]] = [
         {key: sample[key] for key in ("text", "words", "image", "grounding", "id") if key in sample}

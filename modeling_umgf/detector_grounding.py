@@ -300,7 +300,7 @@ class ZeroShotDetectorGrounder(Grounder):
         size = self._input_size(processor)
         pixels = processor.image_processor(images, return_tensors="pt", **({} if size is None else {"size": size}))
         outputs = model(**text.to(self.device), **pixels.to(self.device))
-        probs = outputs.logits.sigmoid().float().cpu()  # [B, queries, text tokens]
+        probs = outputs.logits.float().sigmoid().cpu()  # [B, queries, text tokens]
         relative_boxes = center_to_corners_format(outputs.pred_boxes.float().cpu())  # [B, queries, 4] in [0, 1]
 
         groundings = []

@@ -34,6 +34,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_umgf import UMGFConfig
 from .crf import CRF
+from .precision import autocast, quantize_linear_int8, resolve_precision
 from .schema_umgf import (
     CONTINUATION_TAG,
     FIRST_SPECIAL_TAG,
@@ -340,6 +341,30 @@ class UMGFPreTrainedModel(PreTrainedModel):
                 backbone.compile(options={"freezing": True})
         return self
 
+    def set_inference_precision(self, precision: str = "auto") -> UMGFPreTrainedModel:
+        """Set the precision of inference (eval mode; training always computes as the weights are) and return the
+        model: ``"fp32"``, ``"bf16"`` (bfloat16 autocast over the encoder: backbone, text encoder, fusion layers;
+        the emission scores and the CRF in float32), ``"int8"`` (the encoder's linear layers quantised to int8,
+        in place and for good; CPU only) or ``"auto"`` (bf16 where the model's device has native bfloat16
+        arithmetic, fp32 elsewhere). See `precision` for what each costs and keeps; BENCHMARKS.md measures how
+        often each predicts the same tags as fp32. Returns the resolved precision in ``inference_precision``.
+        """
+        resolved = resolve_precision(precision, self.device)
+        current = self.inference_precision
+        if current == "int8" and resolved != "int8":
+            raise ValueError(f"this model's linear layers are quantised to int8: load it anew for {resolved!r}")
+        base = getattr(self, self.base_model_prefix, self)
+        if resolved == "int8" and current != "int8":
+            quantize_linear_int8(base)
+        for module in {self, base}:
+            module._inference_precision = resolved  # type: ignore[assignment,unused-ignore]
+        return self
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision of inference set by `set_inference_precision` ("fp32" unless set)."""
+        return getattr(self, "_inference_precision", "fp32")
+
     def _set_gradient_checkpointing(self, enable: bool = True, *args: Any, **kwargs: Any) -> None:
         """transformers' switch (the BERT layers and the fusion layers), plus timm's own switch for the vision
         backbone, which transformers does not reach. timm checkpoints the backbone block by block.
@@ -498,7 +523,9 @@ class UMGFModel(UMGFPreTrainedModel):
             features = self.encode_objects(x.pixel_values, object_mask)
         else:
             assert x.object_features is not None
-            features = x.object_features.to(next(self.visual_mlp.parameters()).dtype)
+            # the MLP's float dtype (an int8-quantised MLP has no float parameters: the encoder's input dtype)
+            dtypes = [p.dtype for p in self.visual_mlp.parameters()] or [next(self.text_encoder.parameters()).dtype]
+            features = x.object_features.to(dtypes[0])
         # Padded object slots may hold anything (even NaN): they are replaced, never multiplied by 0.
         present = object_mask.unsqueeze(-1)
         h_o = torch.where(present, self.visual_mlp(torch.where(present, features, 0.0)), 0.0)
@@ -530,9 +557,16 @@ class UMGFModel(UMGFPreTrainedModel):
         return self.encode(x, output_gates)
 
     def encode(self, x: ModelInputs, output_gates: bool = False) -> UMGFModelOutput:
-        """The forward pass on inputs already checked by `validation_umgf.check_inputs`."""
+        """The forward pass on inputs already checked by `validation_umgf.check_inputs`, in the inference precision
+        (`set_inference_precision`) in eval mode."""
         reference = x.input_ids if x.input_ids is not None else x.inputs_embeds
         assert reference is not None
+        if self.inference_precision == "int8" and self.training:
+            raise ValueError("a model quantised to int8 (set_inference_precision('int8')) cannot be trained")
+        with autocast("fp32" if self.training else self.inference_precision, reference.device.type):
+            return self._encode(x, reference, output_gates)
+
+    def _encode(self, x: ModelInputs, reference: torch.Tensor, output_gates: bool) -> UMGFModelOutput:
         attention_mask = (
             x.attention_mask
             if x.attention_mask is not None
@@ -708,7 +742,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         num_words = check_inputs(self.config, x, labels_for_every_word=self.crf is not None)
         assert word_ids is not None and attention_mask is not None and num_words is not None
         outputs = self.umgf.encode(x, output_gates)
-        features = self.word_features(outputs)
+        features = self.word_features(outputs).to(self.classifier.weight.dtype)  # float32 after bf16 autocast
         words = word_layout(word_ids, attention_mask, num_words)
         if self.config.crf_level == "token":
             logits = self.classifier(self.dropout(features))  # sub-token emission scores [B, T, K]

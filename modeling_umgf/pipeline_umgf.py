@@ -39,6 +39,7 @@ from .detector_grounding import DEFAULT_DETECTOR
 from .grounders import GROUNDERS, build_grounder
 from .grounding import Grounder
 from .image_utils_umgf import load_images, load_rgb_image
+from .precision import autocast
 from .schema_umgf import ENTITY_TYPES, hex_colour
 from .validation_umgf import check_label_maps
 from .visualization_umgf import box_label, draw_entities, supported_entities
@@ -140,8 +141,11 @@ class MultimodalNERPipeline(Pipeline):
     Parameters: ``grounder`` (a grounder name or `Grounder` to use instead of the processor's own; e.g.
     ``pipeline(model=..., grounder="grid")`` or per call), ``aggregation_strategy`` (`AGGREGATION_STRATEGIES`),
     ``ignore_labels`` (entity types, or with "none" word tags, left out; default ``["O"]``), ``timeout`` (image
-    downloads), ``return_words`` (accepted for compatibility: the words are always in the result). A model
-    without a visual branch ignores an image (and a grounding), with one warning, and never runs a grounder.
+    downloads), ``return_words`` (accepted for compatibility: the words are always in the result). A model without a
+    visual branch ignores an image (and a grounding), with one warning, and never runs a grounder. ``precision``
+    (``"auto"`` by default, ``"fp32"``, ``"bf16"`` or ``"int8"``: the model's `set_inference_precision`; the
+    detector runs under bfloat16 autocast only when ``"bf16"`` is asked for by name, since its boxes moved in bf16
+    (BENCHMARKS.md): "auto" keeps it float32, as does ``"int8"``; see `precision`).
 
     Output per sample: a list of entities, each ``{"entity_group", "score", "word", "start", "end", "words",
     "word_start", "word_end", "boxes"}`` (the first five as in transformers' "token-classification" pipeline):
@@ -168,6 +172,7 @@ class MultimodalNERPipeline(Pipeline):
     _load_video_processor = False  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("precision", "auto")
         super().__init__(*args, **kwargs)
         # A processor whose labels are not the model's would name the tags wrongly (or fail on a tag id).
         check_label_maps(self.model.config, self.model.name_or_path or "the model", self.processor.label_names)
@@ -207,10 +212,14 @@ class MultimodalNERPipeline(Pipeline):
         grounder: str | Grounder | None = None,
         aggregation_strategy: Any = None,
         ignore_labels: Sequence[str] | None = None,
+        precision: str | None = None,
         **kwargs: Any,
     ) -> tuple[dict, dict, dict]:
         if kwargs:
             raise TypeError(f"unknown arguments for the {TASK} pipeline: {sorted(kwargs)}")
+        if precision is not None:
+            self.model.set_inference_precision(precision)
+            self._detector_precision = "bf16" if precision == "bf16" else "fp32"  # opt-in only: BENCHMARKS.md
         preprocess: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         if grounder is not None and self.has_visual_branch:  # a text-only model never grounds
             preprocess["grounder"] = build_grounder(grounder) if isinstance(grounder, str) else grounder
@@ -268,15 +277,16 @@ class MultimodalNERPipeline(Pipeline):
     def _collate(self, items: list[dict[str, Any]], grounder: Grounder | None = None) -> dict[str, Any]:
         """The processor on the whole batch: one batched grounder call, one tokenizer call, padding."""
         ids = [item["id"] if item["id"] is not None else str(i) for i, item in enumerate(items)]
-        batch = self.processor(
-            images=[item["image"] for item in items],
-            words=[item["words"] for item in items],
-            grounding=[item["grounding"] for item in items],
-            sample_ids=ids,
-            grounder=grounder,
-            return_tensors="pt",
-            return_metadata=True,
-        )
+        with autocast(getattr(self, "_detector_precision", "fp32"), self.device.type):  # the detector
+            batch = self.processor(
+                images=[item["image"] for item in items],
+                words=[item["words"] for item in items],
+                grounding=[item["grounding"] for item in items],
+                sample_ids=ids,
+                grounder=grounder,
+                return_tensors="pt",
+                return_metadata=True,
+            )
         return {
             "batch": batch,
             "text": [item["text"] for item in items],
