@@ -20,7 +20,8 @@ scheduler; resuming; the training loop, which selects the epoch with the best de
 without images, and a second test config for cross-domain runs); outputs (``all_results.json``, per-sentence
 predictions, the model folder with its card) and the Hub.
 
-Scores are seqeval's default (conlleval-compatible) mode, micro-averaged; see `modeling_umgf.metrics`. Every gold
+Scores are seqeval's default (conlleval-compatible) mode, micro-averaged; see `modeling_umgf.metrics` (``--metric
+authors`` adds the UMGF authors' scoring and their word handling, and selects on it). Every gold
 entity of every test sentence is scored: the words a sentence loses to ``--max_length`` are predicted O, never
 dropped. Several seeds: ``python run_seeds.py``; a paired bootstrap between two runs: ``python compare_predictions.py``.
 """

@@ -59,7 +59,7 @@ def default_vocab() -> Path | None:
     return None
 
 
-def save_text_encoder(folder: Path, vocab: Path, layers: int) -> None:
+def save_text_encoder(folder: Path, vocab: Path, layers: int, dropout: float = 0.1) -> None:
     """A random BERT with 768-d outputs and its tokenizer (the vocabulary given), as ``from_pretrained`` reads it."""
     from transformers import BertConfig, BertModel
 
@@ -71,7 +71,13 @@ def save_text_encoder(folder: Path, vocab: Path, layers: int) -> None:
     )
     torch.manual_seed(1)
     config = BertConfig(
-        vocab_size=size, hidden_size=768, num_hidden_layers=layers, num_attention_heads=12, intermediate_size=512
+        vocab_size=size,
+        hidden_size=768,
+        num_hidden_layers=layers,
+        num_attention_heads=12,
+        intermediate_size=512,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(folder)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import re
 import sys
 from collections.abc import Mapping
@@ -188,7 +189,13 @@ def load_converted(model: UMGFForTokenClassification, converted: Mapping[str, to
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of an authors' checkpoint (tensors only: ``weights_only=True``), without DDP prefixes."""
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # not a pickle, or one holding objects other than tensors
+        raise ValueError(
+            f"{path} cannot be read as a checkpoint of tensors: torch.load(weights_only=True) refused it (it is not a "
+            "PyTorch checkpoint, or it holds objects other than tensors, which are not loaded: that could run code)"
+        ) from None
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ValueError(f"{path} is not a state dict (a mapping of tensor names to tensors)")
     return {key.removeprefix("module."): value for key, value in loaded.items()}

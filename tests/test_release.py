@@ -186,6 +186,10 @@ def test_bad_checkpoints_are_named(tmp_path, converted) -> None:
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="not a state dict"):
         convert(tmp_path / "list.pt", tmp_path / "out", str(tmp_path / "no-bert"), "test_resnet")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"text\.pt cannot be read as a checkpoint of tensors"):
+        convert(tmp_path / "text.pt", tmp_path / "out", str(tmp_path / "no-bert"), "test_resnet")
+    assert main(["--checkpoint", str(tmp_path / "text.pt"), "--output_dir", str(tmp_path / "out")]) == 1
 
 
 def test_without_a_tokenizer_the_model_is_converted_from_its_shapes(tmp_path, converted, caplog) -> None:
