@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,20 +114,23 @@ def read_authors_split(folder: str | Path) -> Iterator[tuple[str, RawTweet]]:
 
 @dataclass
 class EmptyWordsReport:
-    """Words removed by :func:`drop_empty_words`: ``(sample id, word position, word)``."""
+    """Words removed by :func:`drop_empty_words`: ``(sample id, word position, word)``, and the tweets left without
+    words, removed too."""
 
     removed: list[tuple[str, int, str]]
+    empty_tweets: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         shown = ", ".join(f"{sample!r} word {position} {word!r}" for sample, position, word in self.removed[:5])
         more = f" (e.g. {shown})" if self.removed else ""
-        return f"{len(self.removed)} words that tokenise to no sub-token removed with their tags{more}"
+        tweets = f"; {len(self.empty_tweets)} tweets left without words removed" if self.empty_tweets else ""
+        return f"{len(self.removed)} words that tokenise to no sub-token removed with their tags{more}{tweets}"
 
 
 def drop_empty_words(dataset: Any, tokenizer: Any) -> tuple[Any, EmptyWordsReport]:
     """``dataset`` (columns ``id``, ``tokens``, ``ner_tags``) without the words ``tokenizer`` maps to no sub-token,
-    each removed with its tag, as the authors' dataset builds its inputs (a sentence left without words keeps one
-    empty word list). Returns the new dataset and which words went."""
+    each removed with its tag, as the authors' dataset builds its inputs. A tweet left without words, which their
+    scoring file would not show, is removed. Returns the new dataset and which words and tweets went."""
     report = EmptyWordsReport(removed=[])
 
     def keep(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -141,6 +144,9 @@ def drop_empty_words(dataset: Any, tokenizer: Any) -> tuple[Any, EmptyWordsRepor
         return {"tokens": tokens, "ner_tags": tags}
 
     kept = dataset.map(keep, batched=True, desc="dropping words without sub-tokens", load_from_cache_file=False)
+    report.empty_tweets = [sample for sample, words in zip(kept["id"], kept["tokens"]) if not words]
+    if report.empty_tweets:
+        kept = kept.filter(lambda row: len(row["tokens"]) > 0, load_from_cache_file=False)
     return kept, report
 
 

@@ -170,11 +170,16 @@ def test_without_a_folder_their_repository_archive_is_downloaded(tmp_path: Path,
 def test_words_without_sub_tokens_go_with_their_tags() -> None:
     tokenizer = tiny_tokenizer()
     rows = datasets.Dataset.from_dict(
-        {"id": ["a", "b"], "tokens": [["Photo", "\u200b", "of"], ["\u200b", "gate"]], "ner_tags": [[0, 1, 2], [3, 4]]}
+        {
+            "id": ["a", "b", "c"],
+            "tokens": [["Photo", "\u200b", "of"], ["\u200b", "gate"], ["\ufeff"]],
+            "ner_tags": [[0, 1, 2], [3, 4], [1]],
+        }
     )
     kept, report = drop_empty_words(rows, tokenizer)
     assert kept["tokens"] == [["Photo", "of"], ["gate"]] and kept["ner_tags"] == [[0, 2], [4]]
-    assert report.removed == [("a", 1, "\u200b"), ("b", 0, "\u200b")]
+    assert report.removed == [("a", 1, "\u200b"), ("b", 0, "\u200b"), ("c", 0, "\ufeff")]
+    assert report.empty_tweets == ["c"] and kept["id"] == ["a", "b"]
 
 
 def test_truncated_words_are_left_out_of_their_scores() -> None:
