@@ -107,7 +107,7 @@ def main() -> None:
     save_results("text_packing", result)
     print(json.dumps(result))
     print(
-        f"text packing (BERT {args.layers} layers, batch {args.batch_size}): block/library time "
+        f"SUMMARY bench_text_packing: BERT {args.layers} layers, batch {args.batch_size}, block/library time "
         f"{result['library_over_block']}, outputs within {worst_difference:.1e} of padded"
     )
 

@@ -1,6 +1,7 @@
 """Command line (``python -m datasets_scripts``): build the configs to Parquet + card, or print Table 1.
 
-python -m datasets_scripts build --output_dir DIR [--data_dir UMT_DATA] [--image_dir_2015 D]
+python -m datasets_scripts build --output_dir DIR [--data_dir UMT_DATA] [--authors_data_dir MY_DATA]
+    [--image_dir_2015 D]
     [--image_dir_2017 D] [--configs ...] [--overwrite] [--max_shard_size 500MB]
     [--push_to_hub USER/REPO [--private]]
 python -m datasets_scripts stats FOLDER_OR_REPO [--configs ...]
@@ -33,10 +34,18 @@ from .hub_layout import (
 )
 from .output_folder import OutputFolderError, move_into, staging_folder
 from .statistics import config_statistics, format_table1
-from .twitter_mner import IMAGE_INSTRUCTIONS, UMT_DATA_URL, EmptySplitError, TwitterMNER, build_dataset
+from .twitter_mner import (
+    AUTHORS_ARCHIVE_URL,
+    IMAGE_INSTRUCTIONS,
+    UMT_DATA_URL,
+    EmptySplitError,
+    TwitterMNER,
+    build_dataset,
+)
 from .umt_format import TwitterFormatError
 
 CONFIG_NAMES = [config.name for config in TwitterMNER.BUILDER_CONFIGS]
+AUTHORS_CONFIGS = [config.name for config in TwitterMNER.BUILDER_CONFIGS if config.layout == "authors"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,10 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build configs, write Parquet shards and README.md")
     build.add_argument("--output_dir", type=Path, required=True, help="export folder (Hub layout)")
     build.add_argument("--data_dir", type=Path, help="UMT data/ folder; default: download from GitHub")
+    build.add_argument(
+        "--authors_data_dir",
+        type=Path,
+        help="the UMGF authors' my_data/ folder, for the *_authors configs (default: download their repository)",
+    )
     build.add_argument("--image_dir_2015", type=Path, help="folder of Twitter-2015 <IMGID>.jpg files")
     build.add_argument("--image_dir_2017", type=Path, help="folder of Twitter-2017 <IMGID>.jpg files")
     build.add_argument(
-        "--configs", nargs="+", choices=CONFIG_NAMES, help="default: all (twitter2017c only with --image_dir_2017)"
+        "--configs",
+        nargs="+",
+        choices=CONFIG_NAMES,
+        help="default: all (twitter2017c only with --image_dir_2017, the *_authors ones only with --authors_data_dir)",
     )
     build.add_argument(
         "--overwrite", action="store_true", help="replace the built configs of a previous export in output_dir"
@@ -66,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     image_dirs = {"twitter2015": args.image_dir_2015, "twitter2017": args.image_dir_2017}
-    configs = args.configs or CONFIG_NAMES
+    configs = args.configs or [
+        name for name in CONFIG_NAMES if name not in AUTHORS_CONFIGS or args.authors_data_dir is not None
+    ]
     if "twitter2017c" in configs and args.image_dir_2017 is None:
         message = (
             "twitter2017c cannot be built without --image_dir_2017: it is Twitter-2017 minus the tweets "
@@ -81,10 +100,12 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         kept = _kept_configs(args.output_dir, configs, args.overwrite, parser)
         with tempfile.TemporaryDirectory() as cache_dir:
             exported = read_exported_configs(args.output_dir, kept, cache_dir) if kept else {}
-            source = "a local copy of its `data/` folder" if args.data_dir else f"{UMT_DATA_URL}/<dataset>/<split>.txt"
             for name in configs:
-                image_dir = image_dirs[TwitterMNER.builder_configs[name].source]
-                built, reports = build_dataset(name, args.data_dir, image_dir, cache_dir)
+                config = TwitterMNER.builder_configs[name]
+                image_dir = image_dirs[config.source]
+                data_dir = args.authors_data_dir if config.layout == "authors" else args.data_dir
+                built, reports = build_dataset(name, data_dir, image_dir, cache_dir)
+                source = _text_source(config.layout, data_dir)
                 for split, report in reports.items():
                     print(f"{name} {split}: {report.summary()}")
                 data_files = write_config(built, staging, name, args.max_shard_size)
@@ -99,6 +120,14 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     print(f"wrote {args.output_dir} ({card.name} + Parquet shards{kept_note})")
     if args.push_to_hub:
         print(f"pushed: {push_folder_to_hub(args.output_dir, args.push_to_hub, args.private)}")
+
+
+def _text_source(layout: str, data_dir: Path | None) -> str:
+    """Where a config's text was read from, for the dataset card."""
+    if layout == "authors":
+        where = "a local copy of their `my_data/` folder" if data_dir else f"{AUTHORS_ARCHIVE_URL} (`my_data/`)"
+        return f"the UMGF authors' text, {where}"
+    return "a local copy of its `data/` folder" if data_dir else f"{UMT_DATA_URL}/<dataset>/<split>.txt"
 
 
 def _kept_configs(folder: Path, configs: Sequence[str], overwrite: bool, parser: argparse.ArgumentParser) -> list[str]:

@@ -8,6 +8,9 @@ Sources:
 
 * text: the UMT release files (Yu et al. 2020), read from a local copy of its ``data/`` folder
   (``<data_dir>/twitter2015/train.txt`` ...) or downloaded from GitHub;
+* the ``*_authors`` configs: the UMGF authors' own text (``my_data/`` of their repository, one ``<n>_s/_l/_p.txt``
+  triple per tweet, read in their order: :mod:`~datasets_scripts.authors_format`), from a local copy of their
+  ``my_data/`` folder or downloaded (their repository's archive at a fixed commit);
 * images: a folder the user downloaded by hand (see :data:`IMAGE_INSTRUCTIONS`), one
   ``<image_dir>/<IMGID>.jpg`` per tweet, the naming of the UMT release and its training code.
 
@@ -42,7 +45,8 @@ from datasets.exceptions import DatasetGenerationError
 from modeling_umgf.hub import UMGF_CITATION
 from modeling_umgf.schema_umgf import dataset_features, empty_grounding
 
-from .umt_format import TwitterFormatError, read_umt_file
+from .authors_format import AUTHORS_SPLIT_FOLDERS, read_authors_split
+from .umt_format import RawTweet, TwitterFormatError, read_umt_file
 
 logger = datasets.utils.logging.get_logger(__name__)
 
@@ -51,6 +55,10 @@ UMT_DATA_URL = "https://raw.githubusercontent.com/jefferyYu/UMT/master/data"
 UMT_IMAGES_URL = "https://drive.google.com/file/d/1PpvvncnQkgDNeBMKVgG2zFYuRhbL873g/view"
 IMAGE_SUFFIX = ".jpg"
 SPLIT_FILES: dict[str, str] = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+AUTHORS_HOMEPAGE = "https://github.com/TransformersWsz/UMGF"
+AUTHORS_COMMIT = "55adc07633ebf728825d06db21b18880d93c1563"
+#: Their repository at a fixed commit; it unpacks to ``UMGF-<commit>/my_data/<dataset>/<split>/``.
+AUTHORS_ARCHIVE_URL = f"{AUTHORS_HOMEPAGE}/archive/{AUTHORS_COMMIT}.tar.gz"
 
 IMAGE_INSTRUCTIONS = f"""\
 The tweet images are not downloadable by script (Google Drive archive of the UMT release):
@@ -182,11 +190,13 @@ class TwitterMNERConfig(datasets.BuilderConfig):
         source: folder of the UMT release holding the text ("twitter2015" or "twitter2017").
         image_dir: folder of ``<IMGID>.jpg`` files; None builds without images.
         drop_tweets_without_image: drop tweets whose image is missing, unreadable or blank (2017c).
+        layout: "umt" (the UMT release files) or "authors" (the UMGF authors' ``my_data/`` folders).
     """
 
     source: str = "twitter2015"
     image_dir: str | None = None
     drop_tweets_without_image: bool = False
+    layout: str = "umt"
 
 
 class TwitterMNER(datasets.GeneratorBasedBuilder):
@@ -198,8 +208,9 @@ class TwitterMNER(datasets.GeneratorBasedBuilder):
         builder.download_and_prepare()
         dataset_dict = builder.as_dataset()
 
-    ``data_dir`` is the UMT ``data/`` folder (``<data_dir>/<source>/{train,valid,test}.txt``); without
-    it the files are downloaded from the UMT GitHub repository.
+    ``data_dir`` is the UMT ``data/`` folder (``<data_dir>/<source>/{train,valid,test}.txt``), or for the
+    ``*_authors`` configs the authors' ``my_data/`` folder (``<data_dir>/<source>/{train,valid,test}/<n>_s.txt``
+    ...); without it the files are downloaded from GitHub.
 
     Attributes:
         image_reports: split name -> :class:`ImageReport`, filled when a split is generated (not when it
@@ -222,6 +233,20 @@ class TwitterMNER(datasets.GeneratorBasedBuilder):
             drop_tweets_without_image=True,
             description="Twitter-2017 without the tweets whose image is missing (Zhang et al. 2021).",
         ),
+        TwitterMNERConfig(
+            name="twitter2015_authors",
+            version=VERSION,
+            source="twitter2015",
+            layout="authors",
+            description="Twitter-2015 as the UMGF authors' code reads it (their my_data/ text, their order).",
+        ),
+        TwitterMNERConfig(
+            name="twitter2017_authors",
+            version=VERSION,
+            source="twitter2017",
+            layout="authors",
+            description="Twitter-2017 as the UMGF authors' code reads it (their my_data/ text, their order).",
+        ),
     ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -239,6 +264,23 @@ class TwitterMNER(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
         image_dir = self._image_dir()
+        if self.config.layout == "authors":
+            if self.config.data_dir:
+                root = Path(self.config.data_dir, self.config.source)
+            else:
+                root = Path(dl_manager.download_and_extract(AUTHORS_ARCHIVE_URL))
+                root = root / f"UMGF-{AUTHORS_COMMIT}" / "my_data" / self.config.source
+            folders = {split: root / name for split, name in AUTHORS_SPLIT_FOLDERS.items()}
+            for folder in folders.values():
+                if not folder.is_dir():
+                    raise FileNotFoundError(
+                        f"{folder} not found: data_dir must be the authors' my_data/ folder, holding "
+                        f"{self.config.source}/{{train,valid,test}}/<n>_s.txt, <n>_l.txt, <n>_p.txt"
+                    )
+            return [
+                datasets.SplitGenerator(name=split, gen_kwargs={"path": folder, "split": split, "image_dir": image_dir})
+                for split, folder in folders.items()
+            ]
         if self.config.data_dir:
             files = {split: Path(self.config.data_dir, self.config.source, name) for split, name in SPLIT_FILES.items()}
             for path in files.values():
@@ -277,7 +319,12 @@ class TwitterMNER(datasets.GeneratorBasedBuilder):
         self, path: str | Path, split: str, image_dir: Path | None
     ) -> Iterator[tuple[int, dict[str, Any]]]:
         report = self.image_reports[split] = ImageReport(image_dir=None if image_dir is None else str(image_dir))
-        for tweet in read_umt_file(path):
+        tweets: Iterator[tuple[str, RawTweet]] = (
+            read_authors_split(path)
+            if self.config.layout == "authors"
+            else ((str(tweet.index), tweet) for tweet in read_umt_file(path))
+        )
+        for sample_id, tweet in tweets:
             status, image = load_image(image_dir, tweet.image_id) if image_dir else (None, None)
             report.record(tweet.image_id, status)
             if image is None and self.config.drop_tweets_without_image:
@@ -286,7 +333,7 @@ class TwitterMNER(datasets.GeneratorBasedBuilder):
             yield (
                 tweet.index,
                 {
-                    "id": str(tweet.index),
+                    "id": sample_id,
                     "image_id": tweet.image_id,
                     "tokens": tweet.tokens,
                     "ner_tags": tweet.tags,
@@ -313,8 +360,9 @@ def build_dataset(
     The dataset is always generated afresh (downloads are reused), so the reports are complete.
 
     Args:
-        config_name: "twitter2015", "twitter2017" or "twitter2017c".
-        data_dir: the UMT ``data/`` folder; None downloads the text from GitHub.
+        config_name: "twitter2015", "twitter2017", "twitter2017c", "twitter2015_authors" or "twitter2017_authors".
+        data_dir: the UMT ``data/`` folder (the authors' ``my_data/`` folder for the ``*_authors`` configs); None
+            downloads the text from GitHub.
         image_dir: folder of ``<IMGID>.jpg`` files (required for twitter2017c).
         cache_dir: ``datasets`` cache folder (default: the Hugging Face cache).
 

@@ -5,6 +5,13 @@ mode*, which is compatible with conlleval, the Perl script of CoNLL-2000 used by
 baselines: an entity is a maximal B-/I- chunk of one type, and a chunk that starts with an I- tag still counts
 as an entity. Precision/recall/F1 are micro-averaged over the four entity types.
 
+`authors_entity_scores` is the other scoring, the one the UMGF authors' numbers come from (their ``metric.py``,
+re-implemented here from its behaviour): every scored word of the split concatenated into one sequence, chunked
+with their rules (an entity is a run of B-/I- tags of one type; a B- tag or a change of type starts a new one, an I-
+tag after O starts one), precision = correct / predicted and recall = correct / gold, each 0 when nothing is
+correct. It differs from seqeval only where an entity at the end of a tweet runs into an I- tag of the same type
+at the start of the next one (one entity there, two for seqeval).
+
 The paired bootstrap test (Koehn 2004; Berg-Kirkpatrick et al. 2012) is written here with numpy because no
 maintained library resamples *sentences* while scoring *entity-level* F1: each sentence is reduced once to its
 counts (correct, predicted, gold entities, found with seqeval's own chunker), so a resample is a sum.
@@ -59,6 +66,61 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
         "support": int(micro["support"]),
         "per_type": per_type,
     }
+
+
+def authors_chunks(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """The entities of one tag sequence as the authors' metric finds them: ``(type, start, end)``, end exclusive.
+
+    A tag's class is the text before its first ``-`` and its type the text after its last ``-`` (a tag without
+    ``-`` is both); ``O`` ends an entity; an entity ends before a tag of another type or of class ``B``."""
+    chunks: set[tuple[str, int, int]] = set()
+    kind: str | None = None
+    start = 0
+    for position, tag in enumerate(tags):
+        if tag == "O":
+            if kind is not None:
+                chunks.add((kind, start, position))
+            kind = None
+            continue
+        tag_class, tag_type = tag.split("-")[0], tag.split("-")[-1]
+        if kind is not None and (tag_type != kind or tag_class == "B"):
+            chunks.add((kind, start, position))
+            kind = None
+        if kind is None:
+            kind, start = tag_type, position
+    if kind is not None:
+        chunks.add((kind, start, len(tags)))
+    return chunks
+
+
+def authors_entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """The authors' scores (their ``metric.py``) of tag-name sequences, one list per sentence: the sentences are
+    concatenated into one sequence, as their scoring file is, then chunked with `authors_chunks`.
+
+    Returns the keys of `entity_scores` (``support``: gold entities), with ``per_type`` for the four types, and
+    ``accuracy`` (the share of equal tags). OTHER and MISC are the same type under either name."""
+    _check(gold, pred)
+    gold_tags = [tag for sentence in gold for tag in sentence]
+    pred_tags = [tag for sentence in pred for tag in sentence]
+    gold_chunks, pred_chunks = authors_chunks(gold_tags), authors_chunks(pred_tags)
+
+    def prf(correct: int, predicted: int, total: int) -> dict[str, Any]:
+        precision = correct / predicted if correct else 0.0
+        recall = correct / total if correct else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if correct else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1, "support": total}
+
+    def of_type(chunks: set[tuple[str, int, int]], entity_type: str) -> set[tuple[str, int, int]]:
+        names = {entity_type, "OTHER"} if entity_type == "MISC" else {entity_type}
+        return {chunk for chunk in chunks if chunk[0] in names}
+
+    scores = prf(len(gold_chunks & pred_chunks), len(pred_chunks), len(gold_chunks))
+    per_type = {}
+    for entity_type in ENTITY_TYPES:
+        gold_type, pred_type = of_type(gold_chunks, entity_type), of_type(pred_chunks, entity_type)
+        per_type[entity_type] = prf(len(gold_type & pred_type), len(pred_type), len(gold_type))
+    equal = sum(g == p for g, p in zip(gold_tags, pred_tags))
+    return {**scores, "accuracy": equal / len(gold_tags) if gold_tags else 0.0, "per_type": per_type}
 
 
 def format_table2(rows: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
@@ -160,4 +222,12 @@ def paired_bootstrap(
     }
 
 
-__all__ = ["entity_scores", "format_table2", "mean_std", "paired_bootstrap", "sentence_counts"]
+__all__ = [
+    "authors_chunks",
+    "authors_entity_scores",
+    "entity_scores",
+    "format_table2",
+    "mean_std",
+    "paired_bootstrap",
+    "sentence_counts",
+]

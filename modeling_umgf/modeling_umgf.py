@@ -67,6 +67,14 @@ def _torch_default_init(linear: nn.Linear) -> nn.Linear:
     return linear
 
 
+def _xavier_fans(linear: nn.Linear, fan_in: int, fan_out: int) -> nn.Linear:
+    """Mark a linear map that stacks (or is one half of) maps of fans ``fan_in`` -> ``fan_out``: under
+    ``initializer="xavier_uniform"`` it gets the xavier bound sqrt(6 / (fan_in + fan_out)) of such a map, as the
+    authors' separate maps do, not the bound of its own stacked shape."""
+    linear._umgf_xavier_fans = (fan_in, fan_out)  # type: ignore[assignment,unused-ignore]
+    return linear
+
+
 def node_mlp(in_dim: int, config: UMGFConfig, output_activation: bool = False) -> nn.Sequential:
     """The text / visual MLP with ReLU that projects node features to d (paper, "Multi-modal Graph");
     ``output_activation`` ends it with ReLU + dropout too (the authors' visual MLP)."""
@@ -98,7 +106,9 @@ class UMGFSelfAttention(nn.Module):
     def __init__(self, config: UMGFConfig, value_projection: bool = True) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
-        self.qkv = nn.Linear(config.hidden_size, (3 if value_projection else 2) * config.hidden_size)
+        size = config.hidden_size
+        # q, k (and v) stacked: each is its own d -> d map for the initialisation (the authors' separate maps)
+        self.qkv = _xavier_fans(nn.Linear(size, (3 if value_projection else 2) * size), size, size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size) if value_projection else None
         self.dropout = nn.Dropout(config.dropout)
         self.attention_dropout = config.attention_dropout
@@ -155,8 +165,10 @@ class UMGFCrossModalGate(nn.Module):
 
     def __init__(self, config: UMGFConfig) -> None:
         super().__init__()
-        self.w_self = nn.Linear(config.hidden_size, config.hidden_size)  # W1 (eq 4) / W3 (eq 6)
-        self.w_other = nn.Linear(config.hidden_size, config.hidden_size, bias=False)  # W2 (eq 4) / W4 (eq 6)
+        size = config.hidden_size
+        # the two halves of one W [C_i; C'_j] (2d -> d) for the initialisation, as the authors' single map
+        self.w_self = _xavier_fans(nn.Linear(size, size), 2 * size, size)  # W1 (eq 4) / W3 (eq 6)
+        self.w_other = _xavier_fans(nn.Linear(size, size, bias=False), 2 * size, size)  # W2 (eq 4) / W4 (eq 6)
         self.dropout = nn.Dropout(config.dropout)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.gate_layer_norm else None
 
@@ -387,7 +399,12 @@ class UMGFPreTrainedModel(PreTrainedModel):
                 init.kaiming_uniform_(module.weight, a=math.sqrt(5))
                 bias = 1 / math.sqrt(module.in_features)
             else:
-                init.xavier_uniform_(module.weight)
+                fans = getattr(module, "_umgf_xavier_fans", None)
+                if fans is None:
+                    init.xavier_uniform_(module.weight)
+                else:  # a stacked map or half a map: the bound of the map it stands for
+                    bound = math.sqrt(6.0 / sum(fans))
+                    init.uniform_(module.weight, -bound, bound)
                 bias = 0.0
             if module.bias is not None:
                 if bias:

@@ -353,8 +353,8 @@ def assert_uniform(values: torch.Tensor, bound: float, name: str) -> None:
 
 
 def test_initialisation_follows_the_config() -> None:
-    """normal: N(0, initializer_range) weights and zero biases; xavier_uniform: U(+-sqrt(6 / (in + out))) and zero
-    biases, except the maps that keep PyTorch's own initialisation (the authors' text projection and token-level
+    """normal: N(0, initializer_range) weights and zero biases; xavier_uniform: U(+-sqrt(6 / (in + out))) of each map
+    the authors have (q, k, v separately; the gate's [C_i; C'_j] as one 2d -> d map) and zero biases, except the maps that keep PyTorch's own initialisation (the authors' text projection and token-level
     classifier): U(+-1 / sqrt(in)) weights and biases. The CRF starts from U(-0.1, 0.1)."""
     normal = build(initializer_range=0.05, text_node_projection="linear", crf_level="token", token_labels=TAGS)
     for name, linear in fusion_linears(normal).items():
@@ -372,6 +372,11 @@ def test_initialisation_follows_the_config() -> None:
                 assert_uniform(linear.weight, 1 / math.sqrt(fan_in), name)
                 assert_uniform(linear.bias, 1 / math.sqrt(fan_in), name)
             else:
+                # as the authors' separate maps: each of q, k, v is d -> d; each gate half is half of a 2d -> d map
+                if name.endswith("attention.qkv"):
+                    fan_out = fan_in
+                elif ".gate.w_" in name:
+                    fan_in = 2 * fan_in
                 assert_uniform(linear.weight, math.sqrt(6 / (fan_in + fan_out)), name)
                 assert linear.bias is None or not linear.bias.any(), name
 

@@ -186,6 +186,10 @@ def test_bad_checkpoints_are_named(tmp_path, converted) -> None:
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="not a state dict"):
         convert(tmp_path / "list.pt", tmp_path / "out", str(tmp_path / "no-bert"), "test_resnet")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"text\.pt is not a checkpoint of tensors that can be read safely"):
+        convert(tmp_path / "text.pt", tmp_path / "out", str(tmp_path / "no-bert"), "test_resnet")
+    assert main(["--checkpoint", str(tmp_path / "text.pt"), "--output_dir", str(tmp_path / "out")]) == 1
 
 
 def test_without_a_tokenizer_the_model_is_converted_from_its_shapes(tmp_path, converted, caplog) -> None:
@@ -404,3 +408,54 @@ def test_a_file_that_is_no_checkpoint_is_named_without_advising_to_unpickle(tmp_
     assert (
         "is not a checkpoint of tensors" in err and "weights_only=False" not in err and not (tmp_path / "out").exists()
     )
+
+
+def test_evaluation_as_the_authors_on_their_data_layout(tmp_path, converted) -> None:
+    """--metric authors on a *_authors config: a word without sub-tokens leaves the tweet with its tag, the words cut
+    by --max_length are left out of the authors' scores (counted here from the tokenizer's pieces), seqeval is
+    reported beside them, and the dev epoch is selected on the authors' F1."""
+    import json
+
+    import train_umgf
+    from datasets_scripts.cli import main as datasets_main
+    from modeling_umgf.metrics import authors_entity_scores
+
+    _, folder = converted
+    words = [["Photo", "of", "\u200b", "Helmut", "Kohl"], ["the", "gate", "!"] * 6, ["Brandenburg", "gate"]]
+    tags = [["O", "O", "B-PER", "B-PER", "I-PER"], ["O", "B-LOC", "O"] * 6, ["B-OTHER", "I-OTHER"]]
+    root = tmp_path / "my_data" / "twitter2015"
+    for split in ("train", "valid", "test"):
+        for number, (w, t) in enumerate(zip(words, tags)):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            (root / split / f"{number}_s.txt").write_text("\t".join(w), encoding="utf-8")
+            (root / split / f"{number}_l.txt").write_text("\t".join(t), encoding="utf-8")
+            (root / split / f"{number}_p.txt").write_text(f"7{number}", encoding="utf-8")
+            write_crops(tmp_path / "crops", f"7{number}", seed=number)
+    datasets_main(
+        ["build", "--output_dir", str(tmp_path / "ds"), "--authors_data_dir", str(tmp_path / "my_data"),
+         "--configs", "twitter2015_authors"]
+    )  # fmt: skip
+    max_length = 12
+    results = train_umgf.main(
+        ["--model_name_or_path", str(folder), "--num_train_epochs", "0", "--dataset_name", str(tmp_path / "ds"),
+         "--dataset_config_name", "twitter2015_authors", "--release_crops_dir", str(tmp_path / "crops"),
+         "--metric", "authors", "--max_length", str(max_length), "--output_dir", str(tmp_path / "eval")]
+    )  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "eval" / "predictions_test.jsonl").read_text().splitlines()]
+    assert records[0]["tokens"] == ["Photo", "of", "Helmut", "Kohl"]  # the zero-width space went with its B-PER
+    assert records[0]["gold"] == ["O", "O", "B-PER", "I-PER"]
+    processor = AutoProcessor.from_pretrained(folder)
+    gold, pred = [], []
+    for record in records:
+        position, scored = 1, 0  # after [CLS]; a word is scored when its first piece is before the last place
+        for word in record["tokens"]:
+            if position < max_length - 1:
+                scored += 1
+            position += len(processor.tokenizer.tokenize(word))
+        gold.append(record["gold"][:scored])
+        pred.append(record["pred"][:scored])
+    assert len(gold[1]) < len(records[1]["tokens"])  # the long tweet was cut
+    assert results["test"]["authors"] == authors_entity_scores(gold, pred)
+    assert results["test"]["authors"]["support"] == 5  # PER, 3 LOC before the cut, MISC
+    assert results["test"]["support"] == 8  # seqeval beside it: every gold entity, the cut ones predicted O
+    assert results["dev_f1"] == pytest.approx(results["test"]["authors"]["f1"])  # dev is test's copy here
