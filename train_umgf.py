@@ -228,7 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "gradients, much less memory, more time (BENCHMARKS.md)",
     )
     model.add_argument(
-        "--eval_precision",
+        "--inference_precision",
         choices=PRECISIONS,
         default="fp32",
         help="precision of the test evaluation (modeling_umgf/precision.py; dev selection stays fp32): 'auto' "
@@ -734,6 +734,7 @@ RUN_LOCAL_ARGUMENTS = frozenset(
         "feature_cache_dir",
         "gradient_checkpointing",
         "encoder_as_model_name",
+        "inference_precision",
     }
 )
 """Arguments that do not change what a run trains (outputs, logging, evaluation, workers): left out of the run
@@ -1183,7 +1184,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         best = UMGFForTokenClassification.from_pretrained(best_model_folder(args.output_dir))
         accelerator.unwrap_model(model).load_state_dict(best.state_dict())
         del best
-    tested = inference_copy(accelerator.unwrap_model(model), args.eval_precision)
+    tested = inference_copy(accelerator.unwrap_model(model), args.inference_precision)
     results: dict[str, Any] = {"mode": "evaluate" if evaluate_only else "train"}
     if evaluate_only:  # what was evaluated, and nothing about a training that did not happen
         results["model"] = hub.hub_id(args.model_name_or_path) or Path(args.model_name_or_path).resolve().name
@@ -1207,7 +1208,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         test_samples=len(splits["test"]),
         test_samples_available=len(raw["test"]),
         scoring="seqeval default mode (conlleval-compatible), micro-averaged entity P/R/F1",
-        eval_precision=resolve_precision(args.eval_precision, accelerator.device),
+        inference_precision=resolve_precision(args.inference_precision, accelerator.device),
     )
     evaluations = [("test", "test", True)]
     if has_objects:

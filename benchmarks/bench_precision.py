@@ -6,7 +6,7 @@
     python benchmarks/bench_precision.py detector --images 16
 
 ``words``: the trained UMGF model ``--model`` is evaluated by ``train_umgf.py --num_train_epochs 0
---eval_precision P`` (the test split the way training tests it; the arguments after ``--`` name the data) once per
+--inference_precision P`` (the test split the way training tests it; the arguments after ``--`` name the data) once per
 precision, each in its own process; then, against fp32, the share of the test words tagged the same, the share of
 sentences tagged the same, and the test F1 difference (with and without images where the task has them).
 ``detector``: the pipeline benchmark's Grounding DINO (random weights at grounding-dino-tiny's shapes,
@@ -78,7 +78,7 @@ def measure_words(args: argparse.Namespace) -> dict[str, Any]:
     for precision in PRECISIONS:
         output = WORK / f"{args.name}_{precision}"
         command = [sys.executable, str(REPO / "train_umgf.py"), "--model_name_or_path", str(args.model)]
-        command += ["--num_train_epochs", "0", "--eval_precision", precision, "--output_dir", str(output)]
+        command += ["--num_train_epochs", "0", "--inference_precision", precision, "--output_dir", str(output)]
         command += args.train_args
         done, wall, _ = timed(
             lambda command=command: subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=os.environ)
@@ -92,7 +92,7 @@ def measure_words(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for precision, run in runs.items():
         row: dict[str, Any] = {
-            "resolved_precision": run["results"].get("eval_precision"),
+            "resolved_precision": run["results"].get("inference_precision"),
             "evaluation_run_seconds": run["seconds"],
         }
         for key in splits:

@@ -227,8 +227,8 @@ def test_handler_takes_the_precision_from_the_environment_and_the_request(tmp_pa
         handler({"inputs": TWEET, "parameters": {"precision": "fp8"}})
 
 
-def test_train_umgf_eval_precision_tests_a_quantised_copy_and_saves_the_float_model(tmp_path) -> None:
-    """``--eval_precision int8``: the test predictions are the saved (float) model's once quantised, and the saved
+def test_train_umgf_inference_precision_tests_a_quantised_copy_and_saves_the_float_model(tmp_path) -> None:
+    """``--inference_precision int8``: the test predictions are the saved (float) model's once quantised, and the saved
     model itself stays float32."""
     import json
 
@@ -238,8 +238,8 @@ def test_train_umgf_eval_precision_tests_a_quantised_copy_and_saves_the_float_mo
 
     sizes = ("32", "16", "16")
     argv = ["--output_dir", str(tmp_path), "--synthetic_sizes", *sizes, "--num_train_epochs", "1"]
-    results = train_umgf.main([*argv, "--eval_precision", "int8"])
-    assert results["eval_precision"] == "int8"
+    results = train_umgf.main([*argv, "--inference_precision", "int8"])
+    assert results["inference_precision"] == "int8"
     saved = UMGFForTokenClassification.from_pretrained(tmp_path).eval()
     assert type(saved.umgf.layers[0].text.ffn.fc1) is nn.Linear
     processor = UMGFProcessor.from_pretrained(tmp_path)
