@@ -100,6 +100,24 @@ def positions_separate_sequences(real: torch.Tensor, rows: list[int]) -> bool:
     return True
 
 
+def choose_packing_mode(requested: PackingMode, separable: bool, device_type: str) -> Literal["library", "block"]:
+    """The way the packed sequences are kept apart (module doc): "library" on a CPU where the installed transformers
+    separates packed BERT sequences and the position ids can tell the batch's sequences apart, "block" otherwise;
+    an explicit "library" that cannot hold is a ValueError naming the installed version."""
+    if requested == "block":
+        return "block"
+    supported = library_separates_packed_sequences()
+    if requested == "library":
+        if not (supported and separable):
+            raise ValueError(
+                f"packing_mode='library' needs transformers >= {LIBRARY_PACKING_SINCE} (installed: "
+                f"{transformers.__version__}) and sequences that position ids can separate (contiguous real tokens, "
+                f"no mixed left/right padding): use 'block' or 'auto'"
+            )
+        return "library"
+    return "library" if supported and separable and device_type == "cpu" else "block"
+
+
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on ``device``: through pinned memory on CUDA, so the copy does not wait for the device."""
     if device.type == "cuda":
@@ -152,16 +170,8 @@ def encode_packed(
     if width == 0 or num_rows * width > (1 - MIN_SAVING) * batch * length:
         return None
     if packing_mode != "block":
-        supported = library_separates_packed_sequences()
         separable = positions_separate_sequences(real, rows)
-        if packing_mode == "library" and not (supported and separable):
-            raise ValueError(
-                f"packing_mode='library' needs transformers >= {LIBRARY_PACKING_SINCE} (installed: "
-                f"{transformers.__version__}) and sequences that position ids can separate (contiguous real tokens, "
-                f"no mixed left/right padding): use 'block' or 'auto'"
-            )
-        on_cpu = attention_mask.device.type == "cpu"
-        packing_mode = "library" if packing_mode == "library" or (supported and separable and on_cpu) else "block"
+        packing_mode = choose_packing_mode(packing_mode, separable, attention_mask.device.type)
 
     # Where each real token goes: (row, slot), its source (sequence, column), and its segment for the mask.
     seq_index, column = real.nonzero(as_tuple=True)  # row-major: tokens of a sequence in column order
@@ -208,6 +218,7 @@ __all__ = [
     "PACKABLE_MODEL_TYPES",
     "ROW_CAPACITY",
     "can_pack",
+    "choose_packing_mode",
     "encode_packed",
     "library_separates_packed_sequences",
     "pack_rows",

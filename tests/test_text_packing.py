@@ -23,6 +23,7 @@ from modeling_umgf.text_packing import (
     LIBRARY_PACKING_SINCE,
     MIN_SAVING,
     can_pack,
+    choose_packing_mode,
     encode_packed,
     library_separates_packed_sequences,
     pack_rows,
@@ -400,3 +401,28 @@ def test_host_indices_go_to_a_gpu_through_pinned_memory_without_waiting(monkeypa
     _to_device(torch.arange(3), cuda)
     _to_device(torch.arange(3), meta)
     assert calls == ["pin", ((cuda,), {"non_blocking": True}), ((meta,), {})]
+
+
+@pytest.mark.parametrize("supported", [True, False])
+@pytest.mark.parametrize("separable", [True, False])
+@pytest.mark.parametrize("device_type", ["cpu", "cuda", "xpu"])
+def test_the_packing_mode_follows_its_rule(
+    supported: bool, separable: bool, device_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule of the module doc, written out: "block" is always taken as asked; "library" is taken when the installed
+    transformers separates packed sequences and the batch's position ids can, else refused; "auto" is "library"
+    exactly on a CPU where both hold (on an accelerator the library's search for the sequences would read the device
+    back once more per pass)."""
+    import modeling_umgf.text_packing as text_packing
+
+    monkeypatch.setattr(text_packing, "library_separates_packed_sequences", lambda: supported)
+    assert choose_packing_mode("block", separable, device_type) == "block"
+    both = supported and separable
+    assert choose_packing_mode("auto", separable, device_type) == (
+        "library" if both and device_type == "cpu" else "block"
+    )
+    if both:
+        assert choose_packing_mode("library", separable, device_type) == "library"
+    else:
+        with pytest.raises(ValueError, match="packing_mode='library' needs transformers"):
+            choose_packing_mode("library", separable, device_type)
