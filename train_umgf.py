@@ -501,7 +501,7 @@ def has_images(dataset: datasets.Dataset) -> bool:
     return column.null_count < len(column)
 
 
-#: The presets whose model has a visual branch, and "text-only", the same fusion model without one.
+#: The preset of the fusion model without a visual branch, chosen by --if_no_images text-only.
 TEXT_ONLY_PRESET = "text-only"
 
 
@@ -1218,15 +1218,9 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     tables: dict[str, dict[str, Any]] = {}
     prediction_records: dict[str, list[dict[str, Any]]] = {}
     warning: str | None = None
+    evaluated = model if tested is accelerator.unwrap_model(model) else tested  # the prepared model at fp32
     for key, split, use_objects in evaluations:
-        predictions = predict(
-            model if tested is accelerator.unwrap_model(model) else tested,
-            eval_dataloaders[split],
-            accelerator,
-            processor,
-            use_objects,
-            key,
-        )
+        predictions = predict(evaluated, eval_dataloaders[split], accelerator, processor, use_objects, key)
         tables[key], records = score(splits[split], predictions, label_names)
         if args.metric == "authors":
             tables[key]["authors"] = authors_scores(splits[split], predictions, label_names, processor)

@@ -247,10 +247,7 @@ def run(args: argparse.Namespace) -> int:
     samples = read_samples(args)
     pipe = load_pipeline(args.model, args.device, compile_backbone=args.compile, precision=args.precision)
     grounder = grounder_from_args(args.grounder, args.grounder_kwargs)
-    inputs: list[dict[str, Any]] = [
-        {key: sample[key] for key in ("text", "words", "image", "grounding", "id") if key in sample}
-        for sample in samples
-    ]
+    inputs: list[dict[str, Any]] = [{key: sample[key] for key in POST_KEYS if key in sample} for sample in samples]
     results = tag_posts(pipe, inputs, args.batch_size, grounder, progress=args.input is not None)
     out = sys.stdout if args.output is None else args.output.open("w", encoding="utf-8")
     try:

@@ -154,13 +154,12 @@ class MultimodalNERPipeline(Pipeline):
     entity's words, most attended first, each ``{"box": {"xmin", "ymin", "xmax", "ymax"}, "phrase",
     "detector_score", "alpha", "alpha_per_layer"}`` (boxes as transformers' object-detection pipeline gives them,
     in pixels) with ``alpha`` the mean gate (eq 4) over fusion layers and over the entity's linked words, read at
-    each word's first sub-token (the node the decoder reads). With ``return_words=True`` a sample gives instead
-    ``{"text", "entities", "words": [{"word", "start", "end", "tag", "score"}], "objects", "truncated_words"}``,
-    where a word's ``score`` is the CRF marginal of its tag (None for words cut by ``max_length``, tagged O).
-    Every result is a `TaggedPost`: the list above, with those details as attributes (``post.words``,
-    ``post["words"]``, ``post.to_dict()``). With ``aggregation_strategy="none"`` the list holds one item per word
-    instead, ``{"entity": tag, "score", "index": word number from 0, "word", "start", "end"}``, as transformers'
-    "token-classification" pipeline gives per token.
+    each word's first sub-token (the node the decoder reads). Every result is a `TaggedPost`: the list above, with
+    the post's details beside it as attributes (``post.words``, ``post["words"]``, ``post.to_dict()``): ``text``,
+    ``entities``, ``words`` (``[{"word", "start", "end", "tag", "score"}]``, a word's ``score`` the CRF marginal of
+    its tag, None for words cut by ``max_length``, tagged O), ``objects`` and ``truncated_words``. With
+    ``aggregation_strategy="none"`` the list holds one item per word instead, ``{"entity": tag, "score", "index":
+    word number from 0, "word", "start", "end"}``, as transformers' "token-classification" pipeline gives per token.
     """
 
     model: UMGFForTokenClassification

@@ -31,6 +31,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .safe_files import write_replacing
+
 LOCK_NAME = ".umgf-run.lock"
 OWNED_NAME = ".umgf-checkpoints.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -127,19 +129,19 @@ class OwnedCheckpoints:
     def claim(self, path: Path) -> None:
         """Record ``path`` as ours before it is created (written beside, then renamed: the record is never torn)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        names = [*self.owned(), path.name]
-        with tempfile.NamedTemporaryFile("w", dir=self.record.parent, suffix=".partial", delete=False) as handle:
-            json.dump(names, handle)
-        os.replace(handle.name, self.record)
+        self._write([*self.owned(), path.name])
 
     def remove(self, path: Path) -> bool:
         """Delete ``path`` if it is one of ours, a real folder directly in ``checkpoints/``; True if deleted."""
         if path.name not in self.owned() or path.parent != self.root or path.is_symlink() or not path.is_dir():
             return False
         shutil.rmtree(path)
-        names = [name for name in self.owned() if name != path.name]
-        self.record.write_text(json.dumps(names), encoding="utf-8")
+        self._write([name for name in self.owned() if name != path.name])
         return True
+
+    def _write(self, names: list[str]) -> None:
+        """The record, written beside and renamed onto its name (`safe_files.write_replacing`): never torn."""
+        write_replacing(self.record, lambda stream: stream.write(json.dumps(names).encode("utf-8")))
 
     def remove_incomplete(self, complete: Callable[[Path], bool]) -> tuple[list[Path], list[Path]]:
         """Delete our checkpoints that ``complete`` says are not; returns (deleted, incomplete ones not ours)."""

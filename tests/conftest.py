@@ -74,13 +74,20 @@ def tiny_bert_config(**overrides) -> BertConfig:
     return BertConfig(**fields)
 
 
-def tiny_config(**overrides) -> UMGFConfig:
-    """A UMGF config small enough for CPU tests: 1-layer BERT (32-d), timm's test_resnet (96-d), d=16."""
-    kwargs = dict(
+def tiny_encoders() -> dict:
+    """The encoders of the test configs: a 1-layer BERT (32-d) and timm's test_resnet (96-d) on tiny crops."""
+    return dict(
         text_config=tiny_bert_config(),
         vision_backbone="test_resnet",
         vision_feature_dim=96,
         vision_image_size=TINY_IMAGE,
+    )
+
+
+def tiny_config(**overrides) -> UMGFConfig:
+    """A UMGF config small enough for CPU tests: `tiny_encoders`, d=16."""
+    kwargs = dict(
+        **tiny_encoders(),
         hidden_size=16,
         num_attention_heads=2,
         intermediate_size=32,

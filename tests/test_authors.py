@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import tiny_bert_config
+from conftest import tiny_encoders
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from processor_fixtures import tiny_tokenizer
@@ -203,9 +203,7 @@ def test_xavier_bounds_are_theirs_per_map() -> None:
     d = 64
     config = UMGFConfig.from_preset(
         "release",
-        text_config=tiny_bert_config(),
-        vision_backbone="test_resnet",
-        vision_feature_dim=96,
+        **tiny_encoders(),
         hidden_size=d,
         intermediate_size=32,
         num_fusion_layers=1,

@@ -585,7 +585,7 @@ def test_the_hub_token_is_never_written_logged_or_tracked(tmp_path, monkeypatch,
     no output."""
     import yaml
 
-    token = "hf_FakeTokenThatMustNeverBeWritten1234"
+    token = "hf_" + "FakeTokenThatMustNeverBeWritten1234"  # built here, so the source holds no token-shaped string
     out = tmp_path / "out"
     tracked = []
 
