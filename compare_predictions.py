@@ -4,7 +4,7 @@
     python compare_predictions.py RUN_A/predictions_test.jsonl RUN_B/predictions_test.jsonl [--samples 1000]
 
 Both files must cover the same sentences with the same gold tags. Prints (and returns) ``f1_a``, ``f1_b``,
-``delta`` and the one-sided ``p_value`` of `modeling_umgf.metrics.paired_bootstrap`.
+``delta`` and the one-sided ``p_value`` of `modeling_umgf.tools.metrics.paired_bootstrap`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modeling_umgf.metrics import paired_bootstrap
+from modeling_umgf.tools.metrics import paired_bootstrap
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Inference Endpoints custom handler for a UMGF model repo (copied to the repo root by `modeling_umgf.hub`).
+"""Inference Endpoints custom handler for a UMGF model repo (copied to the repo root by `modeling_umgf.tools.hub`).
 
 Request: ``{"inputs": "text", "image": "<base64 image>", "grounding": {...}, "parameters": {...}}``, or the
 Inference Endpoints form with the fields inside ``{"inputs": {"text": ..., "image": ..., "grounding": ...}}`` (or a list

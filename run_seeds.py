@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 import train_umgf
-from modeling_umgf.metrics import format_table2, mean_std
+from modeling_umgf.tools.metrics import format_table2, mean_std
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -12,11 +12,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_umgf", "datasets_scripts"],
+    packages=["modeling_umgf", "modeling_umgf.tools", "datasets_scripts"],
     py_modules=["train_umgf", "run_seeds", "compare_predictions"],
     package_data={"datasets_scripts": ["dataset_card_template.md"]},
     data_files=[("share/umgf", ["model_card.md", "handler.py"])],
-    entry_points={"console_scripts": ["umgf-predict=modeling_umgf.cli:main"]},
+    entry_points={"console_scripts": ["umgf-predict=modeling_umgf.tools.cli:main"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

@@ -20,7 +20,7 @@ scheduler; resuming; the training loop, which selects the epoch with the best de
 without images, and a second test config for cross-domain runs); outputs (``all_results.json``, per-sentence
 predictions, the model folder with its card) and the Hub.
 
-Scores are seqeval's default (conlleval-compatible) mode, micro-averaged; see `modeling_umgf.metrics` (``--metric
+Scores are seqeval's default (conlleval-compatible) mode, micro-averaged; see `modeling_umgf.tools.metrics` (``--metric
 authors`` adds the UMGF authors' scoring and their word handling, and selects on it). Every gold
 entity of every test sentence is scored: the words a sentence loses to ``--max_length`` are predicted O, never
 dropped. Several seeds: ``python run_seeds.py``; a paired bootstrap between two runs: ``python compare_predictions.py``.
@@ -61,15 +61,17 @@ from datasets_scripts.hub_layout import check_parquet_shards
 from datasets_scripts.output_folder import OutputFolderError, writable_folder
 from datasets_scripts.release_crops import attach_release_crops
 from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset, build_tokenizer, function_words
-from modeling_umgf import PRESETS, UMGFConfig, UMGFForTokenClassification, hub
+from modeling_umgf import PRESETS, UMGFConfig, UMGFForTokenClassification
 from modeling_umgf.configuration_umgf import DEFAULT_GROUNDER, PRESET_GROUNDERS
-from modeling_umgf.feature_cache import cache_object_features
-from modeling_umgf.grounders import GROUNDERS
+from modeling_umgf.grounder_registry import GROUNDERS
 from modeling_umgf.image_processing_umgf import UMGFImageProcessor
-from modeling_umgf.metrics import entity_scores, format_table2, sentence_counts
 from modeling_umgf.precision import PRECISIONS, inference_copy, resolve_precision
 from modeling_umgf.processing_umgf import UMGFProcessor
-from modeling_umgf.run_folder import (
+from modeling_umgf.schema import GROUNDING_COLUMNS, VISUAL_INPUTS
+from modeling_umgf.tools import hub
+from modeling_umgf.tools.feature_cache import cache_object_features
+from modeling_umgf.tools.metrics import entity_scores, format_table2, sentence_counts
+from modeling_umgf.tools.run_folder import (
     OwnedCheckpoints,
     RunFolderError,
     check_run_folder,
@@ -78,7 +80,6 @@ from modeling_umgf.run_folder import (
     public_arguments,
     replace_entries,
 )
-from modeling_umgf.schema_umgf import GROUNDING_COLUMNS, VISUAL_INPUTS
 
 logger = get_logger(__name__)
 

@@ -192,7 +192,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def load_pipeline(precision: str = "auto"):
     """The model folder's pipeline, loaded the way ``umgf-predict`` loads it, at inference ``precision``."""
-    from modeling_umgf.cli import load_pipeline as cli_load_pipeline
+    from modeling_umgf.tools.cli import load_pipeline as cli_load_pipeline
 
     return cli_load_pipeline(str(MODEL_DIR), "cpu", precision=precision)
 
@@ -313,7 +313,7 @@ class Recorder:
 def instrument(pipe: Any, timer: StageTimer, recorder: Recorder) -> None:
     """Time every stage of ``pipe`` and record the inputs of the detector, backbone and UMGF forwards."""
     from modeling_umgf import processing_umgf
-    from modeling_umgf.data_collator_umgf import UMGFDataCollator
+    from modeling_umgf.data_collator import UMGFDataCollator
     from modeling_umgf.detector_grounding import ZeroShotDetectorGrounder, _load_detector
     from modeling_umgf.image_processing_umgf import UMGFImageProcessor
     from modeling_umgf.noun_phrases import NounPhraseExtractor

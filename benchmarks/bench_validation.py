@@ -1,4 +1,4 @@
-"""What the input checks cost: `validation_umgf.check_inputs` against the forward pass it guards, on CPU.
+"""What the input checks cost: `input_checks.check_inputs` against the forward pass it guards, on CPU.
 
 The model checks every batch at its boundary (`check_inputs`: shapes on the host, values reduced to one small tensor
 read back once). This measures the checks alone and the whole inference forward (which includes them) on the same
@@ -28,7 +28,7 @@ from bench_common import (
     twitter_tweets,
 )
 
-from modeling_umgf.validation_umgf import ModelInputs, check_inputs
+from modeling_umgf.input_checks import ModelInputs, check_inputs
 
 
 def measure(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int) -> dict[str, float]:

@@ -13,7 +13,7 @@ Their model is built at random weights, then every LayerNorm affine, every bias 
 too) and every batch-norm statistic is drawn at random, so a converter that swapped two LayerNorms or the two gate
 biases would be caught (``--swap layer_norms`` / ``--swap gate_biases`` makes the converter do so, and the verdict
 must then be DIFFERENT). It is saved their way (``torch.save(model.state_dict())``) and converted with
-``modeling_umgf.convert_original_checkpoint.convert``.
+``modeling_umgf.tools.convert_original_checkpoint.convert``.
 
 The inputs come from files, both ways: the first ``--tweets`` test tweets of ``my_data/<dataset>`` plus a made-up
 tweet with words that tokenise to nothing, and random crops in their layout. Their side reads them with their
@@ -93,7 +93,7 @@ def no_dropout(model: torch.nn.Module) -> None:
 
 def swapped_converter(swap: str):
     """A context that makes the converter swap two LayerNorms or the two gate biases (the check must catch it)."""
-    from modeling_umgf import convert_original_checkpoint as converter
+    from modeling_umgf.tools import convert_original_checkpoint as converter
 
     if swap == "layer_norms":
         names = dict(converter.LAYER_NORMS)
@@ -142,7 +142,7 @@ def main() -> None:
     from datasets_scripts.release_crops import attach_release_crops
     from datasets_scripts.twitter_mner import build_dataset
     from modeling_umgf import UMGFForTokenClassification, UMGFProcessor
-    from modeling_umgf.convert_original_checkpoint import convert, convert_state_dict
+    from modeling_umgf.tools.convert_original_checkpoint import convert, convert_state_dict
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -20,7 +20,7 @@ What it runs, in a temporary folder:
    (their ``save_model``: ``torch.save(model.state_dict())``), then their ``test()`` on those files (CPU), which
    writes their scoring file, scored by their ``metric.evaluate_pred_file``;
 4. ours, as a user runs it: ``python -m datasets_scripts build --authors_data_dir ... --configs <dataset>_authors``,
-   ``python -m modeling_umgf.convert_original_checkpoint`` on their checkpoint, and ``python train_umgf.py
+   ``python -m modeling_umgf.tools.convert_original_checkpoint`` on their checkpoint, and ``python train_umgf.py
    --model_name_or_path ... --num_train_epochs 0 --release_crops_dir ... --metric authors``.
 
 It compares the scored words (their file's gold tags against ours, in order: the same tweets, words and order), the
@@ -255,8 +255,9 @@ def main() -> None:
             log,
         )  # fmt: skip
         run(
-            [py, "-m", "modeling_umgf.convert_original_checkpoint", "--checkpoint", str(checkpoint), "--output_dir",
-             str(tmp / "converted"), "--text_model_name_or_path", str(tmp / "bert"), "--dataset", args.dataset],
+            [py, "-m", "modeling_umgf.tools.convert_original_checkpoint", "--checkpoint", str(checkpoint),
+             "--output_dir", str(tmp / "converted"), "--text_model_name_or_path", str(tmp / "bert"),
+             "--dataset", args.dataset],
             log,
         )  # fmt: skip
         run(

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modeling_umgf.metrics import authors_entity_scores
-from modeling_umgf.schema_umgf import normalise_tag
+from modeling_umgf.schema import normalise_tag
+from modeling_umgf.tools.metrics import authors_entity_scores
 
 from .umt_format import RawTweet, TwitterFormatError, is_plain_file_name
 
@@ -166,7 +166,7 @@ def authors_split_scores(
     tokenizer: Any,
     max_length: int,
 ) -> dict[str, Any]:
-    """The authors' scores of one split (:func:`~modeling_umgf.metrics.authors_entity_scores`) over the words they
+    """The authors' scores of one split (:func:`~modeling_umgf.tools.metrics.authors_entity_scores`) over the words they
     score: words cut by ``max_length`` left out (:func:`scored_word_counts`). Words without sub-tokens must have
     been removed before (:func:`drop_empty_words`), as the model's inputs were built without them."""
     kept = scored_word_counts(tokenizer, sentences, max_length)

@@ -35,9 +35,9 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from modeling_umgf.grounders import build_grounder
+from modeling_umgf.grounder_registry import build_grounder
 from modeling_umgf.grounding import Grounder, Grounding, ground_batch
-from modeling_umgf.image_utils_umgf import load_images
+from modeling_umgf.image_utils import load_images
 
 from .output_folder import OutputFolderError, writable_folder
 from .twitter_mner import FEATURES

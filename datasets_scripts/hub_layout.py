@@ -29,8 +29,8 @@ from datasets.utils.metadata import MetadataConfigs
 from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-from modeling_umgf.hub import DATASET_REPO_KEY
-from modeling_umgf.schema_umgf import LABELS
+from modeling_umgf.schema import LABELS
+from modeling_umgf.tools.hub import DATASET_REPO_KEY
 
 from .output_folder import OutputFolderError
 from .statistics import PAPER_TABLE1, SplitStatistics, config_statistics, format_table1

@@ -30,8 +30,8 @@ from typing import Any
 import datasets
 from PIL import Image
 
-from modeling_umgf.image_utils_umgf import UnreadableImageError, load_rgb_image
-from modeling_umgf.schema_umgf import GENERAL_WORDS, empty_grounding
+from modeling_umgf.image_utils import UnreadableImageError, load_rgb_image
+from modeling_umgf.schema import GENERAL_WORDS, empty_grounding
 
 from .umt_format import is_plain_file_name
 

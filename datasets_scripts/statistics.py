@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import datasets
 from seqeval.metrics.sequence_labeling import get_entities
 
-from modeling_umgf.schema_umgf import ENTITY_TYPES
+from modeling_umgf.schema import ENTITY_TYPES
 
 TYPE_NAMES: dict[str, str] = {"PER": "Person", "LOC": "Location", "ORG": "Organization", "MISC": "Misc."}
 

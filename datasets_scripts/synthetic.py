@@ -26,7 +26,7 @@ clearly higher than without.
 The vocabulary (`vocabulary`) holds every template word, name stem and ``##`` suffix, so the BERT WordPiece
 tokenizer built from it (`build_tokenizer`) splits typed names into two sub-tokens and never needs [UNK].
 Hand-written because the task is ours. The columns and `datasets` features are every umgf dataset's
-(`modeling_umgf.schema_umgf.dataset_features`).
+(`modeling_umgf.schema.dataset_features`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 import datasets
 from PIL import Image, ImageDraw
 
-from modeling_umgf.schema_umgf import ENTITY_TYPES
+from modeling_umgf.schema import ENTITY_TYPES
 
 from .twitter_mner import FEATURES
 

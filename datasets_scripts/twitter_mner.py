@@ -42,8 +42,8 @@ import datasets
 import PIL.Image
 from datasets.exceptions import DatasetGenerationError
 
-from modeling_umgf.hub import UMGF_CITATION
-from modeling_umgf.schema_umgf import dataset_features, empty_grounding
+from modeling_umgf.schema import dataset_features, empty_grounding
+from modeling_umgf.tools.hub import UMGF_CITATION
 
 from .authors_format import AUTHORS_SPLIT_FOLDERS, read_authors_split
 from .umt_format import RawTweet, TwitterFormatError, read_umt_file

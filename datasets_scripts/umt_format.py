@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modeling_umgf.schema_umgf import normalise_tag
+from modeling_umgf.schema import normalise_tag
 
 IMGID_PREFIX = "IMGID:"
 

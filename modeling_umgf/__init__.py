@@ -7,15 +7,15 @@ Importing the package registers the "umgf" model type with `AutoConfig`, `AutoMo
 Where things happen: a word becomes a node in the processor (`processing_umgf`: tokens) and the model
 (`modeling_umgf`: text MLP); a box becomes a node in `grounding` / `detector_grounding` (boxes), the processor
 (crops) and the model (visual MLP), and an edge in `multimodal_graph`; a tag becomes an entity in the pipeline
-(`pipeline_umgf`, seqeval's chunks) scored by the model's CRF (`crf`). Names shared by all: `schema_umgf`.
+(`pipeline_umgf`, seqeval's chunks) scored by the model's CRF (`crf`). Names shared by all: `schema`.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForTokenClassification, AutoProcessor
 
 from .configuration_umgf import PRESET_GROUNDERS, PRESETS, UMGFConfig
 from .crf import CRF
-from .data_collator_umgf import UMGFDataCollator
-from .grounders import GROUNDERS, build_grounder
+from .data_collator import UMGFDataCollator
+from .grounder_registry import GROUNDERS, build_grounder
 from .grounding import Grounder, Grounding
 from .image_processing_umgf import UMGFImageProcessor
 from .modeling_umgf import (
@@ -27,7 +27,7 @@ from .modeling_umgf import (
 )
 from .pipeline_umgf import MultimodalNERPipeline, register_pipeline
 from .processing_umgf import UMGFProcessor
-from .schema_umgf import ENTITY_TYPES, LABELS
+from .schema import ENTITY_TYPES, LABELS
 
 AutoConfig.register("umgf", UMGFConfig, exist_ok=True)
 AutoModel.register(UMGFConfig, UMGFModel, exist_ok=True)

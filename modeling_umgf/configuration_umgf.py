@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .schema_umgf import LABELS, RELEASE_TOKEN_LABELS, token_label_of
+from .schema import LABELS, RELEASE_TOKEN_LABELS, token_label_of
 
 #: bert-base-cased, the paper's text encoder (its vocabulary is cased, 28,996 word pieces).
 BERT_BASE_CASED: dict[str, Any] = {"vocab_size": 28996}
@@ -17,7 +17,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Zhang et al. (AAAI 2021), Implementation Details: L=2, d=512, 8 heads, dropout 0.5.
     "paper": {},
     # The authors' released network (MMNerModel of ddp_mmner.py in github.com/TransformersWsz/UMGF), exactly, so
-    # that their trained checkpoints load (modeling_umgf.convert_original_checkpoint). Its grounding, the four
+    # that their trained checkpoints load (modeling_umgf.tools.convert_original_checkpoint). Its grounding, the four
     # general words linked to every sub-token, is the processor's (PRESET_GROUNDERS).
     "release": {
         "vision_backbone": "resnet152.tv_in1k",  # torchvision's ResNet-152, its weights and its crop transform
@@ -190,7 +190,7 @@ class UMGFConfig(PreTrainedConfig):
             if self.decoder_type != "crf":
                 raise ValueError("crf_level='token' needs decoder_type='crf'")
             if not self.token_labels:
-                raise ValueError("crf_level='token' needs token_labels (e.g. schema_umgf.RELEASE_TOKEN_LABELS)")
+                raise ValueError("crf_level='token' needs token_labels (e.g. schema.RELEASE_TOKEN_LABELS)")
             for label in self.label_names:
                 token_label_of(label, self.token_labels)  # raises for a word label without a token tag
 

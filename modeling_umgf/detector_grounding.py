@@ -33,7 +33,7 @@ from transformers.image_transforms import center_to_corners_format
 
 from .grounding import Grounder, Grounding
 from .noun_phrases import NounPhraseExtractor, Phrase
-from .schema_umgf import GENERAL_WORDS
+from .schema import GENERAL_WORDS
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ word). This module holds what every grounder shares:
 - the two grounders that run no model: ``"grid"`` (the paper's "w/o Tar." ablation) and ``"precomputed"``.
 
 The grounders that run a detector are in `detector_grounding` (Grounding DINO) and `symbol_grounding` (the
-synthetic task's symbols); `grounders` registers them all by name.
+synthetic task's symbols); `grounder_registry` registers them all by name.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from .image_utils_umgf import clip_box
-from .schema_umgf import GROUNDING_COLUMNS
+from .image_utils import clip_box
+from .schema import GROUNDING_COLUMNS
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """UMGF: unified multi-modal graph fusion for multimodal NER (Zhang et al., AAAI 2021).
 
 The input contract (shapes, meanings, defaults) is CONTRACT.md, "Model inputs"; inputs are checked at the model's
-boundary by `validation_umgf.check_inputs`. In short: ``input_ids`` / ``attention_mask`` / ``word_ids`` ``[B, T]``
+boundary by `input_checks.check_inputs`. In short: ``input_ids`` / ``attention_mask`` / ``word_ids`` ``[B, T]``
 (``word_ids``: the word of each sub-token, -1 for special tokens and padding), the objects as crops
 ``pixel_values`` ``[B, O, 3, H, W]`` or cached features ``object_features`` ``[B, O, F]``, ``object_mask``
 ``[B, O]``, ``inter_modal_adjacency`` ``[B, T, O]`` and word-level ``labels`` ``[B, W]``. Every visual input is
@@ -34,8 +34,9 @@ from transformers.utils import ModelOutput
 
 from .configuration_umgf import UMGFConfig
 from .crf import CRF
+from .input_checks import ModelInputs, check_inputs, check_label_maps, check_loaded_weights
 from .precision import autocast, quantize_linear_int8, resolve_precision
-from .schema_umgf import (
+from .schema import (
     CONTINUATION_TAG,
     FIRST_SPECIAL_TAG,
     LABEL_PAD_VALUE,
@@ -45,7 +46,6 @@ from .schema_umgf import (
     word_label_of,
 )
 from .text_packing import can_pack, encode_packed
-from .validation_umgf import ModelInputs, check_inputs, check_label_maps, check_loaded_weights
 
 
 def sinusoidal_position_encoding(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -566,7 +566,7 @@ class UMGFModel(UMGFPreTrainedModel):
 
         ``inputs``: the other model inputs of CONTRACT.md ("Model inputs"), by name: ``token_type_ids``,
         ``word_ids``, ``pixel_values`` or ``object_features``, ``object_mask``, ``inter_modal_adjacency``,
-        ``inputs_embeds`` (the fields of `validation_umgf.ModelInputs`; `UMGFForTokenClassification.forward`
+        ``inputs_embeds`` (the fields of `input_checks.ModelInputs`; `UMGFForTokenClassification.forward`
         lists them one by one). Other keywords (``return_dict``, ...) are not inputs and are ignored.
         """
         x = ModelInputs.from_keywords({**inputs, "input_ids": input_ids, "attention_mask": attention_mask})
@@ -574,7 +574,7 @@ class UMGFModel(UMGFPreTrainedModel):
         return self.encode(x, output_gates)
 
     def encode(self, x: ModelInputs, output_gates: bool = False) -> UMGFModelOutput:
-        """The forward pass on inputs already checked by `validation_umgf.check_inputs`, in the inference precision
+        """The forward pass on inputs already checked by `input_checks.check_inputs`, in the inference precision
         (`set_inference_precision`) in eval mode."""
         reference = x.input_ids if x.input_ids is not None else x.inputs_embeds
         assert reference is not None
@@ -622,7 +622,7 @@ class UMGFModel(UMGFPreTrainedModel):
 
 def first_subtoken_index(word_ids: torch.Tensor, num_words: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Position of each word's first sub-token and the word mask: ([B, W] long, [B, W] bool), for ``word_ids``
-    already checked (`validation_umgf.check_inputs`, which also gives ``num_words``)."""
+    already checked (`input_checks.check_inputs`, which also gives ``num_words``)."""
     batch, length = word_ids.shape
     previous = torch.cat([word_ids.new_full((batch, 1), -1), word_ids[:, :-1]], dim=1)
     is_first = (word_ids >= 0) & (word_ids != previous)
@@ -647,7 +647,7 @@ class WordLayout(NamedTuple):
 
 
 def word_layout(word_ids: torch.Tensor, attention_mask: torch.Tensor, num_words: int) -> WordLayout:
-    """The `WordLayout` of checked ``word_ids`` with ``num_words`` words (`validation_umgf.check_inputs`)."""
+    """The `WordLayout` of checked ``word_ids`` with ``num_words`` words (`input_checks.check_inputs`)."""
     first, word_mask = first_subtoken_index(word_ids, num_words)
     return WordLayout(word_ids, first, word_mask, attention_mask.bool())
 
@@ -891,7 +891,7 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         sequence of the sentence, ``[len(entities)]``.
 
         With the CRF (eq 9) this is ``exp(log Z_allowed - log Z)``: the forward algorithm over emissions with the
-        disallowed tags (`schema_umgf.entity_tag_masks`) set to -inf, i.e. the exact sum over the tag sequences in
+        disallowed tags (`schema.entity_tag_masks`) set to -inf, i.e. the exact sum over the tag sequences in
         the set, not a product of per-word marginals. A token-level CRF constrains each word's first sub-token to
         the token tags that read as an allowed word tag and leaves the other sub-tokens free. With the softmax
         decoder the words are independent and it is the product over words of the allowed tags' mass.

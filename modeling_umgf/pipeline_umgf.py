@@ -36,13 +36,13 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .detector_grounding import DEFAULT_DETECTOR
-from .grounders import GROUNDERS, build_grounder
+from .grounder_registry import GROUNDERS, build_grounder
 from .grounding import Grounder
-from .image_utils_umgf import load_images, load_rgb_image
+from .image_utils import load_images, load_rgb_image
+from .input_checks import check_label_maps
 from .precision import autocast
-from .schema_umgf import ENTITY_TYPES, hex_colour
-from .validation_umgf import check_label_maps
-from .visualization_umgf import box_label, draw_entities, supported_entities
+from .schema import ENTITY_TYPES, hex_colour
+from .visualization import box_label, draw_entities, supported_entities
 
 if TYPE_CHECKING:
     from .modeling_umgf import UMGFForTokenClassification
@@ -134,7 +134,7 @@ class MultimodalNERPipeline(Pipeline):
       pre-tokenised words (their character offsets then refer to ``" ".join(words)``); ``grounding`` holds the
       grounding columns when boxes are precomputed (CONTRACT.md).
 
-    An image is anything `image_utils_umgf.load_rgb_image` reads (path, URL, base64 or data URI, PIL image, bytes,
+    An image is anything `image_utils.load_rgb_image` reads (path, URL, base64 or data URI, PIL image, bytes,
     array). Without an image the post is tagged text-only. An image that cannot be read or downloaded is dropped
     with a warning and the post is tagged text-only (the processor's policy).
 
@@ -450,7 +450,7 @@ class MultimodalNERPipeline(Pipeline):
     def draw_entities(image: Image.Image, entities: Sequence[dict[str, Any]], text: str | None = None) -> Image.Image:
         """``image`` with the grounded boxes that feed ``entities`` (this pipeline's output), outlined in the colour
         of the entity attending to each most and labelled with its score, above the post ``text`` and the entities'
-        scores (`visualization_umgf.draw_entities`)."""
+        scores (`visualization.draw_entities`)."""
         return draw_entities(image, entities, text)
 
     @staticmethod

@@ -26,13 +26,13 @@ from tokenizers.pre_tokenizers import BertPreTokenizer
 from transformers import AutoTokenizer, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
-from .data_collator_umgf import UMGFDataCollator
-from .grounders import GROUNDERS, build_grounder
+from .data_collator import UMGFDataCollator
+from .grounder_registry import GROUNDERS, build_grounder
 from .grounding import Grounder, Grounding, ground_batch
 from .image_processing_umgf import UMGFImageProcessor
-from .image_utils_umgf import ImageInput, crop_box, load_images
+from .image_utils import ImageInput, crop_box, load_images
 from .multimodal_graph import token_object_adjacency, word_object_adjacency
-from .schema_umgf import LABEL_PAD_VALUE, LABELS, METADATA_KEYS
+from .schema import LABEL_PAD_VALUE, LABELS, METADATA_KEYS
 
 logger = logging.getLogger(__name__)
 

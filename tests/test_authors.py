@@ -24,8 +24,8 @@ from datasets_scripts.authors_format import (
 from datasets_scripts.twitter_mner import TwitterMNER, build_dataset
 from datasets_scripts.umt_format import TwitterFormatError
 from modeling_umgf import UMGFConfig, UMGFForTokenClassification
-from modeling_umgf.metrics import authors_chunks, authors_entity_scores
-from modeling_umgf.schema_umgf import dataset_features
+from modeling_umgf.schema import dataset_features
+from modeling_umgf.tools.metrics import authors_chunks, authors_entity_scores
 
 FIXTURES = Path(__file__).parent / "fixtures" / "twitter"
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]

@@ -11,9 +11,9 @@ from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline
 from PIL import Image
 from test_pipeline import TWEET, quadrant_image
 
-from modeling_umgf.cli import main
-from modeling_umgf.schema_umgf import OTHER_COLOUR, TYPE_COLOURS
-from modeling_umgf.visualization_umgf import BOX_WIDTH, MIN_SIDE
+from modeling_umgf.schema import OTHER_COLOUR, TYPE_COLOURS
+from modeling_umgf.tools.cli import main
+from modeling_umgf.visualization import BOX_WIDTH, MIN_SIDE
 
 TEXT = "Kawhi Leonard wins the fan vote"
 
@@ -231,7 +231,7 @@ def test_draw_writes_one_picture_per_post_with_an_image(tiny_ner_folder, tmp_pat
 
 
 def test_device_default_is_cuda_when_available(tiny_ner_folder, monkeypatch) -> None:
-    from modeling_umgf import cli
+    from modeling_umgf.tools import cli
 
     chosen = {}
 
@@ -281,7 +281,7 @@ def test_draw_gives_every_post_its_own_file_and_never_writes_through_a_link(
 
 
 def test_unique_file_names_stay_in_the_folder_and_apart() -> None:
-    from modeling_umgf.safe_files import unique_file_names
+    from modeling_umgf.tools.safe_files import unique_file_names
 
     names = unique_file_names(["a/../b", "..", "A", "a", "x y", "x_y", ""], ".png")
     assert names == ["a_.._b.png", "post.png", "A.png", "a-2.png", "x_y.png", "x_y-2.png", "post-2.png"]

@@ -19,7 +19,7 @@ from modeling_umgf.detector_grounding import (
     ZeroShotDetectorGrounder,
     _load_detector,
 )
-from modeling_umgf.grounders import build_grounder
+from modeling_umgf.grounder_registry import build_grounder
 from modeling_umgf.grounding import GridGrounder, Grounding, PrecomputedGrounder
 from modeling_umgf.noun_phrases import NounPhraseExtractor, Phrase
 

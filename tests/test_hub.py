@@ -25,8 +25,8 @@ from test_datasets import export_fixture_text
 from test_pipeline import TWEET, quadrant_image
 
 import train_umgf
-from modeling_umgf import hub
 from modeling_umgf.noun_phrases import SPACY_MODELS
+from modeling_umgf.tools import hub
 
 RESULTS = {
     "best_epoch": 3,
@@ -250,7 +250,7 @@ def test_cards_of_a_run_on_local_folders_hold_no_local_path_and_parse(local_run)
 def test_left_out_local_paths_are_logged_and_the_model_keeps_its_name(tmp_path, caplog) -> None:
     pipe = tiny_ner_pipeline()
     pipe.model.config.text_config._name_or_path = str(tmp_path / "encoder")
-    with caplog.at_level(logging.WARNING, logger="modeling_umgf.hub"):
+    with caplog.at_level(logging.WARNING, logger="modeling_umgf.tools.hub"):
         hub.save_for_hub(pipe.model, pipe.processor, tmp_path / "out", RESULTS, dataset_id=str(tmp_path))
     left_out = [r.getMessage() for r in caplog.records if "left out of the published files" in r.getMessage()]
     assert len(left_out) == 2
@@ -322,7 +322,7 @@ def test_requirements_are_the_remote_code_imports_with_setup_py_ranges(hub_folde
     modules |= {name for name in SPACY_MODELS if importlib.util.find_spec(name)}  # spaCy pipelines load by name
     distributions = metadata.packages_distributions()
     imported = {canonicalize_name(distributions[m][0]) for m in modules if m in distributions} - transformers_own
-    # datasets: only schema_umgf.dataset_features imports it, to build datasets; it never runs from a model repo
+    # datasets: only schema.dataset_features imports it, to build datasets; it never runs from a model repo
     assert imported - {"datasets"} == set(required) - {"transformers"}
     assert {"transformers", "torch", "timm", "seqeval", "httpx"} <= set(required)
 

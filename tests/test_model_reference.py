@@ -23,7 +23,7 @@ from modeling_umgf.modeling_umgf import (
     UMGFSelfAttention,
     sinusoidal_position_encoding,
 )
-from modeling_umgf.schema_umgf import RELEASE_TOKEN_LABELS
+from modeling_umgf.schema import RELEASE_TOKEN_LABELS
 
 # float64 throughout, but the position encoding is computed in float32 (then cast), ~1e-8 off its formula
 TIGHT = {"rtol": 1e-7, "atol": 1e-7}

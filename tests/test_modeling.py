@@ -29,7 +29,7 @@ from modeling_umgf.modeling_umgf import (
     build_vision_backbone,
     first_subtoken_index,
 )
-from modeling_umgf.schema_umgf import RELEASE_TOKEN_LABELS
+from modeling_umgf.schema import RELEASE_TOKEN_LABELS
 
 TAGS = list(RELEASE_TOKEN_LABELS)
 

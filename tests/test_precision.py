@@ -19,11 +19,11 @@ from test_pipeline import TWEET, quadrant_image
 from torch import nn
 
 from modeling_umgf import UMGFForTokenClassification
-from modeling_umgf.cli import build_parser, load_pipeline
 from modeling_umgf.crf import CRF
 from modeling_umgf.grounding import GridGrounder
 from modeling_umgf.pipeline_umgf import MultimodalNERPipeline
 from modeling_umgf.precision import PRECISIONS, inference_copy, quantize_linear_int8, resolve_precision
+from modeling_umgf.tools.cli import build_parser, load_pipeline
 
 
 def set_cpu_flags(monkeypatch, avx512_bf16: bool, amx: bool) -> None:

@@ -16,8 +16,8 @@ from conftest import run_without_package
 from PIL import Image
 from processor_fixtures import VOCAB, tiny_processor, tiny_tokenizer
 
-from modeling_umgf.grounders import build_grounder
-from modeling_umgf.image_utils_umgf import UnreadableImageError, load_rgb_image
+from modeling_umgf.grounder_registry import build_grounder
+from modeling_umgf.image_utils import UnreadableImageError, load_rgb_image
 
 KOHL = ["Photo", "of", "Helmut", "Kohl", "at", "the", "Brandenburg", "gate"]
 KOHL_TAGS = ["O", "O", "B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"]
@@ -239,7 +239,7 @@ def test_tiny_and_huge_images_work() -> None:
     processor = tiny_processor(grounder_kwargs={"grid_size": 1})
     tiny = processor(images=Image.new("RGB", (1, 1), (255, 0, 0)), words=KOHL, return_tensors="pt")
     torch.testing.assert_close(tiny["pixel_values"][0, 0, 0], torch.ones(8, 8))
-    # exactly the pixel budget (image_utils_umgf.MAX_IMAGE_PIXELS): accepted
+    # exactly the pixel budget (image_utils.MAX_IMAGE_PIXELS): accepted
     huge = processor(images=Image.new("RGB", (8000, 5000), (0, 0, 255)), words=KOHL, return_tensors="pt")
     torch.testing.assert_close(huge["pixel_values"][0, 0, 2], torch.ones(8, 8))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from modeling_umgf.hub import UMGF_CITATION
+from modeling_umgf.tools.hub import UMGF_CITATION
 
 ROOT = Path(__file__).resolve().parent.parent
 # sha256 of https://www.apache.org/licenses/LICENSE-2.0.txt

@@ -17,8 +17,8 @@ from transformers import AutoModelForTokenClassification, AutoProcessor, pipelin
 
 from datasets_scripts.release_crops import CROP_FILES, attach_release_crops, crop_paths
 from modeling_umgf import LABELS, UMGFConfig, UMGFForTokenClassification
-from modeling_umgf.convert_original_checkpoint import convert, main
-from modeling_umgf.schema_umgf import dataset_features, empty_grounding
+from modeling_umgf.schema import dataset_features, empty_grounding
+from modeling_umgf.tools.convert_original_checkpoint import convert, main
 
 BERT = tiny_bert_config(vocab_size=len(VOCAB))
 # three tweets: (sub-tokens of each word, their word tags); lengths differ, some words have several pieces
@@ -396,7 +396,7 @@ def test_token_level_tags_and_marginals_of_a_batch() -> None:
 
 @pytest.mark.parametrize("content", [bytes(range(256)) * 12, b"PK\x03\x04 truncated zip", b""])
 def test_a_file_that_is_no_checkpoint_is_named_without_advising_to_unpickle(tmp_path, content, capsys) -> None:
-    from modeling_umgf.convert_original_checkpoint import main
+    from modeling_umgf.tools.convert_original_checkpoint import main
 
     path = tmp_path / "ddp_mner.pt"
     path.write_bytes(content)
@@ -418,7 +418,7 @@ def test_evaluation_as_the_authors_on_their_data_layout(tmp_path, converted) -> 
 
     import train_umgf
     from datasets_scripts.cli import main as datasets_main
-    from modeling_umgf.metrics import authors_entity_scores
+    from modeling_umgf.tools.metrics import authors_entity_scores
 
     _, folder = converted
     words = [["Photo", "of", "\u200b", "Helmut", "Kohl"], ["the", "gate", "!"] * 6, ["Brandenburg", "gate"]]

@@ -33,7 +33,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from test_pipeline import quadrant_image  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
-from modeling_umgf import hub  # noqa: E402
+from modeling_umgf.tools import hub  # noqa: E402
 
 
 def free_port() -> int:

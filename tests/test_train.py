@@ -1,4 +1,4 @@
-"""Tests of train_umgf.py and modeling_umgf.metrics (CPU, offline, tiny models on the synthetic task).
+"""Tests of train_umgf.py and modeling_umgf.tools.metrics (CPU, offline, tiny models on the synthetic task).
 
 Expected scores are counted by hand from small handmade tag sequences; the end-to-end run is checked by
 reloading what it saved and predicting again, and resumption by comparing a resumed run with an
@@ -23,9 +23,9 @@ import run_seeds
 import train_umgf
 from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset
 from modeling_umgf import UMGFForTokenClassification
-from modeling_umgf.metrics import entity_scores, format_table2, mean_std, paired_bootstrap
 from modeling_umgf.processing_umgf import UMGFProcessor
-from modeling_umgf.schema_umgf import GROUNDING_COLUMNS
+from modeling_umgf.schema import GROUNDING_COLUMNS
+from modeling_umgf.tools.metrics import entity_scores, format_table2, mean_std, paired_bootstrap
 
 # ------------------------------------------------------------------------------------------------ metrics
 # Gold entities: PER(0-1), LOC(3) | ORG(0), MISC(2-3) | PER(1), which starts with I- and still counts (conlleval).
@@ -671,7 +671,7 @@ def test_an_interrupted_final_save_leaves_the_previous_model_whole(tmp_path, mon
 
 
 def test_one_run_per_output_folder_at_a_time(tmp_path):
-    from modeling_umgf.run_folder import LOCK_NAME, lock_run_folder
+    from modeling_umgf.tools.run_folder import LOCK_NAME, lock_run_folder
 
     out = tmp_path / "out"
     out.mkdir()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 
-from .schema_umgf import LABEL_PAD_VALUE, METADATA_KEYS
+from .schema import LABEL_PAD_VALUE, METADATA_KEYS
 
 TOKEN_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "word_ids": -1}
 

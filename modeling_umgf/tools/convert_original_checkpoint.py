@@ -1,6 +1,6 @@
 """Convert a checkpoint of the authors' UMGF code into a Hugging Face model folder of the "release" preset.
 
-    python -m modeling_umgf.convert_original_checkpoint --checkpoint ddp_mner.pt --output_dir umgf-twitter2015 \\
+    python -m modeling_umgf.tools.convert_original_checkpoint --checkpoint ddp_mner.pt --output_dir umgf-twitter2015 \\
         [--text_model_name_or_path bert-base-cased] [--dataset twitter2015]
 
 The authors (github.com/TransformersWsz/UMGF) released the state dicts of their trained ``MMNerModel``
@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, BertConfig
 
-from .configuration_umgf import PRESET_GROUNDERS, UMGFConfig
-from .image_processing_umgf import UMGFImageProcessor
-from .modeling_umgf import UMGFForTokenClassification
-from .processing_umgf import UMGFProcessor
+from ..configuration_umgf import PRESET_GROUNDERS, UMGFConfig
+from ..image_processing_umgf import UMGFImageProcessor
+from ..modeling_umgf import UMGFForTokenClassification
+from ..processing_umgf import UMGFProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def convert(
     processor = UMGFProcessor(
         UMGFImageProcessor(config.vision_backbone), tokenizer, grounder=PRESET_GROUNDERS["release"], max_length=128
     )
-    from .pipeline_umgf import MultimodalNERPipeline
+    from ..pipeline_umgf import MultimodalNERPipeline
 
     MultimodalNERPipeline(model=model, processor=processor, device=-1).save_pretrained(output_dir)
     return model

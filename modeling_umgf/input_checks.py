@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .configuration_umgf import UMGFConfig
-from .schema_umgf import LABEL_PAD_VALUE
+from .schema import LABEL_PAD_VALUE
 
 
 @dataclass

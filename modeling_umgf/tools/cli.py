@@ -8,11 +8,11 @@
 the current folder for stdin; ``grounding`` holds precomputed grounding columns, CONTRACT.md), with a progress bar
 on stderr. Output: a table (default), JSON lines (the pipeline's full output per post) or CoNLL
 (``word<TAB>tag``, a blank line between posts), on stdout or into ``--output FILE``. ``--draw`` saves the image
-with the grounded boxes that feed an entity, the post and the scores (`visualization_umgf.draw_entities`): a PNG
+with the grounded boxes that feed an entity, the post and the scores (`visualization.draw_entities`): a PNG
 file with ``--text``, a folder of ``<id>.png`` with ``--input`` (one file per post: ids that would give the same
 name get ``-2``, ``-3``...; a file is written beside its name and renamed onto it, so a symbolic link there is
 replaced, never followed). Every file written is named on stderr. Images over the pixel budget
-(``--max-image-pixels``, `image_utils_umgf.MAX_IMAGE_PIXELS`) are refused from their header. ``--grounder`` picks
+(``--max-image-pixels``, `image_utils.MAX_IMAGE_PIXELS`) are refused from their header. ``--grounder`` picks
 the grounder instead of the model's own. Bad input gives one line on stderr and exit code 2; a failure while
 tagging, 1.
 
@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .grounders import GROUNDERS, build_grounder
+from ..grounder_registry import GROUNDERS, build_grounder
+from ..image_utils import UnreadableImageError, load_rgb_image
+from ..pipeline_umgf import MultimodalNERPipeline
+from ..precision import PRECISIONS
 from .hub import load_saved
-from .image_utils_umgf import UnreadableImageError, load_rgb_image
-from .pipeline_umgf import MultimodalNERPipeline
-from .precision import PRECISIONS
 from .safe_files import unique_file_names, write_replacing
 
 POST_KEYS = ("text", "words", "image", "grounding", "id")

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .schema_umgf import OTHER_COLOUR, TYPE_COLOURS
+from .schema import OTHER_COLOUR, TYPE_COLOURS
 
 BOX_WIDTH = 3
 MIN_SIDE = 256

@@ -17,10 +17,10 @@ from inference_fixtures import saved_tiny_ner_folder
 from PIL import Image
 
 from modeling_umgf import UMGFForTokenClassification
-from modeling_umgf.cli import main as predict_main
 from modeling_umgf.grounding import GridGrounder
-from modeling_umgf.hub import load_saved
-from modeling_umgf.validation_umgf import finite_objects
+from modeling_umgf.input_checks import finite_objects
+from modeling_umgf.tools.cli import main as predict_main
+from modeling_umgf.tools.hub import load_saved
 
 
 def build(**overrides) -> UMGFForTokenClassification:

@@ -34,7 +34,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from packaging.requirements import Requirement
 
-from .pipeline_umgf import MultimodalNERPipeline
+from ..pipeline_umgf import MultimodalNERPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +95,9 @@ def load_saved(name_or_path: str | os.PathLike) -> tuple[Any, Any]:
     """
     from safetensors import SafetensorError
 
-    from .modeling_umgf import UMGFForTokenClassification
-    from .processing_umgf import UMGFProcessor
-    from .validation_umgf import check_label_maps
+    from ..input_checks import check_label_maps
+    from ..modeling_umgf import UMGFForTokenClassification
+    from ..processing_umgf import UMGFProcessor
 
     name = os.fspath(name_or_path)
     if is_local_path(name) and not (Path(name).expanduser() / "config.json").is_file():
@@ -186,7 +186,7 @@ def encoder_display_name(name_or_path: str | os.PathLike | None, model_type: str
 
 def asset_path(name: str) -> Path:
     """Path of a project-root asset (``model_card.md``, ``handler.py``): the source tree, else ``share/umgf``."""
-    candidates = [Path(__file__).resolve().parent.parent / name, Path(sys.prefix) / "share" / "umgf" / name]
+    candidates = [Path(__file__).resolve().parents[2] / name, Path(sys.prefix) / "share" / "umgf" / name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -317,8 +317,8 @@ def write_model_card(
     dataset_config = dataset_config or results.get("dataset_config_name")
     dataset_name = DATASET_NAMES.get(dataset_config or "", dataset_config or "the synthetic task")
     if pipe is None:
-        from .modeling_umgf import UMGFForTokenClassification
-        from .processing_umgf import UMGFProcessor
+        from ..modeling_umgf import UMGFForTokenClassification
+        from ..processing_umgf import UMGFProcessor
 
         pipe = MultimodalNERPipeline(
             model=UMGFForTokenClassification.from_pretrained(folder),

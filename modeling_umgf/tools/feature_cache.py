@@ -16,7 +16,7 @@ from typing import Any
 import datasets
 import torch
 
-from .processing_umgf import UMGFProcessor
+from ..processing_umgf import UMGFProcessor
 
 
 def backbone_fingerprint(backbone: torch.nn.Module, processor: UMGFProcessor) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 from seqeval.metrics import classification_report
 from seqeval.metrics.sequence_labeling import get_entities
 
-from .schema_umgf import ENTITY_TYPES
+from ..schema import ENTITY_TYPES
 
 
 def _check(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> None:
