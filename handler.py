@@ -92,23 +92,14 @@ class EndpointHandler:
         precision = os.environ.get("UMGF_PRECISION", "auto")
         self.pipeline = pipeline(model=path or ".", trust_remote_code=True, precision=precision)
 
-    def _image(self, image: Any) -> Any:
-        """The decoded image (the pipeline's own loader), or a ValueError saying why it cannot be read."""
+    @staticmethod
+    def _image(image: Any) -> Any:
+        """The encoded image a request carries (`request_image_bytes`), not decoded yet, or a ValueError."""
         if image is None:
             return None
         if not isinstance(image, str):
             raise ValueError(f"'image' must be a base64 string, got {json_type(image)}")
-        return self.pipeline.load_image(request_image_bytes(image))
-
-    def _post(self, post: Any, where: str) -> dict[str, Any]:
-        """One post given as an object ``{"text" | "words", "image", "grounding"}`` (the Endpoints form)."""
-        unknown = sorted(set(post) - {"text", "words", "image", "grounding", "id"})
-        if unknown or ("text" in post) == ("words" in post):
-            raise ValueError(
-                f'{where} must have "text" (or "words") and optionally "image" and "grounding"'
-                + (f", not {unknown}" if unknown else "")
-            )
-        return {**post, "image": self._image(post.get("image"))}
+        return request_image_bytes(image)
 
     def __call__(self, data: dict[str, Any]) -> list[Any]:
         if not isinstance(data, dict) or "inputs" not in data:
@@ -122,30 +113,23 @@ class EndpointHandler:
         return [r.to_dict() for r in results] if isinstance(inputs, list) else results.to_dict()
 
     def _samples(self, inputs: Any, image: Any, grounding: Any) -> Any:
-        """The pipeline's inputs for the request's ``inputs`` (one post or a list) and top-level extras."""
-        if isinstance(inputs, dict) or (
-            isinstance(inputs, list) and inputs and all(isinstance(i, dict) for i in inputs)
-        ):
-            if image is not None or grounding is not None:
-                raise ValueError('with "inputs" objects, give "image" and "grounding" inside each object')
-            if isinstance(inputs, dict):
-                return self._post(inputs, '"inputs"')
-            return [self._post(post, f'"inputs"[{index}]') for index, post in enumerate(inputs)]
-        if isinstance(inputs, str):
-            samples: Any = {"text": inputs, "image": self._image(image), "grounding": grounding}
-        elif isinstance(inputs, list) and not inputs:
+        """The request's posts (one or a list), checked and their images decoded once by the pipeline's
+        `read_post`, which refuses an unreadable image instead of tagging the post text-only."""
+        objects = isinstance(inputs, dict) or (
+            isinstance(inputs, list) and bool(inputs) and all(isinstance(i, dict) for i in inputs)
+        )
+        if objects and (image is not None or grounding is not None):
+            raise ValueError('with "inputs" objects, give "image" and "grounding" inside each object')
+        if isinstance(inputs, list) and not inputs:
             raise ValueError('"inputs" is an empty list: give a text or a non-empty list of texts')
-        elif isinstance(inputs, list) and all(isinstance(text, str) for text in inputs):
-            extras = {}
-            for name, value in (("image", image), ("grounding", grounding)):
-                values = [None] * len(inputs) if value is None else value
-                if not isinstance(values, list) or len(values) != len(inputs):
-                    raise ValueError(f'with {len(inputs)} texts, "{name}" must be a list of {len(inputs)} (or None)')
-                extras[name] = values
-            samples = [
-                {"text": text, "image": self._image(i), "grounding": g}
-                for text, i, g in zip(inputs, extras["image"], extras["grounding"])
-            ]
-        else:
+        texts = isinstance(inputs, str) or (isinstance(inputs, list) and all(isinstance(t, str) for t in inputs))
+        if not objects and not texts:
             raise ValueError('"inputs" must be a string, a list of strings, or {"text", "image"} objects')
-        return samples
+        posts = inputs if objects else self.pipeline.with_extras(inputs, image, grounding)
+        if isinstance(posts, dict):
+            return self._post(posts, '"inputs"')
+        return [self._post(post, f'"inputs"[{index}]') for index, post in enumerate(posts)]
+
+    def _post(self, post: dict[str, Any], where: str) -> Any:
+        """One post as the pipeline reads it, its image given as encoded bytes (never as a path)."""
+        return self.pipeline.read_post({**post, "image": self._image(post.get("image"))}, where, strict=True)

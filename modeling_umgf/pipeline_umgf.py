@@ -7,10 +7,12 @@ Built on transformers' `Pipeline`, so batching, devices, `save_pretrained`/`push
 the usual way: `save_pretrained` writes ``custom_pipelines`` into config.json and copies this file next to the
 model's code, so ``pipeline(model=folder_or_repo, trust_remote_code=True)`` loads it without the umgf package.
 
-The stages: ``preprocess`` reads one post (its words and character offsets, its image); the batch collation runs
-the processor on the whole batch, so grounding (a detector) is batched across posts; ``_forward`` runs the model,
-which also scores the entities (`UMGFForTokenClassification.entity_probabilities`); ``postprocess`` formats.
-Entities are seqeval's chunks (`get_entities`, the conlleval rules the benchmarks are scored with).
+One post goes down the layers once and comes back once: ``preprocess`` checks it and decodes its image
+(`processing_umgf.read_post`); the batch collation runs the processor on the whole batch
+(`UMGFProcessor.process_posts`: grounding, batched across posts, then tokens, crops and edges); ``_forward`` calls
+the model and hands its outputs to the processor's one post-processing step
+(`UMGFProcessor.post_process_entities`: words, tags, entities by `schema.chunk_entities`, their CRF scores and
+grounded boxes); ``postprocess`` applies ``aggregation_strategy`` / ``ignore_labels``.
 
 transformers' standard "token-classification" pipeline also runs a UMGF model, text only, because the model
 treats every token as a word when no ``word_ids`` are given: with ``aggregation_strategy="first"`` each word gets
@@ -21,15 +23,14 @@ transitions or Viterbi decoding, and its scores are a softmax over the emissions
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
-from seqeval.metrics.sequence_labeling import get_entities
 from torch.utils.data import DataLoader
 from transformers import Pipeline
 from transformers.dynamic_module_utils import custom_object_save
@@ -38,11 +39,12 @@ from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from .detector_grounding import DEFAULT_DETECTOR
 from .grounder_registry import GROUNDERS, build_grounder
 from .grounding import Grounder
-from .image_utils import load_images, load_rgb_image
+from .image_utils import load_rgb_image
 from .input_checks import check_label_maps
 from .precision import autocast
-from .schema import ENTITY_TYPES, hex_colour
-from .visualization import box_label, draw_entities, supported_entities
+from .processing_umgf import Post, read_post, with_extras
+from .schema import ENTITY_TYPES
+from .visualization import box_label, draw_entities, hex_colour, supported_entities
 
 if TYPE_CHECKING:
     from .modeling_umgf import UMGFForTokenClassification
@@ -53,22 +55,6 @@ logger = logging.getLogger(__name__)
 TASK = "multimodal-ner"
 DETECTOR_GROUNDERS = ("detector", "release")
 """The grounders that run a downloaded detector (Grounding DINO)."""
-
-
-def word_offsets(text: str, words: Sequence[str]) -> list[tuple[int, int]]:
-    """Character span ``[start, end)`` of each word in ``text``, found left to right.
-
-    The words must appear in ``text`` in order, unchanged (the processor's `split_words` only splits at spaces
-    and punctuation, so they do); offsets are Python string indices (code points: an emoji counts as one).
-    """
-    spans, cursor = [], 0
-    for index, word in enumerate(words):
-        start = text.find(word, cursor)
-        if start < 0:
-            raise ValueError(f"word {index} ({word!r}) not found in the text after character {cursor}")
-        cursor = start + len(word)
-        spans.append((start, cursor))
-    return spans
 
 
 AGGREGATION_STRATEGIES = ("simple", "first", "none")
@@ -116,11 +102,6 @@ def aggregation_of(strategy: Any) -> str:
     if name not in AGGREGATION_STRATEGIES:
         raise ValueError(f"aggregation_strategy must be one of {list(AGGREGATION_STRATEGIES)}, got {strategy!r}")
     return name
-
-
-def corners_dict(box: Sequence[float]) -> dict[str, float]:
-    """``[x0, y0, x1, y1]`` in the object-detection pipeline's box format."""
-    return dict(zip(("xmin", "ymin", "xmax", "ymax"), (float(v) for v in box)))
 
 
 class MultimodalNERPipeline(Pipeline):
@@ -188,21 +169,8 @@ class MultimodalNERPipeline(Pipeline):
     def __call__(self, inputs: Any, image: Any = None, grounding: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         """Tag ``inputs`` (see the class docstring); ``image`` / ``grounding`` go with string inputs."""
         if image is not None or grounding is not None:
-            inputs = self._with_extras(inputs, image, grounding)
+            inputs = with_extras(inputs, image, grounding)
         return super().__call__(inputs, **kwargs)
-
-    @staticmethod
-    def _with_extras(inputs: Any, image: Any, grounding: Any) -> Any:
-        if isinstance(inputs, (str, Mapping)):
-            sample = {"text": inputs} if isinstance(inputs, str) else dict(inputs)
-            return {**sample, "image": image, "grounding": grounding}
-        extras = [[None] * len(inputs) if value is None else value for value in (image, grounding)]
-        if not isinstance(inputs, list) or any(not isinstance(v, list) or len(v) != len(inputs) for v in extras):
-            raise ValueError("image= and grounding= go with one text, or as lists as long as a list of texts")
-        return [
-            {**({"text": x} if isinstance(x, str) else x), "image": i, "grounding": g}
-            for x, i, g in zip(inputs, *extras)
-        ]
 
     def _sanitize_parameters(
         self,
@@ -236,62 +204,44 @@ class MultimodalNERPipeline(Pipeline):
         """Whether the model reads images at all (a text-only preset has no visual branch)."""
         return bool(getattr(self.model.config, "use_visual", True))
 
-    def _without_visual_inputs(self, sample: Mapping[str, Any]) -> Mapping[str, Any]:
-        """``sample`` without its image and grounding when the model has no visual branch (warned once)."""
-        if self.has_visual_branch or (sample.get("image") is None and sample.get("grounding") is None):
+    def _without_visual_inputs(self, sample: Any) -> Any:
+        """``sample`` (a post mapping or `Post`) without its image and grounding when the model has no visual
+        branch (warned once)."""
+        if self.has_visual_branch or not isinstance(sample, (Mapping, Post)):
+            return sample
+        image, grounding = (
+            (sample.image, sample.grounding)
+            if isinstance(sample, Post)
+            else (sample.get("image"), sample.get("grounding"))
+        )
+        if image is None and grounding is None:
             return sample
         if not getattr(self, "_warned_text_only", False):
             logger.warning("this model has no visual branch (a text-only model): images are ignored, none is grounded")
             self._warned_text_only = True
+        if isinstance(sample, Post):
+            return dataclasses.replace(sample, image=None, grounding=None)
         return {**sample, "image": None, "grounding": None}
 
-    def preprocess(self, item: Any, timeout: float | None = None) -> dict[str, Any]:  # type: ignore[override]
-        sample = {"text": item} if isinstance(item, str) else item
-        if not isinstance(sample, Mapping) or ("text" in sample) == ("words" in sample):
-            raise ValueError(f"each input must be a string or a dict with 'text' or 'words', got {item!r:.200}")
+    def read_post(self, sample: Any, where: str = "input", strict: bool = False, timeout: float | None = None) -> Post:
+        """`processing_umgf.read_post` with this pipeline's `load_image` (a `Post` is kept as it is): the one
+        check and decoding of a post for every entry point (pipeline, CLI, handler, Space)."""
         sample = self._without_visual_inputs(sample)
-        words: list[str]
-        if "text" in sample:
-            text = sample["text"]
-            if not isinstance(text, str):
-                raise ValueError(f"'text' must be a string, got {type(text).__name__}")
-            words = self.processor.split_words(text)
-        else:
-            given = sample["words"]
-            if isinstance(given, str) or not all(isinstance(word, str) for word in given):
-                raise ValueError(f"'words' must be a list of strings, got {given!r:.200}")
-            words = list(given)
-            text = " ".join(words)
-        sample_id = str(sample["id"]) if sample.get("id") is not None else None
-        (image,) = load_images([sample.get("image")], [sample_id or text[:40]], timeout)
-        return {
-            "words": words,
-            "image": image,
-            "grounding": sample.get("grounding"),
-            "id": sample_id,
-            "text": text,
-            "offsets": word_offsets(text, words),
-        }
+        if isinstance(sample, Post):
+            return sample
+        load = self.load_image if timeout is None else functools.partial(self.load_image, timeout=timeout)
+        return read_post(sample, where, strict=strict, load=load)
 
-    def _collate(self, items: list[dict[str, Any]], grounder: Grounder | None = None) -> dict[str, Any]:
+    def preprocess(self, item: Any, timeout: float | None = None) -> Post:  # type: ignore[override]
+        return self.read_post(item, timeout=timeout)
+
+    def _collate(self, posts: list[Post], grounder: Grounder | None = None) -> dict[str, Any]:
         """The processor on the whole batch: one batched grounder call, one tokenizer call, padding."""
-        ids = [item["id"] if item["id"] is not None else str(i) for i, item in enumerate(items)]
         with autocast(getattr(self, "_detector_precision", "fp32"), self.device.type):  # the detector
-            batch = self.processor(
-                images=[item["image"] for item in items],
-                words=[item["words"] for item in items],
-                grounding=[item["grounding"] for item in items],
-                sample_ids=ids,
-                grounder=grounder,
-                return_tensors="pt",
-                return_metadata=True,
-            )
-        return {
-            "batch": batch,
-            "text": [item["text"] for item in items],
-            "offsets": [item["offsets"] for item in items],
-        }
+            batch = self.processor.process_posts(posts, grounder=grounder)
+        return {"batch": batch, "text": [post.text for post in posts]}
 
+    # Pipeline's own iterator collates with pad_collate_fn; here the processor collates, so a batch grounds at once.
     def get_iterator(
         self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
     ) -> Iterator[Any]:
@@ -315,111 +265,23 @@ class MultimodalNERPipeline(Pipeline):
             for sample in self.forward(batch, **forward_params)
         )
 
+    # One post is a batch of one: the grounder parameter belongs to the collation, which Pipeline.run_single skips.
     def run_single(self, inputs, preprocess_params, forward_params, postprocess_params) -> Any:
         return next(iter(self.get_iterator([inputs], 0, 1, preprocess_params, forward_params, postprocess_params)))
 
     def _forward(self, model_inputs: dict[str, Any]) -> list[dict[str, Any]]:  # type: ignore[override]
-        batch, metadata = self.processor.split_batch(model_inputs["batch"])
-        outputs = self.model(**batch, output_gates=True)
-        tags = self.processor.decode_word_predictions(outputs.predictions, metadata["num_words"])
-        probabilities = self.model.tag_probabilities(outputs)
-        kept_words = outputs.word_mask.sum(1).tolist()
-        entities = [
-            (b, entity_type, start, last + 1)
-            for b in range(len(tags))
-            for entity_type, start, last in get_entities(tags[b][: kept_words[b]])
-        ]
-        scores = self.model.entity_probabilities(outputs, entities).tolist()
-        alphas = None if outputs.gates is None else torch.stack(outputs.gates).float()  # [layers, B, T, O]
-        first = outputs.word_positions.tolist()  # each word's first sub-token: the node the decoder reads
-        samples = []
-        for b in range(len(tags)):
-            kept = kept_words[b]
-            predicted = outputs.predictions[b, :kept]
-            word_scores = probabilities[b, torch.arange(kept, device=predicted.device), predicted].tolist()
-            samples.append(
-                {
-                    "text": model_inputs["text"][b],
-                    "offsets": model_inputs["offsets"][b],
-                    "words": metadata["words"][b],
-                    "tags": tags[b],
-                    "word_scores": word_scores + [None] * (len(tags[b]) - kept),
-                    "truncated_words": metadata["truncated_words"][b],
-                    "objects": [
-                        {"box": corners_dict(box), "phrase": phrase, "score": score}
-                        for box, phrase, score in zip(
-                            metadata["object_boxes"][b], metadata["object_phrases"][b], metadata["object_scores"][b]
-                        )
-                    ],
-                    "entities": [],
-                }
-            )
-        for (b, entity_type, start, end), score in zip(entities, scores):
-            linked = first[b][start:end]
-            samples[b]["entities"].append(
-                {
-                    "type": entity_type,
-                    "word_start": start,
-                    "word_end": end,
-                    "score": score,
-                    "boxes": self._explain(alphas, batch, metadata, b, linked),
-                }
-            )
-        return samples
-
-    @staticmethod
-    def _explain(alphas, batch, metadata, b: int, positions: list[int]) -> list[dict[str, Any]]:
-        """The grounded objects linked to an entity's words, with their mean alpha gate (eq 4), best first."""
-        if alphas is None or not metadata["object_boxes"][b]:
-            return []
-        alpha = alphas[:, b, positions]  # [layers, words, O]
-        edges = batch["inter_modal_adjacency"][b, positions].bool()  # [words, O]
-        boxes = []
-        for o, box in enumerate(metadata["object_boxes"][b]):
-            linked = edges[:, o]
-            if not bool(linked.any()):
-                continue
-            per_layer = alpha[:, linked, o].mean(1)
-            boxes.append(
-                {
-                    "box": corners_dict(box),
-                    "phrase": metadata["object_phrases"][b][o],
-                    "detector_score": float(metadata["object_scores"][b][o]),
-                    "alpha": float(per_layer.mean()),
-                    "alpha_per_layer": per_layer.tolist(),
-                }
-            )
-        return sorted(boxes, key=lambda entry: -entry["alpha"])
+        inputs, _ = self.processor.split_batch(model_inputs["batch"])
+        outputs = self.model(**inputs, output_gates=True)
+        # scored here, on the model's device: the CRF probabilities are the model's (Pipeline.forward then moves to cpu)
+        return self.processor.post_process_entities(outputs, model_inputs["batch"], model_inputs["text"], self.model)
 
     def postprocess(  # type: ignore[override]
         self,
-        sample: dict[str, Any],
+        post: dict[str, Any],
         aggregation_strategy: str = "simple",
         ignore_labels: Sequence[str] = ("O",),
     ) -> TaggedPost:
-        text, offsets = sample["text"], sample["offsets"]
-        entities = []
-        for entity in sample["entities"]:
-            if entity["type"] in ignore_labels:
-                continue
-            start, end = offsets[entity["word_start"]][0], offsets[entity["word_end"] - 1][1]
-            entities.append(
-                {
-                    "entity_group": entity["type"],
-                    "score": entity["score"],
-                    "word": text[start:end],
-                    "start": start,
-                    "end": end,
-                    "words": sample["words"][entity["word_start"] : entity["word_end"]],
-                    "word_start": entity["word_start"],
-                    "word_end": entity["word_end"],
-                    "boxes": entity["boxes"],
-                }
-            )
-        words = [
-            {"word": word, "start": start, "end": end, "tag": tag, "score": score}
-            for word, (start, end), tag, score in zip(sample["words"], offsets, sample["tags"], sample["word_scores"])
-        ]
+        entities = [entity for entity in post["entities"] if entity["entity_group"] not in ignore_labels]
         items = entities
         if aggregation_strategy == "none":  # one item per word, as the token-classification pipeline gives
             items = [
@@ -431,20 +293,16 @@ class MultimodalNERPipeline(Pipeline):
                     "start": w["start"],
                     "end": w["end"],
                 }
-                for index, w in enumerate(words)
+                for index, w in enumerate(post["words"])
                 if w["tag"] not in ignore_labels
             ]
-        return TaggedPost(
-            items,
-            text=text,
-            entities=entities,
-            words=words,
-            objects=sample["objects"],
-            truncated_words=sample["truncated_words"],
-        )
+        return TaggedPost(items, **{**post, "entities": entities})
 
     load_image = staticmethod(load_rgb_image)
     """The pipeline's image loader (path, URL, base64, data URI, ...): raises a ValueError naming what is wrong."""
+
+    with_extras = staticmethod(with_extras)
+    """Posts of a text or list of texts with their ``image`` / ``grounding`` (`processing_umgf.with_extras`)."""
 
     @staticmethod
     def draw_entities(image: Image.Image, entities: Sequence[dict[str, Any]], text: str | None = None) -> Image.Image:
@@ -536,7 +394,5 @@ __all__ = [
     "MultimodalNERPipeline",
     "TaggedPost",
     "aggregation_of",
-    "corners_dict",
     "register_pipeline",
-    "word_offsets",
 ]

@@ -16,9 +16,10 @@ Padding is `UMGFDataCollator`'s. The input contract is CONTRACT.md.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from numbers import Integral
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -30,9 +31,12 @@ from .data_collator import UMGFDataCollator
 from .grounder_registry import GROUNDERS, build_grounder
 from .grounding import Grounder, Grounding, ground_batch
 from .image_processing_umgf import UMGFImageProcessor
-from .image_utils import ImageInput, crop_box, load_images
+from .image_utils import ImageInput, UnreadableImageError, crop_box, load_images, load_rgb_image
 from .multimodal_graph import token_object_adjacency, word_object_adjacency
-from .schema import LABEL_PAD_VALUE, LABELS, METADATA_KEYS
+from .schema import LABEL_PAD_VALUE, LABELS, METADATA_KEYS, chunk_entities
+
+if TYPE_CHECKING:
+    from .modeling_umgf import UMGFForTokenClassification, UMGFTokenClassifierOutput
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,106 @@ def _per_sample(value: Any, batched: bool, count: int, name: str) -> list[Any]:
     if len(value) != count:
         raise ValueError(f"{name} has {len(value)} entries for {count} samples")
     return list(value)
+
+
+POST_KEYS = ("text", "words", "image", "grounding", "id")
+"""The keys of a post (CONTRACT.md): ``"text"`` or ``"words"``; optionally ``"image"``, ``"grounding"``, ``"id"``."""
+
+
+@dataclass
+class Post:
+    """One post, checked and read by `read_post`: its text, its words, its decoded RGB image (None: text-only), its
+    grounding columns (None: grounded from the image) and its id."""
+
+    text: str
+    words: list[str]
+    image: Image.Image | None = None
+    grounding: Any = None
+    id: str | None = None
+
+
+def read_post(
+    sample: Any,
+    where: str = "input",
+    *,
+    strict: bool = False,
+    load: Callable[[ImageInput], Image.Image] = load_rgb_image,
+) -> Post:
+    """Check a post (a string, or a mapping with `POST_KEYS`) and decode its image once, with ``load``.
+
+    Errors name ``where``. An image that cannot be read is an error with ``strict`` (which also refuses unknown
+    keys), else a warning and the post is read text-only.
+    """
+    sample = {"text": sample} if isinstance(sample, str) else sample
+    if not isinstance(sample, Mapping) or ("text" in sample) == ("words" in sample):
+        raise ValueError(f'{where} must have "text" (or "words"), got {sample!r:.200}')
+    unknown = sorted(set(sample) - set(POST_KEYS))
+    if strict and unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; a post has {list(POST_KEYS)}")
+    if "text" in sample:
+        text = sample["text"]
+        if not isinstance(text, str):
+            raise ValueError(f'{where}: "text" must be a string, got {type(text).__name__}')
+        words = UMGFProcessor.split_words(text)
+    else:
+        words = sample["words"]
+        if isinstance(words, str) or not isinstance(words, Sequence) or not all(isinstance(w, str) for w in words):
+            raise ValueError(f'{where}: "words" must be a list of strings, got {words!r:.80}')
+        words, text = list(words), " ".join(words)
+    if not words:
+        raise ValueError(f"{where}: empty text")
+    grounding = sample.get("grounding")
+    if grounding is not None and not isinstance(grounding, (Mapping, Grounding)):
+        raise ValueError(f'{where}: "grounding" must be an object of grounding columns (CONTRACT.md)')
+    post_id = None if sample.get("id") is None else str(sample["id"])
+    image = None
+    try:
+        image = None if sample.get("image") is None else load(sample["image"])
+    except UnreadableImageError as error:
+        if strict:
+            raise UnreadableImageError(f"{where}: cannot read image: {error}") from error
+        logger.warning("sample %r: %s; using it text-only", post_id or text[:40], error)
+    return Post(text, words, image, grounding, post_id)
+
+
+def with_extras(inputs: Any, image: Any, grounding: Any) -> Any:
+    """Posts of ``inputs`` (a text or a post mapping, or a list of them) with ``image`` and ``grounding``: one
+    each for one post, lists as long as ``inputs`` (or None) for a list."""
+    if isinstance(inputs, (str, Mapping)):
+        sample = {"text": inputs} if isinstance(inputs, str) else dict(inputs)
+        return {**sample, "image": image, "grounding": grounding}
+    if not isinstance(inputs, list):
+        raise ValueError(f'"image" and "grounding" go with a text or a list of texts, got {type(inputs).__name__}')
+    extras = []
+    for name, value in (("image", image), ("grounding", grounding)):
+        values = [None] * len(inputs) if value is None else value
+        if not isinstance(values, list) or len(values) != len(inputs):
+            raise ValueError(f'with {len(inputs)} texts, "{name}" must be a list of {len(inputs)} (or None)')
+        extras.append(values)
+    return [
+        {**({"text": x} if isinstance(x, str) else x), "image": i, "grounding": g} for x, i, g in zip(inputs, *extras)
+    ]
+
+
+def word_offsets(text: str, words: Sequence[str]) -> list[tuple[int, int]]:
+    """Character span ``[start, end)`` of each word in ``text``, found left to right.
+
+    The words must appear in ``text`` in order, unchanged (`UMGFProcessor.split_words` only splits at spaces
+    and punctuation, so they do); offsets are Python string indices (code points: an emoji counts as one).
+    """
+    spans, cursor = [], 0
+    for index, word in enumerate(words):
+        start = text.find(word, cursor)
+        if start < 0:
+            raise ValueError(f"word {index} ({word!r}) not found in the text after character {cursor}")
+        cursor = start + len(word)
+        spans.append((start, cursor))
+    return spans
+
+
+def corners_dict(box: Sequence[float]) -> dict[str, float]:
+    """``[x0, y0, x1, y1]`` in the object-detection pipeline's box format."""
+    return dict(zip(("xmin", "ymin", "xmax", "ymax"), (float(v) for v in box)))
 
 
 class UMGFProcessor(ProcessorMixin):
@@ -213,11 +317,39 @@ class UMGFProcessor(ProcessorMixin):
         ]
         loaded = load_images(_per_sample(images, batched, count, "images"), ids)
         features = _per_sample(object_features, batched, count, "object_features")
+        given = _per_sample(grounding, batched, count, "grounding")
+        examples = self._examples(sentences, label_ids, loaded, features, given, ids, grounder)
+        if return_tensors == "pt":
+            return self.data_collator(return_metadata=return_metadata)(examples)
+        if not batched:
+            return BatchFeature(examples[0])
+        keys = dict.fromkeys(key for example in examples for key in example)  # crops for some, features for others
+        return BatchFeature({key: [example.get(key) for example in examples] for key in keys})
+
+    def process_posts(self, posts: Sequence[Post], grounder: str | Grounder | None = None) -> BatchFeature:
+        """A padded batch with its metadata of posts read by `read_post` (their images decoded already)."""
+        count = len(posts)
+        ids = [str(i) if post.id is None else post.id for i, post in enumerate(posts)]
+        sentences, images = [post.words for post in posts], [post.image for post in posts]
+        given = [post.grounding for post in posts]
+        examples = self._examples(sentences, [None] * count, images, [None] * count, given, ids, grounder)
+        return self.data_collator(return_metadata=True)(examples)
+
+    def _examples(
+        self,
+        sentences: list[list[str]],
+        label_ids: list[list[int] | None],
+        loaded: list[Image.Image | None],
+        features: list[Any],
+        given: list[Any],
+        ids: list[str],
+        grounder: str | Grounder | None,
+    ) -> list[dict[str, Any]]:
+        """The unpadded examples of checked samples with decoded images: grounding, one tokenizer call, edges."""
+        count = len(sentences)
         if isinstance(grounder, str):
             grounder = build_grounder(grounder)
-        groundings = self._groundings(
-            _per_sample(grounding, batched, count, "grounding"), sentences, loaded, features, ids, grounder
-        )
+        groundings = self._groundings(given, sentences, loaded, features, ids, grounder)
         encoding = self._encode(sentences)
         examples = [
             self._example(encoding, i, sentences[i], label_ids[i], loaded[i], features[i], groundings[i], ids[i])
@@ -231,12 +363,7 @@ class UMGFProcessor(ProcessorMixin):
                 self.effective_max_length,
                 ", ".join(truncated),
             )
-        if return_tensors == "pt":
-            return self.data_collator(return_metadata=return_metadata)(examples)
-        if not batched:
-            return BatchFeature(examples[0])
-        keys = dict.fromkeys(key for example in examples for key in example)  # crops for some, features for others
-        return BatchFeature({key: [example.get(key) for example in examples] for key in keys})
+        return examples
 
     def process_examples(self, examples: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
         """Batched dataset transform (``dataset.with_transform``/``map``) over the dataset columns (CONTRACT.md).
@@ -282,6 +409,93 @@ class UMGFProcessor(ProcessorMixin):
             names = [self.label_names[tag] for tag in row if tag != LABEL_PAD_VALUE][:total]
             tags.append(names + [self.label_names[0]] * (total - len(names)))
         return tags
+
+    def post_process_entities(
+        self,
+        outputs: UMGFTokenClassifierOutput,
+        batch: Mapping[str, Any],
+        texts: Sequence[str],
+        model: UMGFForTokenClassification,
+    ) -> list[dict[str, Any]]:
+        """A forward's ``outputs`` on a `process_posts` ``batch`` as each post's ``{"text", "entities", "words",
+        "objects", "truncated_words"}`` (CONTRACT.md): words with their character spans in ``texts``, tags and CRF
+        marginals; entities (`chunk_entities`) with their probability and grounded boxes; ``model`` scores them."""
+        inputs, metadata = self.split_batch(batch)
+        tags = self.decode_word_predictions(outputs.predictions, metadata["num_words"])
+        kept_words = outputs.word_mask.sum(1).tolist()
+        chunks = [chunk_entities(row[:kept]) for row, kept in zip(tags, kept_words)]
+        scores = iter(
+            model.entity_probabilities(outputs, [(b, *c) for b, row in enumerate(chunks) for c in row]).tolist()
+        )
+        probabilities = model.tag_probabilities(outputs)
+        alphas = None if outputs.gates is None else torch.stack(outputs.gates).float()  # [layers, B, T, O]
+        first = outputs.word_positions.tolist()  # each word's first sub-token: the node the decoder reads
+        posts = []
+        for b, (text, words) in enumerate(zip(texts, metadata["words"])):
+            kept, predicted = kept_words[b], outputs.predictions[b, : kept_words[b]]
+            word_scores = probabilities[b, torch.arange(kept, device=predicted.device), predicted].tolist()
+            offsets = word_offsets(text, words)
+            objects = list(
+                zip(metadata["object_boxes"][b], metadata["object_phrases"][b], metadata["object_scores"][b])
+            )
+            entities = []
+            for entity_type, start, end in chunks[b]:
+                linked = first[b][start:end]
+                boxes = []
+                if alphas is not None and objects:
+                    edges = inputs["inter_modal_adjacency"][b, linked].bool()  # [words, O]
+                    boxes = self._explain(alphas[:, b, linked], edges, objects)
+                entities.append(
+                    {
+                        "entity_group": entity_type,
+                        "score": next(scores),
+                        "word": text[offsets[start][0] : offsets[end - 1][1]],
+                        "start": offsets[start][0],
+                        "end": offsets[end - 1][1],
+                        "words": words[start:end],
+                        "word_start": start,
+                        "word_end": end,
+                        "boxes": boxes,
+                    }
+                )
+            posts.append(
+                {
+                    "text": text,
+                    "entities": entities,
+                    "words": [
+                        {"word": word, "start": start, "end": end, "tag": tag, "score": score}
+                        for word, (start, end), tag, score in zip(
+                            words, offsets, tags[b], word_scores + [None] * (len(words) - kept)
+                        )
+                    ],
+                    "objects": [
+                        {"box": corners_dict(box), "phrase": phrase, "score": score} for box, phrase, score in objects
+                    ],
+                    "truncated_words": metadata["truncated_words"][b],
+                }
+            )
+        return posts
+
+    @staticmethod
+    def _explain(alpha: torch.Tensor, edges: torch.Tensor, objects: list[tuple]) -> list[dict[str, Any]]:
+        """The grounded objects linked to an entity's words (``alpha`` ``[layers, words, O]``, ``edges`` ``[words,
+        O]``), with their mean alpha gate (eq 4) over layers and linked words, best first."""
+        boxes = []
+        for o, (box, phrase, score) in enumerate(objects):
+            linked = edges[:, o]
+            if not bool(linked.any()):
+                continue
+            per_layer = alpha[:, linked, o].mean(1)
+            boxes.append(
+                {
+                    "box": corners_dict(box),
+                    "phrase": phrase,
+                    "detector_score": float(score),
+                    "alpha": float(per_layer.mean()),
+                    "alpha_per_layer": per_layer.tolist(),
+                }
+            )
+        return sorted(boxes, key=lambda entry: -entry["alpha"])
 
     @staticmethod
     def _sentences(text: Any, words: Any) -> tuple[list[list[str]], bool]:

@@ -1,4 +1,4 @@
-"""The one schema of umgf: entity types, tag sets, grounding columns and dataset features.
+"""The one schema of umgf: entity types, tag sets, how tags read as entities, grounding columns and dataset features.
 
 Every module that names an entity type, a tag, a grounding column or a dataset column imports it from here:
 the configuration (default labels), the dataset builders, the processor, the collator, the metrics, the CLI
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from seqeval.metrics.sequence_labeling import end_of_chunk, get_entities, start_of_chunk
 
 if TYPE_CHECKING:
     import datasets
@@ -76,15 +77,6 @@ VISUAL_INPUTS: tuple[str, ...] = ("pixel_values", "object_features", "object_mas
 LABEL_PAD_VALUE = -100
 """Label of padded word slots (ignored by the loss, as in transformers' token classification)."""
 
-TYPE_COLOURS: dict[str, tuple[int, int, int]] = {
-    "PER": (230, 25, 75),
-    "LOC": (60, 180, 75),
-    "ORG": (0, 130, 200),
-    "MISC": (245, 130, 48),
-}
-"""Display colour per entity type (CLI drawings, the Space); other types are `OTHER_COLOUR`."""
-OTHER_COLOUR: tuple[int, int, int] = (128, 128, 128)
-
 
 def normalise_tag(tag: str) -> str | None:
     """A BIO tag in `LABELS` naming (``B-OTHER`` -> ``B-MISC``); None when it is not a known tag."""
@@ -114,11 +106,6 @@ def word_label_of(token_label: str) -> str:
     return normalise_tag(token_label) or token_label
 
 
-def hex_colour(entity_type: str) -> str:
-    """`TYPE_COLOURS` of a type as ``#rrggbb`` (for HTML widgets)."""
-    return "#{:02x}{:02x}{:02x}".format(*TYPE_COLOURS.get(entity_type, OTHER_COLOUR))
-
-
 def dataset_features() -> datasets.Features:
     """The ``datasets`` features of every dataset umgf builds or reads (CONTRACT.md, "Dataset columns")."""
     import datasets
@@ -146,33 +133,67 @@ def empty_grounding() -> dict[str, Any]:
     return {column: "" if column == "grounder" else [] for column in GROUNDING_COLUMNS}
 
 
+def _seqeval_parts(tag: str) -> tuple[str, str]:
+    """A tag as seqeval reads it (prefix mode): its chunk tag (B, I, O, ...) and its type."""
+    return tag[0], tag[1:].split("-", maxsplit=1)[-1] or "_"
+
+
+_BEFORE, _AFTER = ("O", ""), _seqeval_parts("O")
+"""What seqeval reads before the first word and after the last one."""
+
+
+def _starts(previous: tuple[str, str], current: tuple[str, str]) -> bool:
+    return start_of_chunk(previous[0], current[0], previous[1], current[1])
+
+
+def _ends(previous: tuple[str, str], current: tuple[str, str]) -> bool:
+    return end_of_chunk(previous[0], current[0], previous[1], current[1])
+
+
+def chunk_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """The entities of a tag sequence as ``(type, start, end)`` word spans, ``end`` exclusive: seqeval's chunks
+    (`get_entities`, the conlleval rules the benchmarks are scored with)."""
+    return [(entity_type, start, last + 1) for entity_type, start, last in get_entities(list(tags))]
+
+
 def entity_tag_masks(
     label2id: dict[str, int], entity_type: str, start: int, end: int, num_words: int, num_slots: int
 ) -> list[torch.Tensor]:
-    """The tag sequences in which words ``[start, end)`` form exactly one ``entity_type`` entity (conlleval rules,
-    as seqeval's `get_entities` reads tags).
+    """The tag sequences in which words ``[start, end)`` form exactly one ``entity_type`` entity of
+    `chunk_entities`, as disjoint ``[num_slots, num_tags]`` bool masks: a sequence is in the set when every word's
+    tag is allowed by one of the masks.
 
-    An entity starts with B-X (or with I-X after anything but B-X/I-X), continues with I-X and ends before a word
-    that is not I-X. Returned as one ``[num_slots, num_tags]`` bool mask per way to start it (B-X, I-X); a tag
-    sequence is in the set when every word's tag is allowed by one of the masks (the masks are disjoint).
+    The rule is seqeval's: a chunk starts at ``start`` (`start_of_chunk` after the word before), neither starts
+    nor ends inside, and ends at ``end`` (`end_of_chunk` before the word after). With the entity's own tags fixed,
+    each of those conditions constrains one neighbouring word, so there is one mask per way to tag the entity.
     """
-    begin, inside = label2id.get(f"B-{entity_type}"), label2id.get(f"I-{entity_type}")
+    parts = {label: _seqeval_parts(label) for label in label2id}
+    before = list(parts.values()) if start > 0 else [_BEFORE]
+    after = list(parts.values()) if end < num_words else [_AFTER]
+    ways: list[list[str]] = [
+        [label]
+        for label, part in parts.items()
+        if part[1] == entity_type and any(_starts(previous, part) for previous in before)
+    ]
+    for _ in range(start + 1, end):
+        ways = [
+            [*way, label]
+            for way in ways
+            for label, part in parts.items()
+            if not _starts(parts[way[-1]], part) and not _ends(parts[way[-1]], part)
+        ]
     masks = []
-    for first in (begin, inside):
-        if first is None or (end - start > 1 and inside is None):
+    for way in ways:
+        if not any(_ends(parts[way[-1]], following) for following in after):
             continue
         allowed = torch.ones(num_slots, len(label2id), dtype=torch.bool)
-        allowed[start] = False
-        allowed[start, first] = True
-        if end - start > 1:
-            allowed[start + 1 : end] = False
-            allowed[start + 1 : end, inside] = True
-        if end < num_words and inside is not None:
-            allowed[end, inside] = False  # the entity is not continued to the right
-        if first == inside and start > 0:
-            allowed[start - 1, inside] = False  # nor from the left: I-X starts an entity only after a non-X tag
-            if begin is not None:
-                allowed[start - 1, begin] = False
+        for position, label in enumerate(way, start):
+            allowed[position] = False
+            allowed[position, label2id[label]] = True
+        if start > 0:
+            allowed[start - 1] = torch.tensor([_starts(parts[label], parts[way[0]]) for label in label2id])
+        if end < num_words:
+            allowed[end] = torch.tensor([_ends(parts[way[-1]], parts[label]) for label in label2id])
         masks.append(allowed)
     return masks
 
@@ -184,15 +205,13 @@ __all__ = [
     "LABELS",
     "LABEL_PAD_VALUE",
     "METADATA_KEYS",
-    "OTHER_COLOUR",
     "RELEASE_TOKEN_LABELS",
     "TYPE_ALIASES",
-    "TYPE_COLOURS",
     "VISUAL_INPUTS",
+    "chunk_entities",
     "dataset_features",
     "empty_grounding",
     "entity_tag_masks",
-    "hex_colour",
     "normalise_tag",
     "token_label_of",
     "word_label_of",

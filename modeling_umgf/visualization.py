@@ -12,7 +12,20 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .schema import OTHER_COLOUR, TYPE_COLOURS
+TYPE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "PER": (230, 25, 75),
+    "LOC": (60, 180, 75),
+    "ORG": (0, 130, 200),
+    "MISC": (245, 130, 48),
+}
+"""Display colour per entity type (CLI drawings, the Space); other types are `OTHER_COLOUR`."""
+OTHER_COLOUR: tuple[int, int, int] = (128, 128, 128)
+
+
+def hex_colour(entity_type: str) -> str:
+    """`TYPE_COLOURS` of a type as ``#rrggbb`` (for HTML widgets)."""
+    return "#{:02x}{:02x}{:02x}".format(*TYPE_COLOURS.get(entity_type, OTHER_COLOUR))
+
 
 BOX_WIDTH = 3
 MIN_SIDE = 256

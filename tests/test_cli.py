@@ -11,9 +11,8 @@ from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline
 from PIL import Image
 from test_pipeline import TWEET, quadrant_image
 
-from modeling_umgf.schema import OTHER_COLOUR, TYPE_COLOURS
 from modeling_umgf.tools.cli import main
-from modeling_umgf.visualization import BOX_WIDTH, MIN_SIDE
+from modeling_umgf.visualization import BOX_WIDTH, MIN_SIDE, OTHER_COLOUR, TYPE_COLOURS
 
 TEXT = "Kawhi Leonard wins the fan vote"
 

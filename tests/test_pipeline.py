@@ -15,7 +15,8 @@ from seqeval.metrics.sequence_labeling import get_entities
 from transformers import pipeline
 
 from modeling_umgf import CRF, LABELS, UMGFForTokenClassification
-from modeling_umgf.pipeline_umgf import MultimodalNERPipeline, register_pipeline, word_offsets
+from modeling_umgf.pipeline_umgf import MultimodalNERPipeline, register_pipeline
+from modeling_umgf.processing_umgf import word_offsets
 
 TWEET = "🔥🔥 #NBA: Kawhi Leonard wins!! https://t.co/AbC 😀"
 # hand-counted code point offsets of the processor's words (emoji = 1 character each)

@@ -22,6 +22,7 @@ Argument parsing is argparse's; the rest is formatting.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -32,14 +33,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..grounder_registry import GROUNDERS, build_grounder
-from ..image_utils import UnreadableImageError, load_rgb_image
+from ..image_utils import load_rgb_image
 from ..pipeline_umgf import MultimodalNERPipeline
 from ..precision import PRECISIONS
+from ..processing_umgf import Post, read_post
 from .hub import load_saved
 from .safe_files import unique_file_names, write_replacing
-
-POST_KEYS = ("text", "words", "image", "grounding", "id")
-"""The keys a post of --input may have (CONTRACT.md); anything else is an error naming the file and line."""
 
 
 class InputError(ValueError):
@@ -91,37 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_post(sample: Any, where: str) -> dict[str, Any]:
-    """One post of --input, with a clear error naming ``where`` for anything the pipeline could not use."""
-    if not isinstance(sample, dict) or ("text" in sample) == ("words" in sample):
-        raise InputError(f'{where}: expected an object with "text" or "words"')
-    unknown = sorted(set(sample) - set(POST_KEYS))
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {unknown}; a post has {list(POST_KEYS)}")
-    if "text" in sample:
-        if not isinstance(sample["text"], str):
-            raise InputError(f'{where}: "text" must be a string, got {type(sample["text"]).__name__}')
-        if not sample["text"].strip():
-            raise InputError(f"{where}: empty text")
-    else:
-        words = sample["words"]
-        if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
-            raise InputError(f'{where}: "words" must be a list of strings, got {json.dumps(words)[:80]}')
-        if not words:
-            raise InputError(f"{where}: empty text")
-    if sample.get("image") is not None and not isinstance(sample["image"], str):
-        raise InputError(f'{where}: "image" must be a path, URL or base64 string')
-    if sample.get("grounding") is not None and not isinstance(sample["grounding"], dict):
-        raise InputError(f'{where}: "grounding" must be an object of grounding columns (CONTRACT.md)')
-    return {**sample, "id": str(sample.get("id", where))}
-
-
-def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The posts to tag, checked: non-empty text, readable images; errors name the file and line."""
+def read_samples(args: argparse.Namespace) -> list[Post]:
+    """The posts to tag, checked and their images decoded (`processing_umgf.read_post`, once per post); errors
+    name the file and line."""
     if args.text is not None:
         if not args.text.strip():
             raise InputError("--text is empty")
-        samples = [{"text": args.text, "image": args.image, "id": "text"}]
+        samples: list[tuple[str, Any]] = [("--image", {"text": args.text, "image": args.image, "id": "text"})]
     else:
         if args.image is not None:
             raise InputError('--image goes with --text; give images in the --input file ("image" key)')
@@ -139,7 +114,11 @@ def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
                 sample = json.loads(line)
             except json.JSONDecodeError as error:
                 raise InputError(f"{where}: not valid JSON ({error.msg})") from error
-            samples.append(_relative_to(_check_post(sample, where), None if stdin else args.input.parent))
+            if isinstance(sample, dict):
+                sample = _relative_to(
+                    {**sample, "id": str(sample.get("id", where))}, None if stdin else args.input.parent
+                )
+            samples.append((where, sample))
         if not samples:
             raise InputError(f"{name} holds no posts")
     if args.draw is not None:
@@ -147,13 +126,11 @@ def read_samples(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise InputError("--draw with --text needs --image and a PNG file path (not a folder)")
         if args.input is not None and args.draw.exists() and not args.draw.is_dir():
             raise InputError(f"--draw with --input needs a folder, but {args.draw} is a file")
-    for sample in samples:
-        if sample.get("image") is not None:
-            try:
-                sample["image"] = load_rgb_image(sample["image"], max_pixels=args.max_image_pixels)
-            except UnreadableImageError as error:
-                raise InputError(f"post {sample['id']}: cannot read image: {error}") from error
-    return samples
+    load = functools.partial(load_rgb_image, max_pixels=args.max_image_pixels)
+    try:
+        return [read_post(sample, where, strict=True, load=load) for where, sample in samples]
+    except ValueError as error:
+        raise InputError(str(error)) from error
 
 
 def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -215,7 +192,7 @@ def load_pipeline(
     return MultimodalNERPipeline(model=network, processor=processor, device=torch.device(device), precision=precision)
 
 
-def format_table(sample: dict[str, Any], result: dict[str, Any]) -> str:
+def format_table(post: Post, result: dict[str, Any]) -> str:
     """A readable table of one post's entities: type, text, character span, score, strongest grounded box."""
     rows = [("TYPE", "ENTITY", "CHARS", "SCORE", "TOP BOX (alpha)")]
     for entity in result["entities"]:
@@ -232,7 +209,7 @@ def format_table(sample: dict[str, Any], result: dict[str, Any]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"# {sample['id']}: {result['text']}"]
+    lines = [f"# {post.id}: {result['text']}"]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     if not result["entities"]:
         lines.append("(no entities)")
@@ -244,43 +221,42 @@ def format_conll(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    samples = read_samples(args)
+    posts = read_samples(args)
     pipe = load_pipeline(args.model, args.device, compile_backbone=args.compile, precision=args.precision)
     grounder = grounder_from_args(args.grounder, args.grounder_kwargs)
-    inputs: list[dict[str, Any]] = [{key: sample[key] for key in POST_KEYS if key in sample} for sample in samples]
-    results = tag_posts(pipe, inputs, args.batch_size, grounder, progress=args.input is not None)
+    results = tag_posts(pipe, posts, args.batch_size, grounder, progress=args.input is not None)
     out = sys.stdout if args.output is None else args.output.open("w", encoding="utf-8")
     try:
-        for sample, result in zip(samples, results):
+        for post, result in zip(posts, results):
             if args.format == "jsonl":
-                print(json.dumps({"id": sample["id"], **result.to_dict()}, ensure_ascii=False), file=out)
+                print(json.dumps({"id": post.id, **result.to_dict()}, ensure_ascii=False), file=out)
             elif args.format == "conll":
                 print(format_conll(result), file=out)
             else:
-                print(format_table(sample, result) + "\n", file=out)
+                print(format_table(post, result) + "\n", file=out)
     finally:
         if out is not sys.stdout:
             out.close()
     if args.output is not None:
         print(f"umgf-predict: wrote {len(results)} posts ({args.format}) to {args.output}", file=sys.stderr)
     if args.draw is not None:
-        drawn = [(sample, result) for sample, result in zip(samples, results) if sample.get("image") is not None]
-        names = unique_file_names([sample["id"] for sample, _ in drawn], ".png")
-        for (sample, result), name in zip(drawn, names):
+        drawn = [(post, result) for post, result in zip(posts, results) if post.image is not None]
+        names = unique_file_names([str(post.id) for post, _ in drawn], ".png")
+        for (post, result), name in zip(drawn, names):
             path = args.draw if args.text is not None else args.draw / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            picture = pipe.draw_entities(sample["image"], result["entities"], text=result["text"])
+            picture = pipe.draw_entities(post.image, result["entities"], text=result["text"])
             write_replacing(path, picture.save, format="PNG")
             print(f"umgf-predict: wrote {path}", file=sys.stderr)
     return 0
 
 
 def tag_posts(
-    pipe: MultimodalNERPipeline, inputs: Sequence[dict[str, Any]], batch_size: int, grounder: Any, progress: bool
+    pipe: MultimodalNERPipeline, posts: Sequence[Post], batch_size: int, grounder: Any, progress: bool
 ) -> list[Any]:
-    """The pipeline's results for ``inputs``, in order, with a progress bar over the posts on stderr (``progress``)."""
-    results = pipe((sample for sample in inputs), batch_size=batch_size, grounder=grounder)
-    bar = tqdm(results, total=len(inputs), desc="tagging", unit="post", disable=not progress, file=sys.stderr)
+    """The pipeline's results for ``posts``, in order, with a progress bar over the posts on stderr (``progress``)."""
+    results = pipe((post for post in posts), batch_size=batch_size, grounder=grounder)
+    bar = tqdm(results, total=len(posts), desc="tagging", unit="post", disable=not progress, file=sys.stderr)
     return list(bar)
 
 
