@@ -420,19 +420,21 @@ class UMGFProcessor(ProcessorMixin):
         """A forward's ``outputs`` on a `process_posts` ``batch`` as each post's ``{"text", "entities", "words",
         "objects", "truncated_words"}`` (CONTRACT.md): words with their character spans in ``texts``, tags and CRF
         marginals; entities (`chunk_entities`) with their probability and grounded boxes; ``model`` scores them."""
+        predictions, word_mask, first_positions = outputs.predictions, outputs.word_mask, outputs.word_positions
+        assert predictions is not None and word_mask is not None and first_positions is not None
         inputs, metadata = self.split_batch(batch)
-        tags = self.decode_word_predictions(outputs.predictions, metadata["num_words"])
-        kept_words = outputs.word_mask.sum(1).tolist()
+        tags = self.decode_word_predictions(predictions, metadata["num_words"])
+        kept_words = word_mask.sum(1).tolist()
         chunks = [chunk_entities(row[:kept]) for row, kept in zip(tags, kept_words)]
         scores = iter(
             model.entity_probabilities(outputs, [(b, *c) for b, row in enumerate(chunks) for c in row]).tolist()
         )
         probabilities = model.tag_probabilities(outputs)
         alphas = None if outputs.gates is None else torch.stack(outputs.gates).float()  # [layers, B, T, O]
-        first = outputs.word_positions.tolist()  # each word's first sub-token: the node the decoder reads
+        first = first_positions.tolist()  # each word's first sub-token: the node the decoder reads
         posts = []
         for b, (text, words) in enumerate(zip(texts, metadata["words"])):
-            kept, predicted = kept_words[b], outputs.predictions[b, : kept_words[b]]
+            kept, predicted = kept_words[b], predictions[b, : kept_words[b]]
             word_scores = probabilities[b, torch.arange(kept, device=predicted.device), predicted].tolist()
             offsets = word_offsets(text, words)
             objects = list(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline
 from PIL import Image
-from test_pipeline import TWEET, quadrant_image
+from test_pipeline import TWEET, count_decodes, quadrant_image
 
 from modeling_umgf.tools.cli import main
 from modeling_umgf.visualization import BOX_WIDTH, MIN_SIDE, OTHER_COLOUR, TYPE_COLOURS
@@ -345,3 +345,19 @@ def test_stdin_output_file_progress_and_image_paths_relative_to_the_input_file(
     assert code == 0, err
     want = local({"words": ["Berlin", "rocks"]})
     assert printed == "".join(f"{w['word']}\t{w['tag']}\n" for w in want.words) + "\n"
+
+
+def test_each_image_is_decoded_once_per_post(tiny_ner_folder, tmp_path, image_path, capsys, monkeypatch) -> None:
+    """Read and checked once (`processing_umgf.read_post`): the pipeline and the drawing use that image."""
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(
+        "".join(json.dumps({"id": name, "text": TWEET, "image": str(image_path)}) + "\n" for name in "ab"),
+        encoding="utf-8",
+    )
+    counts = count_decodes(monkeypatch)
+    code, _, err = run_cli(capsys, "--model", tiny_ner_folder, "--input", posts, "--draw", tmp_path / "drawn")
+    assert code == 0, err
+    assert counts == {"open": 2, "load": 2} and sorted(p.name for p in (tmp_path / "drawn").iterdir()) == [
+        "a.png",
+        "b.png",
+    ]

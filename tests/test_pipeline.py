@@ -400,3 +400,80 @@ def test_a_model_without_a_visual_branch_ignores_images_with_one_warning(monkeyp
     assert first.objects == [] and all(not e["boxes"] for e in first)
     warnings = [r.getMessage() for r in caplog.records if "no visual branch" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def count_decodes(monkeypatch) -> dict[str, int]:
+    """Counts of ``Image.open`` (decoding encoded bytes) and of ``ImageOps.exif_transpose`` (one per run of the
+    loader, whatever the image was given as) from now on."""
+    from PIL import ImageOps
+
+    counts = {"open": 0, "load": 0}
+    opened, transposed = Image.open, ImageOps.exif_transpose
+
+    def counted_open(*args, **kwargs):
+        counts["open"] += 1
+        return opened(*args, **kwargs)
+
+    def counted_transpose(*args, **kwargs):
+        counts["load"] += 1
+        return transposed(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counted_open)
+    monkeypatch.setattr(ImageOps, "exif_transpose", counted_transpose)
+    return counts
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_each_image_is_decoded_once_per_post(pipe, monkeypatch) -> None:
+    encoded = png_bytes(quadrant_image())
+    expected = pipe("Kawhi Leonard wins", image=quadrant_image())
+    counts = count_decodes(monkeypatch)
+    assert pipe("Kawhi Leonard wins", image=encoded) == expected
+    assert counts == {"open": 1, "load": 1}
+    pipe(["Kawhi Leonard wins", "Berlin rocks", "no image"], image=[encoded, encoded, None], batch_size=2)
+    assert counts == {"open": 3, "load": 3}
+
+
+def seqeval_tags(labels: tuple[str, ...]):
+    from hypothesis import strategies as st
+
+    return st.lists(st.sampled_from(labels), min_size=1, max_size=7)
+
+
+BIOES = ("O", *(f"{prefix}-{t}" for t in ("PER", "LOC") for prefix in "BIES"))
+
+
+@pytest.mark.parametrize("labels", [LABELS, BIOES], ids=["bio", "bioes"])
+def test_the_chunker_and_its_masks_are_seqevals_entities(labels) -> None:
+    """`chunk_entities` (the entities) and `entity_tag_masks` (the tag sequences scored for an entity) against
+    seqeval's `get_entities` on random tag sequences: a sequence is allowed by exactly one mask of a span and type
+    when seqeval finds that entity in it, by none otherwise."""
+    from hypothesis import given, settings
+
+    from modeling_umgf.schema import chunk_entities, entity_tag_masks
+
+    label2id = {label: i for i, label in enumerate(labels)}
+    types = sorted({label[2:] for label in labels if label != "O"})
+
+    @settings(max_examples=150, deadline=None)
+    @given(seqeval_tags(labels))
+    def check(tags: list[str]) -> None:
+        expected = {(t, start, last + 1) for t, start, last in get_entities(tags)}
+        assert chunk_entities(tags) == [(t, start, last + 1) for t, start, last in get_entities(tags)]
+        ids = torch.tensor([label2id[tag] for tag in tags])
+        slots = len(tags) + 1  # one padded slot
+        for start in range(len(tags)):
+            for end in range(start + 1, len(tags) + 1):
+                for entity_type in types:
+                    masks = entity_tag_masks(label2id, entity_type, start, end, len(tags), slots)
+                    hits = sum(bool(mask[torch.arange(len(tags)), ids].all()) for mask in masks)
+                    assert hits == ((entity_type, start, end) in expected), (tags, entity_type, start, end)
+
+    check()

@@ -17,7 +17,6 @@ from PIL import Image
 from processor_fixtures import VOCAB, tiny_processor, tiny_tokenizer
 
 from modeling_umgf.grounder_registry import build_grounder
-from modeling_umgf.image_utils import UnreadableImageError, load_rgb_image
 
 KOHL = ["Photo", "of", "Helmut", "Kohl", "at", "the", "Brandenburg", "gate"]
 KOHL_TAGS = ["O", "O", "B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"]
@@ -41,10 +40,6 @@ KOHL_GROUNDING = {  # objects: Helmut Kohl (red quadrant), person (green), the B
     "object_word_end": [4, -1, 8],
     "grounder": "detector",
 }
-
-
-def pixels(image: Image.Image) -> list[tuple[int, ...]]:
-    return [tuple(p) for p in np.asarray(image).reshape(-1, len(image.getbands())).tolist()]
 
 
 def ids(*tokens: str) -> list[int]:
@@ -205,34 +200,6 @@ def test_boxes_are_clipped_and_degenerate_boxes_dropped() -> None:
     assert out["object_boxes"] == [[[0, 0, 20, 10], [35, 15, 40, 20]]]
     assert out["object_phrases"] == [["Helmut Kohl", "the Brandenburg gate"]]
     assert out["inter_modal_adjacency"][0, 7:10].int().tolist() == [[0, 1]] * 3
-
-
-def test_image_modes_exif_and_sizes_load_as_upright_rgb() -> None:
-    rgba = Image.new("RGBA", (2, 1), (255, 0, 0, 255))
-    rgba.putpixel((1, 0), (0, 0, 255, 0))  # fully transparent -> white
-    assert pixels(load_rgb_image(rgba)) == [(255, 0, 0), (255, 255, 255)]
-    assert pixels(load_rgb_image(Image.new("L", (1, 1), 77))) == [(77, 77, 77)]
-    assert load_rgb_image(Image.new("CMYK", (1, 1), (0, 255, 255, 0))).getpixel((0, 0)) == (255, 0, 0)
-    palette = Image.new("P", (2, 1))
-    palette.putpalette([10, 20, 30, 40, 50, 60])
-    palette.putpixel((1, 0), 1)
-    palette.info["transparency"] = 0
-    assert pixels(load_rgb_image(palette)) == [(255, 255, 255), (40, 50, 60)]
-    sixteen = Image.fromarray(np.array([[0, 1000, 2000]], dtype=np.uint16))
-    assert [p[0] for p in pixels(load_rgb_image(sixteen))] == [0, 128, 255]
-    # EXIF orientation 6: the stored 4x2 picture is shown rotated 90 degrees clockwise.
-    stored = Image.new("RGB", (4, 2))
-    stored.putpixel((0, 0), (255, 0, 0))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    encoded = io.BytesIO()
-    stored.save(encoded, "PNG", exif=exif)
-    upright = load_rgb_image({"bytes": encoded.getvalue(), "path": None})
-    assert upright.size == (2, 4) and upright.getpixel((1, 0)) == (255, 0, 0)
-    assert load_rgb_image(np.zeros((1, 1, 3), dtype=np.uint8)).size == (1, 1)
-    for bad in (None, b"", {"bytes": None, "path": None}, np.zeros((2, 2), dtype=np.float32)):
-        with pytest.raises(UnreadableImageError):
-            load_rgb_image(bad)
 
 
 def test_tiny_and_huge_images_work() -> None:
@@ -568,3 +535,36 @@ def test_an_image_over_the_pixel_budget_is_never_decoded(monkeypatch, caplog) ->
         batch = tiny_processor()(words=[["Berlin"]], images=[buffer.getvalue()], sample_ids=["bomb"])
     assert decoded == [] and "sample 'bomb': image of 10000 x 10000" in caplog.text and "pixel budget" in caplog.text
     assert batch["object_boxes"] == [[]]  # used text-only (a readable image gets the grid's 9 boxes)
+
+
+def test_read_post_checks_a_post_and_names_where(caplog) -> None:
+    """The one check of a post for every entry point: errors name ``where``; an unreadable image is an error with
+    ``strict`` (the CLI, the handler), else a warning and a text-only post (the pipeline)."""
+    from modeling_umgf.processing_umgf import Post, read_post, with_extras
+
+    post = read_post({"words": ["Helmut", "Kohl"], "image": quadrant_image(), "id": 7}, "line 3")
+    assert (post.text, post.words, post.id, post.image.size) == ("Helmut Kohl", ["Helmut", "Kohl"], "7", (40, 20))
+    assert read_post("Helmut Kohl!") == Post("Helmut Kohl!", ["Helmut", "Kohl", "!"])
+    for sample, message in [
+        ({"image": None}, 'line 3 must have "text"'),
+        ({"text": "a", "words": ["a"]}, 'line 3 must have "text"'),
+        ({"text": 3}, 'line 3: "text" must be a string, got int'),
+        ({"words": "a b"}, 'line 3: "words" must be a list of strings'),
+        ({"text": " "}, "line 3: empty text"),
+        ({"text": "a", "grounding": [1]}, 'line 3: "grounding" must be an object of grounding columns'),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            read_post(sample, "line 3")
+    with pytest.raises(ValueError, match=re.escape("line 3: unknown key(s) ['imgae']")):
+        read_post({"text": "a", "imgae": "x.png"}, "line 3", strict=True)
+    with pytest.raises(ValueError, match="line 3: cannot read image: cannot decode image"):
+        read_post({"text": "a", "image": b"not an image"}, "line 3", strict=True)
+    with caplog.at_level(logging.WARNING):
+        assert read_post({"text": "a", "image": b"not an image", "imgae": 1}).image is None
+    assert "using it text-only" in caplog.text
+    assert with_extras(["a", "b"], [1, None], None) == [
+        {"text": "a", "image": 1, "grounding": None},
+        {"text": "b", "image": None, "grounding": None},
+    ]
+    with pytest.raises(ValueError, match=re.escape('with 2 texts, "grounding" must be a list of 2 (or None)')):
+        with_extras(["a", "b"], None, [None])

@@ -240,12 +240,12 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         print(f"umgf-predict: wrote {len(results)} posts ({args.format}) to {args.output}", file=sys.stderr)
     if args.draw is not None:
-        drawn = [(post, result) for post, result in zip(posts, results) if post.image is not None]
-        names = unique_file_names([str(post.id) for post, _ in drawn], ".png")
-        for (post, result), name in zip(drawn, names):
+        drawn = [(post.image, str(post.id), result) for post, result in zip(posts, results) if post.image is not None]
+        names = unique_file_names([post_id for _, post_id, _ in drawn], ".png")
+        for (image, _, result), name in zip(drawn, names):
             path = args.draw if args.text is not None else args.draw / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            picture = pipe.draw_entities(post.image, result["entities"], text=result["text"])
+            picture = pipe.draw_entities(image, result["entities"], text=result["text"])
             write_replacing(path, picture.save, format="PNG")
             print(f"umgf-predict: wrote {path}", file=sys.stderr)
     return 0
