@@ -1,8 +1,9 @@
-"""Showing which image regions fed which entities: the one box -> entity helper and the drawing of it.
+"""Showing which image regions fed which entities: the display colour of each entity type, the one box -> entity
+helper and the drawing of it.
 
-Used by ``umgf-predict --draw``, the Gradio Space (through the pipeline's `MultimodalNERPipeline.draw_entities` and
-`MultimodalNERPipeline.box_annotations`, so that a Space needs no umgf package) and the README's picture. The
-drawing itself is Pillow's `ImageDraw`.
+Used by ``umgf-predict --draw``, the Gradio Space (through the pipeline's `MultimodalNERPipeline.draw_entities`,
+`MultimodalNERPipeline.box_annotations` and `MultimodalNERPipeline.entity_colours`, so that a Space needs no umgf
+package) and the README's picture. The drawing itself is Pillow's `ImageDraw`.
 """
 
 from __future__ import annotations
