@@ -10,7 +10,10 @@ earlier MNER code left out, through named components, and only combines their ou
 - the **tokenizer** splits the words into sub-tokens (one call per batch);
 - `multimodal_graph` turns word spans into the token x object edges of the graph.
 
-Padding is `UMGFDataCollator`'s. The input contract is CONTRACT.md.
+Padding is `UMGFDataCollator`'s. The input contract is CONTRACT.md. For inference, a post is checked and its image
+decoded once by `read_post` (every entry point: pipeline, CLI, handler), a batch of posts is encoded by
+`UMGFProcessor.process_posts`, and the model's outputs come back as words, entities, scores and boxes in one step,
+`UMGFProcessor.post_process_entities` (as Grounding DINO's processor owns its ``post_process_*``).
 """
 
 from __future__ import annotations
