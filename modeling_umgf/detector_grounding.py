@@ -1,20 +1,9 @@
 """Grounding with a zero-shot detector of the Grounding DINO family (the paper's procedure, and the authors' variant).
 
-- ``"detector"`` (`ZeroShotDetectorGrounder`): the sentence's noun phrases and the four general words, all queries
-  of an image in one caption and one forward pass (default detector ``IDEA-Research/grounding-dino-tiny``).
-- ``"release"`` (`ReleaseGrounder`): the authors' released variant, the top box of each general word only.
-
-Detection, box decoding and NMS are transformers'/torchvision's; only the phrase <-> box bookkeeping (the score
-of a phrase is the best score over its tokens, as in Grounding DINO's phrase grounding) is written here, because
-transformers' post-processing returns decoded token strings, which cannot be mapped back to the phrase, and so
-to the words, a box came from.
-
-Speed (BENCHMARKS.md, 2026-11-29): the images of a call are grouped by their size at the detector's input, so a
-batch never pads one image to another's size (each image's boxes are the ones it gets alone, whatever it is batched
-with), and on CPU the detector's multi-scale deformable attention runs as `GatherDeformableAttention`. That one is
-written here because no library has a CPU kernel for it: transformers' own (pure PyTorch) path samples every point
-with ``grid_sample`` and then stacks, weights and sums a tensor 16 times the size of the image features in every
-encoder layer, a third of the detector's time on CPU; its compiled kernel (the ``kernels`` hub) is CUDA only.
+``"detector"`` (`ZeroShotDetectorGrounder`) grounds the sentence's noun phrases and the four general words in one
+caption per image; ``"release"`` (`ReleaseGrounder`) keeps the top box of each general word (the authors' variant).
+Detection, box decoding and NMS are transformers'/torchvision's; only the phrase <-> box bookkeeping is written
+here, because transformers' post-processing returns token strings that cannot be mapped back to the words.
 """
 
 from __future__ import annotations
@@ -60,7 +49,8 @@ def _load_detector(detector: str, device: str) -> tuple[Any, Any]:
 class GatherDeformableAttention(nn.Module):
     """Multi-scale deformable attention (Deformable DETR, in Grounding DINO's encoder and decoder) as one weighted
     gather: a drop-in for transformers' ``MultiScaleDeformableAttention`` (same forward arguments, same output up
-    to float rounding, no parameters), fast on CPU.
+    to float rounding, no parameters), fast on CPU, where no library has a kernel for it (transformers' PyTorch
+    path materialises every sample; its compiled kernel is CUDA only).
 
     Each query reads, per head, ``levels x points`` bilinear samples of the value maps and sums them with its
     attention weights. transformers samples them with ``grid_sample`` into a ``[B * heads, dim, queries,

@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput
 from .configuration_umgf import UMGFConfig
 from .crf import CRF
 from .input_checks import ModelInputs, check_inputs, check_label_maps, check_loaded_weights
+from .multimodal_graph import batch_adjacency
 from .precision import autocast, quantize_linear_int8, resolve_precision
 from .schema import (
     CONTINUATION_TAG,
@@ -546,12 +547,9 @@ class UMGFModel(UMGFPreTrainedModel):
         # Padded object slots may hold anything (even NaN): they are replaced, never multiplied by 0.
         present = object_mask.unsqueeze(-1)
         h_o = torch.where(present, self.visual_mlp(torch.where(present, features, 0.0)), 0.0)
-        adjacency = text_mask.unsqueeze(2) & object_mask.unsqueeze(1)
-        if x.inter_modal_adjacency is not None:
-            edges = x.inter_modal_adjacency.bool()
-            if self.config.link_special_tokens and x.word_ids is not None:
-                edges = edges | (x.word_ids < 0).unsqueeze(2)  # [CLS] / [SEP] linked to every object (authors)
-            adjacency = adjacency & edges
+        adjacency = batch_adjacency(
+            text_mask, object_mask, x.inter_modal_adjacency, x.word_ids, self.config.link_special_tokens
+        )
         return h_o, object_mask, adjacency.to(h_o.dtype)
 
     def forward(
@@ -564,10 +562,8 @@ class UMGFModel(UMGFPreTrainedModel):
     ) -> UMGFModelOutput:
         """Encode a batch of (sentence, objects) graphs.
 
-        ``inputs``: the other model inputs of CONTRACT.md ("Model inputs"), by name: ``token_type_ids``,
-        ``word_ids``, ``pixel_values`` or ``object_features``, ``object_mask``, ``inter_modal_adjacency``,
-        ``inputs_embeds`` (the fields of `input_checks.ModelInputs`; `UMGFForTokenClassification.forward`
-        lists them one by one). Other keywords (``return_dict``, ...) are not inputs and are ignored.
+        ``inputs``: the other model inputs of CONTRACT.md ("Model inputs"), by name (the fields of
+        `input_checks.ModelInputs`). Other keywords (``return_dict``, ...) are not inputs and are ignored.
         """
         x = ModelInputs.from_keywords({**inputs, "input_ids": input_ids, "attention_mask": attention_mask})
         check_inputs(self.config, x)
@@ -749,7 +745,9 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         output_gates: bool = False,
         **kwargs: Any,
     ) -> UMGFTokenClassifierOutput:
-        """Tag every word; with ``labels``, also return the loss. The inputs are CONTRACT.md's ("Model inputs")."""
+        """Tag every word; with ``labels``, also return the loss. The inputs are CONTRACT.md's ("Model inputs"),
+        spelled out (the fields of `input_checks.ModelInputs`) because the Trainer keeps a dataset's columns by
+        the names in this signature."""
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is not None and attention_mask is None:
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)

@@ -31,22 +31,11 @@ from .grounder_registry import GROUNDERS, build_grounder
 from .grounding import Grounder, Grounding, ground_batch
 from .image_processing_umgf import UMGFImageProcessor
 from .image_utils import ImageInput, crop_box, load_images
+from .input_checks import MODEL_INPUT_NAMES
 from .multimodal_graph import token_object_adjacency, word_object_adjacency
 from .schema import LABEL_PAD_VALUE, LABELS, METADATA_KEYS
 
 logger = logging.getLogger(__name__)
-
-MODEL_INPUT_NAMES = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "word_ids",
-    "labels",
-    "pixel_values",
-    "object_features",
-    "object_mask",
-    "inter_modal_adjacency",
-)
 
 
 def _per_sample(value: Any, batched: bool, count: int, name: str) -> list[Any]:
