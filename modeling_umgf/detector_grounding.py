@@ -51,14 +51,6 @@ class GatherDeformableAttention(nn.Module):
     gather: a drop-in for transformers' ``MultiScaleDeformableAttention`` (same forward arguments, same output up
     to float rounding, no parameters), fast on CPU, where no library has a kernel for it (transformers' PyTorch
     path materialises every sample; its compiled kernel is CUDA only).
-
-    Each query reads, per head, ``levels x points`` bilinear samples of the value maps and sums them with its
-    attention weights. transformers samples them with ``grid_sample`` into a ``[B * heads, dim, queries,
-    levels * points]`` tensor, then weights and sums it. Here each sample's four bilinear corners and their weights
-    (attention weight x bilinear weight) are computed once, and torch's ``embedding_bag`` (``mode="sum"`` with
-    ``per_sample_weights``: one pass, nothing materialised per sample) gathers and sums the corners' value rows.
-    Every level's map gets a border of zeros, so that a corner outside the map reads a zero, as ``grid_sample``'s
-    ``padding_mode="zeros"`` does (``align_corners=False``: pixel centres at half-integers).
     """
 
     def forward(
@@ -73,6 +65,10 @@ class GatherDeformableAttention(nn.Module):
     ) -> torch.Tensor:
         """``value`` [B, S, heads, dim], ``sampling_locations`` [B, Q, heads, levels, points, 2] in [0, 1] (x, y),
         ``attention_weights`` [B, Q, heads, levels, points] -> [B, Q, heads * dim]."""
+        # Each query reads, per head, levels x points bilinear samples of the value maps, weighted by its attention.
+        # Each sample's four corners get weight (attention x bilinear), and embedding_bag (mode="sum" with
+        # per_sample_weights) gathers and sums the corners' value rows in one pass. Every level's map gets a border
+        # of zeros, so a corner outside it reads zero, as grid_sample's padding_mode="zeros" (align_corners=False).
         batch, _, heads, dim = value.shape
         _, queries, _, levels, points, _ = sampling_locations.shape
         shapes = [(int(height), int(width)) for height, width in value_spatial_shapes_list]
