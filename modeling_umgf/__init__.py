@@ -3,9 +3,10 @@
 Importing the package registers the "umgf" model type with `AutoConfig`, `AutoModel`,
 `AutoModelForTokenClassification`, `AutoProcessor` and `AutoImageProcessor`, and marks the classes so that
 `save_pretrained` writes an `auto_map` and copies this package's flat modules next to the weights (Hub remote code).
+This is the one place that registers them.
 
 Where things happen: a word becomes a node in the processor (`processing_umgf`: tokens) and the model
-(`modeling_umgf`: text MLP); a box becomes a node in `grounding` / `detector_grounding` (boxes), the processor
+(`modeling_umgf`: text MLP); a box becomes a node in a grounder (`grounder_registry`: boxes), the processor
 (crops) and the model (visual MLP), and an edge in `multimodal_graph`; a tag becomes an entity in the pipeline
 (`pipeline_umgf`, seqeval's chunks) scored by the model's CRF (`crf`). Names shared by all: `schema`.
 """
@@ -37,6 +38,8 @@ UMGFModel.register_for_auto_class("AutoModel")
 UMGFForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 AutoProcessor.register(UMGFConfig, UMGFProcessor, exist_ok=True)
 AutoImageProcessor.register(UMGFConfig, image_processor_classes={"torchvision": UMGFImageProcessor}, exist_ok=True)
+UMGFProcessor.register_for_auto_class()
+UMGFImageProcessor.register_for_auto_class("AutoImageProcessor")
 register_pipeline()  # task "multimodal-ner"
 
 __all__ = [

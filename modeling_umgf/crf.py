@@ -1,18 +1,8 @@
 """Linear-chain conditional random field (UMGF paper, eq 9-11), over words or, for the authors' network, sub-tokens.
 
-Written by hand because the maintained options do not fit: ``pytorch-crf`` has had no release since
-2019 and offers no marginals, and transformers ships no CRF layer. This one is small, batched and
-vectorised over the batch: the forward algorithm gives the log-partition (eq 9-10), Viterbi the best
-path (eq 11), and forward-backward the per-position marginals used as calibrated entity scores. Its parameters
-and the ``score`` / ``log_partition`` / ``log_likelihood`` semantics are pytorch-crf's (``transitions[i, j]`` is
-the score of tag ``j`` following tag ``i``), so the authors' trained CRF loads as it is.
-
-It computes in float32 (or float64, when given so), whatever the model's dtype: in bfloat16 the sums over a
-sentence lose the differences between tag sequences (Viterbi paths and marginals change).
-
-Masks must be left-aligned: ``mask[b, :n_b]`` is True for the ``n_b`` real positions of sequence ``b``
-and False after them. Every sequence must hold at least one position: checked unless the caller says it has
-(``checked=True``, as the model does: its masks always start with a real position, so it spends no device sync).
+Written here because ``pytorch-crf`` is unmaintained and has no marginals, and transformers has no CRF layer; its
+parameters and ``score`` / ``log_partition`` / ``log_likelihood`` are pytorch-crf's, so the authors' CRF loads as
+it is. It computes in float32 (or float64) whatever the model's dtype: bfloat16 sums lose the tag sequences' gaps.
 """
 
 from __future__ import annotations
@@ -26,7 +16,8 @@ class CRF(nn.Module):
     them uniformly in [-0.1, 0.1], as pytorch-crf does).
 
     ``S_i(y_{i-1}, y_i, X) = exp(emission[i, y_i] + transition[y_{i-1}, y_i])`` (eq 9); the first position
-    uses ``start_transitions`` in place of a previous tag and the last adds ``end_transitions``.
+    uses ``start_transitions`` in place of a previous tag and the last adds ``end_transitions``. Masks are
+    left-aligned (``mask[b, :n_b]`` True) with ``n_b >= 1``, checked unless the caller passes ``checked=True``.
     """
 
     def __init__(self, num_tags: int) -> None:

@@ -1,20 +1,9 @@
 """Grounding with a zero-shot detector of the Grounding DINO family (the paper's procedure, and the authors' variant).
 
-- ``"detector"`` (`ZeroShotDetectorGrounder`): the sentence's noun phrases and the four general words, all queries
-  of an image in one caption and one forward pass (default detector ``IDEA-Research/grounding-dino-tiny``).
-- ``"release"`` (`ReleaseGrounder`): the authors' released variant, the top box of each general word only.
-
-Detection, box decoding and NMS are transformers'/torchvision's; only the phrase <-> box bookkeeping (the score
-of a phrase is the best score over its tokens, as in Grounding DINO's phrase grounding) is written here, because
-transformers' post-processing returns decoded token strings, which cannot be mapped back to the phrase, and so
-to the words, a box came from.
-
-Speed (BENCHMARKS.md, 2026-11-29): the images of a call are grouped by their size at the detector's input, so a
-batch never pads one image to another's size (each image's boxes are the ones it gets alone, whatever it is batched
-with), and on CPU the detector's multi-scale deformable attention runs as `GatherDeformableAttention`. That one is
-written here because no library has a CPU kernel for it: transformers' own (pure PyTorch) path samples every point
-with ``grid_sample`` and then stacks, weights and sums a tensor 16 times the size of the image features in every
-encoder layer, a third of the detector's time on CPU; its compiled kernel (the ``kernels`` hub) is CUDA only.
+``"detector"`` (`ZeroShotDetectorGrounder`) grounds the sentence's noun phrases and the four general words in one
+caption per image; ``"release"`` (`ReleaseGrounder`) keeps the top box of each general word (the authors' variant).
+Detection, box decoding and NMS are transformers'/torchvision's; only the phrase <-> box bookkeeping is written
+here, because transformers' post-processing returns token strings that cannot be mapped back to the words.
 """
 
 from __future__ import annotations
@@ -60,15 +49,8 @@ def _load_detector(detector: str, device: str) -> tuple[Any, Any]:
 class GatherDeformableAttention(nn.Module):
     """Multi-scale deformable attention (Deformable DETR, in Grounding DINO's encoder and decoder) as one weighted
     gather: a drop-in for transformers' ``MultiScaleDeformableAttention`` (same forward arguments, same output up
-    to float rounding, no parameters), fast on CPU.
-
-    Each query reads, per head, ``levels x points`` bilinear samples of the value maps and sums them with its
-    attention weights. transformers samples them with ``grid_sample`` into a ``[B * heads, dim, queries,
-    levels * points]`` tensor, then weights and sums it. Here each sample's four bilinear corners and their weights
-    (attention weight x bilinear weight) are computed once, and torch's ``embedding_bag`` (``mode="sum"`` with
-    ``per_sample_weights``: one pass, nothing materialised per sample) gathers and sums the corners' value rows.
-    Every level's map gets a border of zeros, so that a corner outside the map reads a zero, as ``grid_sample``'s
-    ``padding_mode="zeros"`` does (``align_corners=False``: pixel centres at half-integers).
+    to float rounding, no parameters), fast on CPU, where no library has a kernel for it (transformers' PyTorch
+    path materialises every sample; its compiled kernel is CUDA only).
     """
 
     def forward(
@@ -83,6 +65,10 @@ class GatherDeformableAttention(nn.Module):
     ) -> torch.Tensor:
         """``value`` [B, S, heads, dim], ``sampling_locations`` [B, Q, heads, levels, points, 2] in [0, 1] (x, y),
         ``attention_weights`` [B, Q, heads, levels, points] -> [B, Q, heads * dim]."""
+        # Each query reads, per head, levels x points bilinear samples of the value maps, weighted by its attention.
+        # Each sample's four corners get weight (attention x bilinear), and embedding_bag (mode="sum" with
+        # per_sample_weights) gathers and sums the corners' value rows in one pass. Every level's map gets a border
+        # of zeros, so a corner outside it reads zero, as grid_sample's padding_mode="zeros" (align_corners=False).
         batch, _, heads, dim = value.shape
         _, queries, _, levels, points, _ = sampling_locations.shape
         shapes = [(int(height), int(width)) for height, width in value_spatial_shapes_list]

@@ -6,7 +6,8 @@ import inspect
 from typing import Any
 
 from .detector_grounding import ReleaseGrounder, ZeroShotDetectorGrounder
-from .grounding import GridGrounder, Grounder, PrecomputedGrounder
+from .grounding import Grounder
+from .model_free_grounding import GridGrounder, PrecomputedGrounder
 from .symbol_grounding import SymbolGrounder
 
 GROUNDERS: dict[str, type[Grounder]] = {

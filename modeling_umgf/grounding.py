@@ -1,22 +1,15 @@
-"""Visual grounding for UMGF: which image regions become visual nodes, and which words they link to.
+"""Visual grounding for UMGF: the records and interface every grounder shares.
 
 The paper grounds every noun phrase of the sentence, plus four general words (person, location, organization,
-misc); each box found is a visual node linked to the words of its phrase (a general-word box is linked to every
-word). This module holds what every grounder shares:
-
-- `Grounding`: the objects of one sample (boxes, scores, phrases, word spans; CONTRACT.md "Grounding");
-- `Grounder`: the interface, ``ground(images, sentences, sample_ids) -> list[Grounding]``, batched over samples;
-- `ground_batch`: the one place that decides which samples a grounder runs on and clips every box to its image
-  (used by the processor, the training script and ``datasets_scripts.ground_dataset``);
-- the two grounders that run no model: ``"grid"`` (the paper's "w/o Tar." ablation) and ``"precomputed"``.
-
-The grounders that run a detector are in `detector_grounding` (Grounding DINO) and `symbol_grounding` (the
-synthetic task's symbols); `grounder_registry` registers them all by name.
+misc); each box found is a visual node linked to the words of its phrase (a general-word box to every word).
+Here: `Grounding` (the objects of one sample, CONTRACT.md "Grounding"), the `Grounder` interface, and
+`ground_batch`, the one place that decides which samples a grounder runs on and clips every box to its image.
+The grounders themselves are in `model_free_grounding`, `detector_grounding` and `symbol_grounding`, registered by
+name in `grounder_registry`.
 """
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +20,6 @@ from PIL import Image
 
 from .image_utils import clip_box
 from .schema import GROUNDING_COLUMNS
-
-logger = logging.getLogger(__name__)
 
 
 def _number(value: Any, sample: str, column: str, index: int) -> float:
@@ -126,11 +117,14 @@ class Grounding:
 class Grounder(ABC):
     """Finds the visual objects of (image, sentence) pairs.
 
-    Subclasses set ``name`` (their key in `grounders.GROUNDERS`) and keep their constructor arguments as
+    Subclasses set ``name`` (their key in `grounder_registry.GROUNDERS`) and keep their constructor arguments as
     attributes of the same names, so that `config` can rebuild them (the processor saves it).
     """
 
     name: ClassVar[str]
+    #: Whether `ground_batch(reground=True)` replaces other grounders' groundings with this one's (False for a
+    #: grounder that finds no objects itself).
+    regrounds: ClassVar[bool] = True
     #: The constructor arguments `config` returns (what the processor saves as ``grounder_kwargs``).
     config_keys: ClassVar[tuple[str, ...]] = ()
 
@@ -145,66 +139,6 @@ class Grounder(ABC):
         return {key: getattr(self, key) for key in self.config_keys}
 
 
-class GridGrounder(Grounder):
-    """N x N equal regions of the image, each linked to every word (the paper's "w/o Tar." ablation).
-
-    Cells under a pixel wide or high (images smaller than the grid) are dropped, with a warning naming the sample.
-    """
-
-    name = "grid"
-    config_keys = ("grid_size",)
-
-    def __init__(self, grid_size: int = 3):
-        if grid_size < 1:
-            raise ValueError(f"grid_size must be at least 1, got {grid_size}")
-        self.grid_size = grid_size
-
-    def ground(self, images, sentences, sample_ids):
-        groundings = []
-        for image, sample in zip(images, sample_ids):
-            n, (width, height) = self.grid_size, image.size
-            cells = [(row, col) for row in range(n) for col in range(n)]
-            boxes = [
-                [col * width / n, row * height / n, (col + 1) * width / n, (row + 1) * height / n] for row, col in cells
-            ]
-            grounding = Grounding(
-                boxes=boxes,
-                scores=[1.0] * len(cells),
-                phrases=[f"grid cell ({row}, {col})" for row, col in cells],
-                word_starts=[-1] * len(cells),
-                word_ends=[-1] * len(cells),
-                grounder=self.name,
-            ).clipped(width, height)
-            if len(grounding) < len(cells):
-                logger.warning(
-                    "sample %r: its %dx%d image is too small for a %dx%d grid: %d of %d cells are under a pixel and "
-                    "dropped",
-                    sample,
-                    width,
-                    height,
-                    n,
-                    n,
-                    len(cells) - len(grounding),
-                    len(cells),
-                )
-            groundings.append(grounding)
-        return groundings
-
-
-class PrecomputedGrounder(Grounder):
-    """Runs no model: samples bring their grounding (the grounding columns, e.g. from ``ground_dataset.py``).
-
-    A sample with an image but without a grounding gets no visual objects (text-only), with a warning.
-    """
-
-    name = "precomputed"
-
-    def ground(self, images, sentences, sample_ids):
-        for sample in sample_ids:
-            logger.warning("sample %r has an image but no precomputed grounding: using it text-only", sample)
-        return [Grounding(grounder=self.name) for _ in images]
-
-
 def ground_batch(
     grounder: Grounder,
     images: Sequence[Image.Image | None],
@@ -215,13 +149,13 @@ def ground_batch(
 ) -> list[Grounding | None]:
     """The grounding of every sample of a batch, with one batched call of ``grounder``.
 
-    A sample keeps its given grounding, unless ``reground`` is set and another grounder made it (a "precomputed"
-    grounder never regrounds); a sample with an image and no grounding kept is grounded by ``grounder``. Every
+    A sample keeps its given grounding, unless ``reground`` is set, ``grounder.regrounds`` and another grounder
+    made it; a sample with an image and no grounding kept is grounded by ``grounder``. Every
     grounding of a sample with an image is clipped to it. A sample with neither image nor grounding gives None.
     """
     count = len(sentences)
     kept: list[Grounding | None] = list(groundings) if groundings is not None else [None] * count
-    if reground and grounder.name != PrecomputedGrounder.name:
+    if reground and grounder.regrounds:
         kept = [g if g is None or g.grounder == grounder.name else None for g in kept]
     todo = [(i, image) for i, image in enumerate(images) if kept[i] is None and image is not None]
     if todo:

@@ -1,13 +1,8 @@
-"""The model's inputs, checked at its boundary in one place, with at most one host-device sync per forward.
+"""The model's inputs: their names (one list) and their checks at the model's boundary.
 
-Shapes and dtypes are checked on the host, where they cost nothing. The checks of values (token ids inside the
-vocabulary, words numbered in order, a label for every word the CRF scores, finite features of real objects, at
-least one real token per sentence) are reduced on the device into one small tensor that is read back once; that
-single read also brings the number of words of the batch, which the model needs anyway. Only when a check fails are
-the details gathered, to name the batch item, the position and the value.
-
-Written here because transformers checks none of this: a bad id fails deep inside an embedding lookup (a CUDA
-device-side assert on a GPU), a float label or a misaligned ``word_ids`` silently gives wrong results.
+Shapes and dtypes are checked on the host; the checks of values are reduced on the device and read back in one
+sync, which also brings the batch's number of words. Written because transformers checks none of this: a bad id
+fails deep inside an embedding lookup, a float label or a misaligned ``word_ids`` silently gives wrong results.
 """
 
 from __future__ import annotations
@@ -43,6 +38,11 @@ class ModelInputs:
         return cls(**{field.name: keywords[field.name] for field in fields(cls) if field.name in keywords})
 
 
+# What a processor returns and a model takes, by name: every input but ``inputs_embeds`` (an alternative to
+# ``input_ids`` that no processor builds).
+MODEL_INPUT_NAMES: tuple[str, ...] = tuple(field.name for field in fields(ModelInputs) if field.name != "inputs_embeds")
+
+
 def word_numbering_errors(word_ids: torch.Tensor) -> torch.Tensor:
     """``[B, T]`` bool: sub-tokens whose word id breaks the numbering (words 0..n-1 in order, each word's
     sub-tokens contiguous, -1 elsewhere). A sub-token must continue the word of the sub-token before it or start
@@ -57,8 +57,8 @@ def word_numbering_errors(word_ids: torch.Tensor) -> torch.Tensor:
 def finite_objects(objects: torch.Tensor) -> torch.Tensor:
     """[B, O] bool: whether every value of each object's crop or features is finite.
 
-    Read off the object's largest and smallest value (a NaN is both; an infinity is one of them): two reductions,
-    several times faster than testing every element and reducing the [B, O, ...] booleans.
+    Read off the object's largest and smallest value (a NaN is both; an infinity is one of them): two reductions
+    instead of a test of every element.
     """
     flat = objects.flatten(2)
     return torch.isfinite(flat.amax(-1)) & torch.isfinite(flat.amin(-1))
@@ -279,6 +279,7 @@ def check_label_maps(config: Any, source: str, label_names: Sequence[str] | None
 
 
 __all__ = [
+    "MODEL_INPUT_NAMES",
     "ModelInputs",
     "WeightsMismatchError",
     "check_inputs",

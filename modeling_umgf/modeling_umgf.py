@@ -1,18 +1,9 @@
 """UMGF: unified multi-modal graph fusion for multimodal NER (Zhang et al., AAAI 2021).
 
-The input contract (shapes, meanings, defaults) is CONTRACT.md, "Model inputs"; inputs are checked at the model's
-boundary by `input_checks.check_inputs`. In short: ``input_ids`` / ``attention_mask`` / ``word_ids`` ``[B, T]``
-(``word_ids``: the word of each sub-token, -1 for special tokens and padding), the objects as crops
-``pixel_values`` ``[B, O, 3, H, W]`` or cached features ``object_features`` ``[B, O, F]``, ``object_mask``
-``[B, O]``, ``inter_modal_adjacency`` ``[B, T, O]`` and word-level ``labels`` ``[B, W]``. Every visual input is
-optional: without them, or with O = 0, no object reaches any word and the model is a plain Transformer encoder
-over BERT outputs (paper, footnote 1).
-
-Graph: text nodes are the sub-tokens (BERT outputs); intra-modal edges are complete, so intra-modal fusion is
-ordinary self-attention (eq 1-2). Inter-modal fusion (eq 3-6) sums gated messages over the adjacency; the gates
-are computed as ``W1 C_x`` and ``W2 C_o`` broadcast over (token, object) pairs, never from a concatenated
-``[B, T, O, 2d]`` tensor. The decoder reads a word at its first sub-token (word-level CRF, the paper), or runs a CRF
-over every sub-token and reads each word's tag there (``crf_level="token"``, the authors' released network).
+Text nodes are the sub-tokens (BERT outputs), visual nodes the grounded objects; intra-modal fusion is
+self-attention (eq 1-2), inter-modal fusion sums gated messages over the edges (eq 3-6, `multimodal_graph`). The
+decoder reads each word at its first sub-token (word-level CRF, the paper) or tags every sub-token (the authors'
+network). Without objects it is a Transformer encoder over BERT (paper, footnote 1). Inputs: CONTRACT.md.
 """
 
 from __future__ import annotations
@@ -35,6 +26,7 @@ from transformers.utils import ModelOutput
 from .configuration_umgf import UMGFConfig
 from .crf import CRF
 from .input_checks import ModelInputs, check_inputs, check_label_maps, check_loaded_weights
+from .multimodal_graph import batch_adjacency
 from .precision import autocast, quantize_linear_int8, resolve_precision
 from .schema import (
     CONTINUATION_TAG,
@@ -333,17 +325,11 @@ class UMGFPreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
 
     def optimize_for_inference(self, compile_backbone: bool = True) -> UMGFPreTrainedModel:
-        """Prepare the model for fast inference and return it: eval mode, the vision backbone's weights in
-        channels-last layout (oneDNN / cuDNN NHWC convolutions) and, with ``compile_backbone``, the backbone's
-        forward compiled in place by TorchInductor with weight freezing (BatchNorm folded into the
-        convolutions, weights pre-packed). Outputs equal the eager model's up to float rounding
-        (`tests/test_speed_options.py`); the speed-up is measured in BENCHMARKS.md.
-
-        Call it once the weights are loaded: frozen weights are baked into the compiled code, so a model whose
-        weights change afterwards must be optimised anew (load into a fresh model). Compiling needs a C++
-        compiler on CPU and is paid on the first batch and once more when the number of crops in a batch first
-        changes (torch then compiles for any number).
-        """
+        """Prepare the model for fast inference and return it: eval mode, the backbone's weights channels-last
+        (NHWC convolutions) and, with ``compile_backbone``, its forward compiled by TorchInductor with frozen weights
+        (BatchNorm folded). Outputs equal the eager model's up to float rounding. Call it once the weights are
+        loaded (they are baked into the compiled code); compiling needs a C++ compiler on CPU and is paid on the
+        first batch and once more when the number of crops first changes."""
         self.eval()
         base = getattr(self, self.base_model_prefix, self)
         backbone = getattr(base, "vision_backbone", None)
@@ -546,12 +532,9 @@ class UMGFModel(UMGFPreTrainedModel):
         # Padded object slots may hold anything (even NaN): they are replaced, never multiplied by 0.
         present = object_mask.unsqueeze(-1)
         h_o = torch.where(present, self.visual_mlp(torch.where(present, features, 0.0)), 0.0)
-        adjacency = text_mask.unsqueeze(2) & object_mask.unsqueeze(1)
-        if x.inter_modal_adjacency is not None:
-            edges = x.inter_modal_adjacency.bool()
-            if self.config.link_special_tokens and x.word_ids is not None:
-                edges = edges | (x.word_ids < 0).unsqueeze(2)  # [CLS] / [SEP] linked to every object (authors)
-            adjacency = adjacency & edges
+        adjacency = batch_adjacency(
+            text_mask, object_mask, x.inter_modal_adjacency, x.word_ids, self.config.link_special_tokens
+        )
         return h_o, object_mask, adjacency.to(h_o.dtype)
 
     def forward(
@@ -564,10 +547,8 @@ class UMGFModel(UMGFPreTrainedModel):
     ) -> UMGFModelOutput:
         """Encode a batch of (sentence, objects) graphs.
 
-        ``inputs``: the other model inputs of CONTRACT.md ("Model inputs"), by name: ``token_type_ids``,
-        ``word_ids``, ``pixel_values`` or ``object_features``, ``object_mask``, ``inter_modal_adjacency``,
-        ``inputs_embeds`` (the fields of `input_checks.ModelInputs`; `UMGFForTokenClassification.forward`
-        lists them one by one). Other keywords (``return_dict``, ...) are not inputs and are ignored.
+        ``inputs``: the other model inputs of CONTRACT.md ("Model inputs"), by name (the fields of
+        `input_checks.ModelInputs`). Other keywords (``return_dict``, ...) are not inputs and are ignored.
         """
         x = ModelInputs.from_keywords({**inputs, "input_ids": input_ids, "attention_mask": attention_mask})
         check_inputs(self.config, x)
@@ -749,7 +730,9 @@ class UMGFForTokenClassification(UMGFPreTrainedModel):
         output_gates: bool = False,
         **kwargs: Any,
     ) -> UMGFTokenClassifierOutput:
-        """Tag every word; with ``labels``, also return the loss. The inputs are CONTRACT.md's ("Model inputs")."""
+        """Tag every word; with ``labels``, also return the loss. The inputs are CONTRACT.md's ("Model inputs"),
+        spelled out (the fields of `input_checks.ModelInputs`) because the Trainer keeps a dataset's columns by
+        the names in this signature."""
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is not None and attention_mask is None:
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)

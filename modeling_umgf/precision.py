@@ -1,20 +1,9 @@
 """Inference precision: float32, bfloat16 autocast, or int8 dynamic quantisation of the linear layers.
 
-- ``"fp32"``: float32 everywhere (the weights as trained).
-- ``"bf16"``: the vision backbone, the text encoder, the fusion layers (and the pipeline's detector, when given
-  ``"bf16"`` by name) run under `torch.autocast` with bfloat16; the weights stay float32, the emission scores are
-  cast back to float32 and the CRF computes in float32 (`crf.CRF`). It pays only on hardware with bfloat16
-  arithmetic (CPUs with AVX512-BF16 or AMX, CUDA GPUs of compute capability 8.0 or more); elsewhere PyTorch
-  emulates it and it is slower than float32.
-- ``"int8"``: the linear layers of the encoder (text encoder, node MLPs, fusion layers) become
-  `torch.ao.nn.quantized.dynamic.Linear` (int8 weights, activations quantised per batch; fbgemm / oneDNN kernels,
-  CPU only, AVX2 suffices). Convolutions, LayerNorm, the decoder's classifier and the CRF stay float32. It
-  replaces modules in place and cannot be undone: load the model anew for float32. The activations' int8 scale is
-  taken over the whole batch, so a sentence's scores depend slightly on what it is batched with. Opt-in only.
-- ``"auto"``: ``"bf16"`` where the device has native bfloat16 arithmetic, ``"fp32"`` elsewhere.
-
-`torch.ao.quantization.quantize_dynamic` is deprecated in favour of torchao's ``quantize_``; it is used because
-it needs no extra package and still has the CPU int8 kernels. Its deprecation warning is silenced here.
+``"bf16"`` autocasts the encoder (backbone, text encoder, fusion layers; the pipeline's detector when named) and
+keeps the weights, the emission scores and the CRF in float32; it pays only where the hardware has bfloat16
+arithmetic (elsewhere it is emulated), which is where ``"auto"`` picks it. ``"int8"`` (CPU only, opt-in) quantises
+the encoder's linear layers in place (`quantize_linear_int8`).
 """
 
 from __future__ import annotations
@@ -66,10 +55,12 @@ def autocast(precision: str, device_type: str) -> contextlib.AbstractContextMana
 
 
 def quantize_linear_int8(module: nn.Module) -> int:
-    """Replace every `nn.Linear` under ``module`` in place by its int8 dynamic quantised version; returns how many
-    were replaced. Nothing else changes (weights of other layers, buffers, the module tree)."""
+    """Replace every `nn.Linear` under ``module`` in place, for good, by its int8 dynamic quantised version (int8
+    weights; activations quantised with one scale per batch, so a sentence's scores depend slightly on its batch);
+    returns how many were replaced. Nothing else changes (other layers, buffers, the module tree)."""
     count = sum(type(child) is nn.Linear for child in module.modules())
     if count:
+        # deprecated in favour of torchao's quantize_, but it needs no extra package and has the CPU int8 kernels
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
             warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated.*")

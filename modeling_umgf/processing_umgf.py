@@ -35,6 +35,7 @@ from .grounder_registry import GROUNDERS, build_grounder
 from .grounding import Grounder, Grounding, ground_batch
 from .image_processing_umgf import UMGFImageProcessor
 from .image_utils import ImageInput, UnreadableImageError, crop_box, load_images, load_rgb_image
+from .input_checks import MODEL_INPUT_NAMES
 from .multimodal_graph import token_object_adjacency, word_object_adjacency
 from .schema import LABEL_PAD_VALUE, LABELS, METADATA_KEYS, chunk_entities
 
@@ -42,18 +43,6 @@ if TYPE_CHECKING:
     from .modeling_umgf import UMGFForTokenClassification, UMGFTokenClassifierOutput
 
 logger = logging.getLogger(__name__)
-
-MODEL_INPUT_NAMES = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "word_ids",
-    "labels",
-    "pixel_values",
-    "object_features",
-    "object_mask",
-    "inter_modal_adjacency",
-)
 
 
 def _per_sample(value: Any, batched: bool, count: int, name: str) -> list[Any]:
@@ -173,7 +162,7 @@ class UMGFProcessor(ProcessorMixin):
     Args:
         image_processor: a `UMGFImageProcessor` (the vision backbone's crop transform).
         tokenizer: the text encoder's tokenizer (a fast tokenizer: word alignment needs ``word_ids``).
-        grounder: the visual grounder: a name of `grounders.GROUNDERS` (``"detector"``, ``"release"``, ``"grid"``,
+        grounder: the visual grounder: a name of `grounder_registry.GROUNDERS` (``"detector"``, ``"release"``, ``"grid"``,
             ``"precomputed"``, ...) or a `Grounder`. Saved with the processor (name and settings).
         grounder_kwargs: keyword arguments of a grounder given by name (e.g. ``{"box_threshold": 0.3}``).
         max_length: maximum sub-tokens per sentence, special tokens included; capped at the tokenizer's
@@ -218,7 +207,7 @@ class UMGFProcessor(ProcessorMixin):
         return cls(UMGFImageProcessor(vision_backbone), AutoTokenizer.from_pretrained(text_model), **kwargs)
 
     def set_grounder(self, grounder: str | Grounder, **kwargs: Any) -> None:
-        """Use another grounder: a name of `grounders.GROUNDERS` with its keyword arguments, or a `Grounder`."""
+        """Use another grounder: a name of `grounder_registry.GROUNDERS` with its keyword arguments, or a `Grounder`."""
         if isinstance(grounder, Grounder):
             if kwargs:
                 raise ValueError("give grounder keyword arguments with a grounder name, not with a Grounder")
@@ -641,7 +630,3 @@ class UMGFProcessor(ProcessorMixin):
             **{key: value for key, value in grounding.to_columns().items() if key != "grounder"},
         )
         return example
-
-
-UMGFProcessor.register_for_auto_class()
-UMGFImageProcessor.register_for_auto_class("AutoImageProcessor")

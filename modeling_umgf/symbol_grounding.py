@@ -1,18 +1,9 @@
 """Grounding for the built-in synthetic task: its coloured symbols, found in the pixels of a new image.
 
-The synthetic task (`datasets_scripts.synthetic`) draws one symbol per entity mention, left to right in the order
-the mentions appear in the sentence. ``"symbols"`` grounds such an image the way ``"detector"`` grounds a real post,
-through the same interface (images + sentences -> boxes, phrases, word spans), so that the main job's model reads
-images at inference exactly as a real one does (boxes -> crops -> backbone -> graph):
-
-- its queries are the sentence's phrases: the runs of words that are not function words of the task's templates
-  (``function_words``, saved with the processor), as noun phrases are for the paper;
-- its "detector" finds the symbols as the connected regions of saturated pixels (the backgrounds are pale), with
-  scipy's `ndimage.label`, and orders them left to right;
-- the k-th symbol is grounded to the k-th phrase and linked to its words. A symbol beyond the last phrase is linked
-  to every word (like a general word's box); a phrase beyond the last symbol gets no object.
-
-Written here because the task is ours; the connected-component labelling is scipy's.
+``"symbols"`` grounds a synthetic image (`datasets_scripts.synthetic`, one symbol per entity mention, left to right)
+through the same interface as ``"detector"`` grounds a real post, so the main job's model reads images at inference
+as a real one does (boxes -> crops -> backbone -> graph). Written here because the task is ours; the
+connected-component labelling is scipy's.
 """
 
 from __future__ import annotations
@@ -30,6 +21,10 @@ from .noun_phrases import Phrase
 
 class SymbolGrounder(Grounder):
     """Grounds the phrases of a synthetic-task sentence in the symbols of its image.
+
+    The phrases are the runs of non-function words (as noun phrases are for the paper); the symbols, the connected
+    regions of saturated pixels (the backgrounds are pale), left to right. The k-th symbol is grounded to the k-th
+    phrase; a symbol beyond the last phrase is linked to every word, a phrase beyond the last symbol gets no object.
 
     Args:
         function_words: the words of the task's templates (everything else belongs to a phrase).

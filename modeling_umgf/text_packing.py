@@ -1,33 +1,10 @@
 """Padding-free ("packed") text encoding for BERT encoders.
 
-Tweets are short and uneven, so a padded batch spends much of BERT's work on padding. Packing lays the real
-tokens of several sequences side by side in a few rows, gives each token the position id it has in the padded
-batch, and keeps the sequences apart in attention, so that every token attends to exactly the tokens it attends
-to in the padded batch: the outputs at real tokens are the padded outputs up to float rounding, and no layer runs
-on padding.
-
-Two ways to keep the packed sequences apart, chosen per call by `packing_mode`:
-
-- ``"library"``: transformers' own padding-free format. From transformers `LIBRARY_PACKING_SINCE` on, BERT passes
-  its ``position_ids`` to `masking_utils.create_bidirectional_mask`, which, given no attention mask, finds the
-  packed sequences where the position ids do not step by one (`find_packed_sequence_indices`) and masks
-  attention between them, on eager and SDPA attention alike (the format of `DataCollatorWithFlattening`). The
-  rows are then given only their position ids.
-- ``"block"``: a hand-built 4D block-diagonal mask, passed to BERT as its attention mask (which
-  `create_bidirectional_mask` hands on as it is).
-
-Both give the same outputs at the same speed on a CPU (BENCHMARKS.md, "Text packing"). ``"auto"`` takes the
-library's way on a CPU where the installed transformers does it and the position ids do separate the sequences
-(each sequence's real tokens contiguous, and no sequence starting right where the one before it in the row ends,
-which only mixed left and right padding can cause). It keeps the block mask for transformers before
-`LIBRARY_PACKING_SINCE`, whose BERT mask ignores the position ids (every packed token would attend to every
-sequence of its row), for the batches the position ids cannot separate, and on accelerators: there transformers'
-search for the sequences reads the device back once more per forward pass, while the block mask is built from the
-layout already on the host.
-
-Fallback (documented in ``UMGFConfig.text_packing``): an encoder that is not a BERT (other encoders compute
-position ids their own way, e.g. RoBERTa offsets them past the padding index), that uses another attention
-kernel, or a batch where packing would save less than ``MIN_SAVING`` of the token slots, is encoded padded.
+Tweets are short and uneven, so a padded batch spends much of BERT's work on padding. Packing lays the real tokens
+of several sequences side by side in a few rows, with the position ids they have in the padded batch, and keeps
+the sequences apart in attention: the outputs at real tokens are the padded ones up to float rounding. Encoders
+other than BERT on eager or SDPA attention, and batches where packing saves under ``MIN_SAVING`` of the token
+slots, are encoded padded (``UMGFConfig.text_packing``).
 """
 
 from __future__ import annotations
@@ -55,7 +32,8 @@ PackingMode = Literal["auto", "library", "block"]
 
 
 def library_separates_packed_sequences(version: str = transformers.__version__) -> bool:
-    """Whether this transformers' BERT keeps packed sequences apart by their position ids (see the module doc)."""
+    """Whether this transformers' BERT keeps packed sequences apart by their position ids (given no attention
+    mask, `masking_utils.create_bidirectional_mask` masks attention between runs of position ids)."""
     return Version(version).release >= LIBRARY_PACKING_SINCE.release
 
 
@@ -80,7 +58,7 @@ def pack_rows(lengths: list[int], capacity: int) -> list[int]:
 
 
 def positions_separate_sequences(real: torch.Tensor, rows: list[int]) -> bool:
-    """Whether position ids alone tell the packed sequences apart (see the module doc).
+    """Whether position ids alone tell the packed sequences apart.
 
     ``real``: the padded batch's host mask [B, T]; ``rows``: the row of each sequence. True when every sequence's
     real tokens are contiguous and, within a row, no sequence starts at the position after the previous one's last.
@@ -101,9 +79,10 @@ def positions_separate_sequences(real: torch.Tensor, rows: list[int]) -> bool:
 
 
 def choose_packing_mode(requested: PackingMode, separable: bool, device_type: str) -> Literal["library", "block"]:
-    """The way the packed sequences are kept apart (module doc): "library" on a CPU where the installed transformers
-    separates packed BERT sequences and the position ids can tell the batch's sequences apart, "block" otherwise;
-    an explicit "library" that cannot hold is a ValueError naming the installed version."""
+    """How the packed sequences are kept apart: "library" (transformers' padding-free format, position ids only) on
+    a CPU where the installed transformers separates packed BERT sequences and the position ids tell the batch's
+    sequences apart; "block" (a 4D block-diagonal mask) otherwise, as older BERTs ignore the position ids and on an
+    accelerator finding the runs costs a device sync. An explicit "library" that cannot hold is a ValueError."""
     if requested == "block":
         return "block"
     supported = library_separates_packed_sequences()
@@ -150,9 +129,8 @@ def encode_packed(
 ) -> torch.Tensor | None:
     """BERT's last hidden state [B, T, H] for a padded batch, computed on packed rows (zeros at padding).
 
-    ``packing_mode``: how the packed sequences are kept apart (module doc); "auto" takes transformers' own way
-    on a CPU where it can. Returns None when packing would not save at least ``MIN_SAVING`` of the token slots:
-    the caller then encodes the padded batch.
+    ``packing_mode``: how the packed sequences are kept apart (`choose_packing_mode`). Returns None when packing
+    would not save at least ``MIN_SAVING`` of the token slots: the caller then encodes the padded batch.
     """
     # The layout is decided on the host: the mask is read back once (the one device sync of the packing), and the
     # index tensors go back as pinned, asynchronous copies.

@@ -15,7 +15,7 @@ from PIL import Image
 
 from datasets_scripts.ground_dataset import chunk_key, ground_split, join_grounding, main
 from datasets_scripts.twitter_mner import EMPTY_GROUNDING, FEATURES
-from modeling_umgf.grounding import GridGrounder
+from modeling_umgf.model_free_grounding import GridGrounder
 
 
 def tiny_split(count: int = 5) -> datasets.Dataset:

@@ -20,7 +20,8 @@ from modeling_umgf.detector_grounding import (
     _load_detector,
 )
 from modeling_umgf.grounder_registry import build_grounder
-from modeling_umgf.grounding import GridGrounder, Grounding, PrecomputedGrounder
+from modeling_umgf.grounding import Grounding
+from modeling_umgf.model_free_grounding import GridGrounder, PrecomputedGrounder
 from modeling_umgf.noun_phrases import NounPhraseExtractor, Phrase
 
 KOHL = ["Photo", "of", "Helmut", "Kohl", "at", "the", "Brandenburg", "gate"]

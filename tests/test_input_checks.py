@@ -1,5 +1,5 @@
 """Bad input at every boundary gets one clear error naming what and where, never a crash deep inside torch, never a
-silent wrong result (issue #13's battery: model inputs, processor words, grounder, saved folders)."""
+silent wrong result (model inputs, processor words, grounder, saved folders)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from inference_fixtures import saved_tiny_ner_folder
 from PIL import Image
 
 from modeling_umgf import UMGFForTokenClassification
-from modeling_umgf.grounding import GridGrounder
 from modeling_umgf.input_checks import finite_objects
+from modeling_umgf.model_free_grounding import GridGrounder
 from modeling_umgf.tools.cli import main as predict_main
 from modeling_umgf.tools.hub import load_saved
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import io
+import re
+import tokenize
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "modeling_umgf"
@@ -45,3 +48,99 @@ def test_modules_import_each_other_relatively_and_without_cycles() -> None:
     for module in graph:
         if module != "__init__":
             visit(module, [])
+
+
+# The modules checked for lab-notebook text and for registrations so far; the other modules join once clean.
+CHECKED_MODULES = (
+    "__init__",
+    "crf",
+    "data_collator",
+    "detector_grounding",
+    "grounder_registry",
+    "grounding",
+    "image_processing_umgf",
+    "input_checks",
+    "model_free_grounding",
+    "modeling_umgf",
+    "multimodal_graph",
+    "noun_phrases",
+    "precision",
+    "symbol_grounding",
+    "text_packing",
+)
+
+# A citation's year (Zhang et al., AAAI 2021; Koehn 2004) and a dataset's (Twitter-2015, twitter2017) are names.
+YEAR = r"(19[5-9]\d|20[0-3]\d)"  # not a size such as 2048
+NAMED_YEARS = re.compile(rf"[A-Z][A-Za-z-]+( et al\.)?,? ([A-Z]{{2,}} )?{YEAR}|[A-Za-z]-?{YEAR}")
+LAB_NOTES = {
+    "a date": re.compile(rf"\b{YEAR}\b"),
+    "an issue number": re.compile(r"\bissues?\b|#\d", re.IGNORECASE),
+    "a machine": re.compile(r"Xeon|EPYC|Ryzen|Core i\d|\b[AHB]\d00\b|\bM\d (Pro|Max)\b|\d+[- ]cores?\b|vCPU"),
+    "a speed figure": re.compile(
+        r"\d+(\.\d+)? ?(ms|s|µs|sec|seconds|it/s|samples/s)\b|\d+(\.\d+)? ?(x|times) (faster|slower)"
+        r"|times (faster|slower)|(speed-?up|faster|slower) (of|by) \d",
+        re.IGNORECASE,
+    ),
+}
+
+
+def prose(path: Path) -> list[tuple[int, str]]:
+    """The docstrings (and other string statements) and comments of a module, with their first line numbers."""
+    source = path.read_text(encoding="utf-8")
+    texts = [
+        (node.lineno, node.value.value)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    ]
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return texts + [(token.start[0], token.string) for token in tokens if token.type == tokenize.COMMENT]
+
+
+def lab_notes(path: Path) -> list[str]:
+    """``file:line: what`` for every docstring or comment of ``path`` that cites a date, an issue, a machine or a
+    speed figure (those belong in BENCHMARKS.md)."""
+    found = []
+    for line, text in prose(path):
+        cleaned = NAMED_YEARS.sub("", text)
+        found += [f"{path.name}:{line}: {what}" for what, pattern in LAB_NOTES.items() if pattern.search(cleaned)]
+    return found
+
+
+def test_docstrings_and_comments_say_what_and_why_not_when_where_or_how_fast() -> None:
+    paths = [PACKAGE / f"{module}.py" for module in CHECKED_MODULES]
+    assert [path for path in paths if not path.exists()] == []
+    assert [note for path in paths for note in lab_notes(path)] == []
+
+
+def test_lab_notes_are_found() -> None:
+    """The check can fail: it finds each kind of note, and lets citations and dataset names through."""
+    notes = {
+        "measured 2026-11-29": "a date",
+        "see issue 23": "an issue number",
+        "(#15)": "an issue number",
+        "on a Xeon": "a machine",
+        "16-core box": "a machine",
+        "in 12 ms": "a speed figure",
+        "3x faster": "a speed figure",
+        "several times faster": "a speed figure",
+    }
+    for text, what in notes.items():
+        assert [name for name, pattern in LAB_NOTES.items() if pattern.search(NAMED_YEARS.sub("", text))] == [what]
+    names = ("Zhang et al., AAAI 2021", "Vaswani et al. 2017", "Koehn 2004", "Twitter-2015", "twitter2017", "2048-d")
+    for text in names:
+        assert not any(pattern.search(NAMED_YEARS.sub("", text)) for pattern in LAB_NOTES.values()), text
+
+
+def test_only_the_package_init_registers_auto_classes() -> None:
+    """One registration place: no checked module but ``__init__`` calls ``register`` or ``register_for_auto_class``."""
+    calls = []
+    for module in CHECKED_MODULES:
+        tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+        calls += [
+            f"{module}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("register", "register_for_auto_class")
+        ]
+    assert calls and all(call.startswith("__init__:") for call in calls), calls

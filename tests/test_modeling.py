@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
 import re
@@ -22,13 +24,15 @@ from transformers import (
     DistilBertConfig,
 )
 
-from modeling_umgf import UMGFConfig, UMGFForTokenClassification, UMGFModel
+from modeling_umgf import UMGFConfig, UMGFForTokenClassification, UMGFModel, UMGFProcessor
+from modeling_umgf.input_checks import MODEL_INPUT_NAMES, ModelInputs
 from modeling_umgf.modeling_umgf import (
     UMGFCrossModalGate,
     UMGFFusionLayer,
     build_vision_backbone,
     first_subtoken_index,
 )
+from modeling_umgf.multimodal_graph import batch_adjacency
 from modeling_umgf.schema import RELEASE_TOKEN_LABELS
 
 TAGS = list(RELEASE_TOKEN_LABELS)
@@ -657,3 +661,30 @@ def test_no_attention_row_reaches_the_kernel_fully_masked(monkeypatch: pytest.Mo
     both = attention(hidden, key_mask)
     assert masks[0][:, 0, 0].tolist() == [[True, True, False], [True, True, True]]
     torch.testing.assert_close(both[:1], attention(hidden[:1], key_mask[:1]))
+
+
+@pytest.mark.parametrize("link_special_tokens", [False, True])
+def test_batch_edges_join_real_tokens_and_real_objects(link_special_tokens: bool) -> None:
+    """Edge by edge: given edges between a real token and a real object, and with ``link_special_tokens`` every
+    real special token (word id -1) <-> every real object; no edge given means every real pair."""
+    torch.manual_seed(0)
+    token_mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]).bool()
+    word_ids = torch.tensor([[-1, 0, 1, 1, -1, -1], [-1, 0, -1, -1, -1, -1]])
+    object_mask = torch.tensor([[1, 1, 0], [0, 1, 1]]).bool()
+    given = torch.randint(0, 2, (2, 6, 3))
+    edges = batch_adjacency(token_mask, object_mask, given, word_ids, link_special_tokens)
+    every_pair = batch_adjacency(token_mask, object_mask)
+    for b, t, o in torch.cartesian_prod(torch.arange(2), torch.arange(6), torch.arange(3)).tolist():
+        real = bool(token_mask[b, t] and object_mask[b, o])
+        linked = bool(given[b, t, o]) or (link_special_tokens and int(word_ids[b, t]) < 0)
+        assert bool(edges[b, t, o]) == (real and linked), (b, t, o)
+        assert bool(every_pair[b, t, o]) == real, (b, t, o)
+
+
+def test_the_model_input_names_are_the_processors_and_the_forward_signatures() -> None:
+    """One list: the processor returns and the token classifier's signature spells out `MODEL_INPUT_NAMES`."""
+    assert list(UMGFProcessor.model_input_names) == list(MODEL_INPUT_NAMES)
+    parameters = list(inspect.signature(UMGFForTokenClassification.forward).parameters)
+    inputs = [name for name in parameters if name in {field.name for field in dataclasses.fields(ModelInputs)}]
+    assert sorted(inputs) == sorted([*MODEL_INPUT_NAMES, "inputs_embeds"])
+    assert set(parameters) - set(inputs) == {"self", "output_gates", "kwargs"}

@@ -20,7 +20,7 @@ from torch import nn
 
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.crf import CRF
-from modeling_umgf.grounding import GridGrounder
+from modeling_umgf.model_free_grounding import GridGrounder
 from modeling_umgf.pipeline_umgf import MultimodalNERPipeline
 from modeling_umgf.precision import PRECISIONS, inference_copy, quantize_linear_int8, resolve_precision
 from modeling_umgf.tools.cli import build_parser, load_pipeline

@@ -345,7 +345,7 @@ def test_every_argument_and_value_is_named_in_its_error() -> None:
 def test_the_grounder_setting() -> None:
     """Default: the paper's detector (built only when used); a Grounder object is used as is; a grounder given for one
     call replaces the processor's for that call only."""
-    from modeling_umgf.grounding import GridGrounder
+    from modeling_umgf.model_free_grounding import GridGrounder
 
     processor = tiny_processor()
     default = type(processor)(processor.image_processor, processor.tokenizer)
