@@ -162,8 +162,8 @@ class UMGFProcessor(ProcessorMixin):
     Args:
         image_processor: a `UMGFImageProcessor` (the vision backbone's crop transform).
         tokenizer: the text encoder's tokenizer (a fast tokenizer: word alignment needs ``word_ids``).
-        grounder: the visual grounder: a name of `grounder_registry.GROUNDERS` (``"detector"``, ``"release"``, ``"grid"``,
-            ``"precomputed"``, ...) or a `Grounder`. Saved with the processor (name and settings).
+        grounder: the visual grounder: a name of `grounder_registry.GROUNDERS` (``"detector"``, ``"release"``,
+            ``"grid"``, ``"precomputed"``, ...) or a `Grounder`. Saved with the processor (name and settings).
         grounder_kwargs: keyword arguments of a grounder given by name (e.g. ``{"box_threshold": 0.3}``).
         max_length: maximum sub-tokens per sentence, special tokens included; capped at the tokenizer's
             ``model_max_length`` (the text encoder's position limit).
