@@ -235,17 +235,15 @@ def test_xavier_bounds_are_theirs_per_map() -> None:
 def test_the_release_recipe_reads_the_data_in_order(extra, shuffled) -> None:
     import train_umgf
 
-    args = train_umgf.with_defaults(
-        train_umgf.parse_args(
-            [
-                "--umt_data_dir",
-                str(FIXTURES),
-                "--dataset_config_name",
-                "twitter2015",
-                "--text_model_name_or_path",
-                "b",
-                *extra,
-            ]
-        )
+    args = train_umgf.parse_args(
+        [
+            "--umt_data_dir",
+            str(FIXTURES),
+            "--dataset_config_name",
+            "twitter2015",
+            "--text_model_name_or_path",
+            "b",
+            *extra,
+        ]
     )
     assert args.shuffle_train is shuffled
