@@ -23,11 +23,9 @@ import run_seeds
 import train_umgf
 from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_dataset
 from modeling_umgf import UMGFForTokenClassification
-from modeling_umgf.configuration_umgf import PRESET_RECORDS
 from modeling_umgf.processing_umgf import UMGFProcessor
 from modeling_umgf.schema import GROUNDING_COLUMNS
-from modeling_umgf.tools.evaluation import learning_warning, model_inputs
-from modeling_umgf.tools.model_building import preset_of
+from modeling_umgf.tools.evaluation import model_inputs
 from modeling_umgf.tools.resume import BEST_DIR
 
 
@@ -693,17 +691,6 @@ def test_a_model_that_tags_nothing_is_reported_loudly(trained, tmp_path, capsys)
     )
     assert results["test"]["f1"] == 0 and "predicts no entity at all" in results["warnings"][0]
     assert "WARNING: the model predicts no entity at all in the 80 test sentences" in capsys.readouterr().out
-    assert learning_warning(0.5, 3, 10, {}) is None
-    assert "dev F1 is 0.00" in learning_warning(0.0, 3, 10, {"mode": "train"})
-
-
-@pytest.mark.parametrize("name", sorted(PRESET_RECORDS))
-def test_the_preset_of_a_saved_model_is_read_from_its_config(name):
-    from modeling_umgf import UMGFConfig
-    from modeling_umgf.configuration_umgf import DEFAULT_GROUNDER, PRESET_GROUNDERS
-
-    config = UMGFConfig.from_preset(name)
-    assert preset_of(config, PRESET_GROUNDERS.get(name, DEFAULT_GROUNDER)) == name
 
 
 def test_data_without_images_is_said_and_the_text_only_preset_can_be_chosen(tmp_path, caplog):

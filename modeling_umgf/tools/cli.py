@@ -35,7 +35,7 @@ from ..grounder_registry import GROUNDERS, build_grounder
 from ..image_utils import UnreadableImageError, load_rgb_image
 from ..pipeline_umgf import MultimodalNERPipeline
 from ..precision import PRECISIONS
-from .hub import load_saved
+from .loading import load_saved
 from .safe_files import unique_file_names, write_replacing
 
 POST_KEYS = ("text", "words", "image", "grounding", "id")

@@ -18,6 +18,7 @@ from ..image_processing_umgf import UMGFImageProcessor
 from ..modeling_umgf import UMGFForTokenClassification
 from ..processing_umgf import UMGFProcessor
 from . import hub
+from .loading import load_saved
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def load_checkpoint(
         raise ValueError(
             f"label set mismatch: checkpoint {name_or_path} tags {checkpoint_labels}, but the dataset has {label_names}"
         )
-    model, processor = hub.load_saved(name_or_path)
+    model, processor = load_saved(name_or_path)
     processor.max_length = max_length
     if grounder:
         processor.set_grounder(grounder)
