@@ -55,7 +55,8 @@ from datasets_scripts.authors_format import drop_empty_words
 from datasets_scripts.ground_dataset import ground_dataset, has_accelerator
 from datasets_scripts.release_crops import attach_release_crops
 from datasets_scripts.synthetic import SYNTHETIC_JOB
-from modeling_umgf import PRESETS, UMGFForTokenClassification
+from modeling_umgf import UMGFForTokenClassification
+from modeling_umgf.configuration_umgf import PRESET_RECORDS
 from modeling_umgf.precision import inference_copy, resolve_precision
 from modeling_umgf.tools import hub
 from modeling_umgf.tools.evaluation import (
@@ -151,7 +152,7 @@ def check_images(args: argparse.Namespace, splits: dict[str, datasets.Dataset]) 
     found = any(has_images(split) for split in splits.values())
     if found or is_synthetic(args) or args.model_name_or_path:
         return found
-    if PRESETS[args.preset].get("use_visual", True):
+    if PRESET_RECORDS[args.preset].config.get("use_visual", True):
         if args.if_no_images == TEXT_ONLY_PRESET:
             logger.warning(
                 f"the data has no images: training the {TEXT_ONLY_PRESET!r} preset instead of {args.preset!r} "
@@ -187,6 +188,34 @@ def build_model(args: argparse.Namespace, label_names: list[str], images: bool =
         max_length=args.max_length,
         images=images,
     )
+
+
+def select_on_dev(
+    model: Any,
+    dataloader: DataLoader,
+    accelerator: Accelerator,
+    processor: Any,
+    dev: datasets.Dataset,
+    args: argparse.Namespace,
+    state: TrainerState,
+    evaluate_only: bool,
+) -> None:
+    """Score the model on ``dev`` and record it in ``state``; a dev F1 above every earlier one makes this epoch the
+    best, its model kept in BEST_DIR (unless ``evaluate_only``: a given model evaluated as it is)."""
+    predictions = predict(model, dataloader, accelerator, processor, True, "dev")
+    scores, records = score(dev, predictions, processor.label_names)
+    if args.metric == "authors":
+        scores = authors_scores(dev, predictions, processor.label_names, processor)
+    state.history.append({"epoch": state.epoch, "step": state.global_step, "dev_f1": scores["f1"]})
+    accelerator.log({f"dev/{key}": scores[key] for key in ("f1", "precision", "recall")}, step=state.global_step)
+    when = "evaluation" if evaluate_only else f"epoch {state.epoch}"
+    logger.info(f"{when}: dev P {scores['precision']:.4f} R {scores['recall']:.4f} F1 {scores['f1']:.4f}")
+    if scores["f1"] > state.best_f1:
+        state.best_f1, state.best_epoch = scores["f1"], state.epoch
+        state.best_dev = flat_scores("eval", scores, records)
+        if accelerator.is_main_process and not evaluate_only:
+            accelerator.unwrap_model(model).save_pretrained(args.output_dir / BEST_DIR, safe_serialization=True)
+            processor.save_pretrained(args.output_dir / BEST_DIR)
 
 
 def closing_summary(args: argparse.Namespace, results: dict[str, Any], written: list[Path], example: str) -> str:
@@ -409,67 +438,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             desc="training",
             disable=evaluate_only or not accelerator.is_local_main_process,
         )
+        dev_loader, dev_split = eval_dataloaders["validation"], splits["validation"]
         started, seen = time.perf_counter(), 0
-        while (state.epoch < num_epochs and state.global_step < max_train_steps) or not (
-            max_train_steps or state.history
-        ):
-            if max_train_steps:
-                model.train()
-                train_dataloader.set_epoch(state.epoch)
-                loader = train_dataloader
-                if state.batches_in_epoch:
-                    loader = accelerator.skip_first_batches(train_dataloader, state.batches_in_epoch)
-                for batch in loader:
-                    with accelerator.accumulate(model):
-                        loss = model(**model_inputs(batch, processor, use_objects=True), labels=batch["labels"]).loss
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and args.max_grad_norm:
-                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad()
-                    state.batches_in_epoch += 1
-                    seen += len(batch["sample_id"]) * accelerator.num_processes
-                    if not accelerator.sync_gradients:
-                        continue
-                    state.global_step += 1
-                    progress.update(1)
-                    if state.global_step % args.logging_steps == 0 or state.global_step == max_train_steps:
-                        rate = seen / (time.perf_counter() - started)
-                        progress.set_postfix(loss=f"{loss.item():.4f}", sent_per_s=f"{rate:.1f}")
-                        logs = {"loss": loss.item(), "lr": scheduler.get_last_lr()[-1], "sentences_per_s": rate}
-                        accelerator.log({f"train/{key}": value for key, value in logs.items()}, step=state.global_step)
-                    if args.checkpointing_steps not in (None, "epoch") and (
-                        state.global_step % int(args.checkpointing_steps) == 0
-                    ):
-                        save_checkpoint(accelerator, owned, state, args.checkpoints_total_limit)
-                    if state.global_step >= max_train_steps:
-                        break
-            # select on dev (--num_train_epochs 0: the given model, evaluated as it is)
-            dev = predict(model, eval_dataloaders["validation"], accelerator, processor, True, "dev")
-            dev_scores, dev_records = score(splits["validation"], dev, label_names)
-            if args.metric == "authors":
-                dev_scores = authors_scores(splits["validation"], dev, label_names, processor)
-            state.history.append({"epoch": state.epoch, "step": state.global_step, "dev_f1": dev_scores["f1"]})
-            accelerator.log(
-                {f"dev/{key}": dev_scores[key] for key in ("f1", "precision", "recall")}, step=state.global_step
-            )
-            when = "evaluation" if evaluate_only else f"epoch {state.epoch}"
-            logger.info(
-                f"{when}: dev P {dev_scores['precision']:.4f} R {dev_scores['recall']:.4f} F1 {dev_scores['f1']:.4f}"
-            )
-            if dev_scores["f1"] > state.best_f1:
-                state.best_f1, state.best_epoch = dev_scores["f1"], state.epoch
-                state.best_dev = flat_scores("eval", dev_scores, dev_records)
-                if accelerator.is_main_process and not evaluate_only:
-                    accelerator.unwrap_model(model).save_pretrained(args.output_dir / BEST_DIR, safe_serialization=True)
-                    processor.save_pretrained(args.output_dir / BEST_DIR)
-            if not max_train_steps:
-                break
+        while state.epoch < num_epochs and state.global_step < max_train_steps:
+            model.train()
+            train_dataloader.set_epoch(state.epoch)
+            loader = train_dataloader
+            if state.batches_in_epoch:
+                loader = accelerator.skip_first_batches(train_dataloader, state.batches_in_epoch)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss = model(**model_inputs(batch, processor, use_objects=True), labels=batch["labels"]).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                state.batches_in_epoch += 1
+                seen += len(batch["sample_id"]) * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                state.global_step += 1
+                progress.update(1)
+                if state.global_step % args.logging_steps == 0 or state.global_step == max_train_steps:
+                    rate = seen / (time.perf_counter() - started)
+                    progress.set_postfix(loss=f"{loss.item():.4f}", sent_per_s=f"{rate:.1f}")
+                    logs = {"loss": loss.item(), "lr": scheduler.get_last_lr()[-1], "sentences_per_s": rate}
+                    accelerator.log({f"train/{key}": value for key, value in logs.items()}, step=state.global_step)
+                if args.checkpointing_steps not in (None, "epoch") and (
+                    state.global_step % int(args.checkpointing_steps) == 0
+                ):
+                    save_checkpoint(accelerator, owned, state, args.checkpoints_total_limit)
+                if state.global_step >= max_train_steps:
+                    break
+            select_on_dev(model, dev_loader, accelerator, processor, dev_split, args, state, evaluate_only)
             state.epoch += 1
             state.batches_in_epoch = 0
             if args.checkpointing_steps == "epoch":
                 save_checkpoint(accelerator, owned, state, args.checkpoints_total_limit)
+        if max_train_steps == 0:  # --num_train_epochs 0: the given model, evaluated as it is
+            select_on_dev(model, dev_loader, accelerator, processor, dev_split, args, state, evaluate_only)
         progress.close()
         accelerator.wait_for_everyone()
         train_seconds = time.perf_counter() - started
@@ -520,8 +529,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 tables[key]["authors"] = authors_scores(splits[split], predictions, label_names, processor)
             results[key] = tables[key]
             prediction_records[key] = records  # written with the model (step 9), so that they always go together
-        # run_ner_no_trainer's flat keys: eval_* (dev, the selected epoch) and test_*
-        results.update({**state.best_dev, **flat_scores("test", tables["test"], prediction_records["test"])})
+            if key == "test":  # run_ner_no_trainer's flat keys: eval_* (dev, the selected epoch) and test_*
+                results.update({**state.best_dev, **flat_scores("test", tables[key], records)})
         predicted = sum(record["predicted"] for record in prediction_records["test"])
         warning = learning_warning(state.best_f1, predicted, len(prediction_records["test"]), results)
         if warning:

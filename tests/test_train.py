@@ -154,34 +154,6 @@ def test_compare_predictions_prefers_images(trained, capsys):
     assert result["delta"] > 0 and result["p_value"] < 0.05
 
 
-# ----------------------------------------------------------------------------------------- bad arguments
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--preset", "papr"], "invalid choice: 'papr'"),
-        (
-            [
-                "--umt_data_dir",
-                "/no/such/dir",
-                "--dataset_config_name",
-                "twitter2017",
-                "--text_model_name_or_path",
-                "x",
-            ],
-            "/no/such/dir/twitter2017 lacks",
-        ),
-        (["--image_dir", "/no/such/images"], "no such folder /no/such/images"),
-        (["--resume_from_checkpoint", "/no/such/ckpt"], "no such checkpoint folder"),
-        (["--config_overrides", "hiden_size=3"], "unknown UMGFConfig fields ['hiden_size']"),
-        (["--checkpointing_steps", "often"], "--checkpointing_steps must be"),
-    ],
-)
-def test_bad_arguments_fail_early(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        train_umgf.parse_args(argv)
-    assert message in capsys.readouterr().err
-
-
 def test_checkpoint_with_other_labels_is_refused(tmp_path):
     from conftest import tiny_config
 

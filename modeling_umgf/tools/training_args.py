@@ -15,7 +15,7 @@ from huggingface_hub.utils import validate_repo_id
 from datasets_scripts.output_folder import OutputFolderError, writable_folder
 from datasets_scripts.synthetic import SYNTHETIC_JOB
 
-from ..configuration_umgf import PRESET_RECORDS, PRESETS, TrainingRecipe
+from ..configuration_umgf import PRESET_RECORDS, TrainingRecipe
 from ..grounder_registry import GROUNDERS
 from ..precision import PRECISIONS
 from . import hub
@@ -46,8 +46,8 @@ class WithTracking(argparse.Action):
             namespace.report_to = "all"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the data comes from and how much of it is used."""
     data = parser.add_argument_group("data (default: the built-in synthetic task)")
     data.add_argument("--umt_data_dir", type=Path, help="UMT release data/ folder (<dir>/twitter2015/train.txt ...)")
     data.add_argument(
@@ -93,8 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--preprocessing_num_workers", type=int, help="processes for dataset.map (grounding)")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model: a preset, a checkpoint or pretrained encoders, and how its visual branch runs."""
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="UMGFConfig preset (default: paper)")
+    model.add_argument(
+        "--preset", default="paper", choices=sorted(PRESET_RECORDS), help="UMGFConfig preset (default: paper)"
+    )
     model.add_argument("--model_name_or_path", help="a trained UMGF checkpoint (folder or Hub id) to fine-tune")
     model.add_argument("--text_model_name_or_path", help="pretrained BERT-like encoder (Hub id or folder)")
     model.add_argument("--vision_backbone", help="timm model name of the object encoder (a --config_overrides field)")
@@ -128,6 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--feature_cache_dir", type=Path, help="visual feature cache (default: <output_dir>/feature_cache)"
     )
 
+
+def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
+    """The optimisation flags; those the recipe holds default to None (filled from the preset's recipe)."""
     synthetic = SYNTHETIC_JOB.training
     optim = parser.add_argument_group(
         "optimisation (defaults: the preset's training recipe, PRESET_RECORDS in configuration_umgf.py; the "
@@ -163,6 +171,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--seed", type=int, default=42)
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate's config")
 
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Outputs, checkpoints, tracking and the Hub."""
     run = parser.add_argument_group("outputs, checkpoints, tracking, Hub")
     run.add_argument(
         "--metric",
@@ -200,6 +211,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--hub_token", help="Hub token (never written to disk, logged or sent to a tracker)")
     run.add_argument("--hub_private_repo", action="store_true")
     run.add_argument("--hub_dataset_id", help="Hub id of the training dataset, for the model card")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add_arguments in (add_data_arguments, add_model_arguments, add_optimization_arguments, add_run_arguments):
+        add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         check_args(args)
