@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -12,51 +14,99 @@ from .schema import LABELS, RELEASE_TOKEN_LABELS, token_label_of
 #: bert-base-cased, the paper's text encoder (its vocabulary is cased, 28,996 word pieces).
 BERT_BASE_CASED: dict[str, Any] = {"vocab_size": 28996}
 
-#: Named presets for `UMGFConfig.from_preset`. "paper" is the default configuration itself.
-PRESETS: dict[str, dict[str, Any]] = {
+#: The processor's grounder of most presets: the paper's noun phrases and general words with a zero-shot detector.
+DEFAULT_GROUNDER = "detector"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRecipe:
+    """How train_umgf.py trains a preset: the defaults of its optimisation flags. The paper gives lr 1e-4 and batch
+    16; the rest is this project's choice (the paper names neither optimizer nor schedule): AdamW, linear decay
+    after a 10 % warmup, clipping at 1.0, 3 epochs, shuffled."""
+
+    learning_rate: float = 1e-4
+    num_train_epochs: int = 3
+    per_device_train_batch_size: int = 16
+    freeze_vision_backbone: bool = False
+    optimizer: str = "adamw"
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    shuffle_train: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One named setup: the `UMGFConfig` fields it sets over the defaults, the processor's grounder (the processor,
+    not the model, owns the grounding) and its training recipe."""
+
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    grounder: str = DEFAULT_GROUNDER
+    training: TrainingRecipe = dataclasses.field(default_factory=TrainingRecipe)
+
+
+#: The presets of `UMGFConfig.from_preset` and train_umgf.py's ``--preset``. "paper" is the default configuration.
+PRESET_RECORDS: dict[str, Preset] = {
     # Zhang et al. (AAAI 2021), Implementation Details: L=2, d=512, 8 heads, dropout 0.5.
-    "paper": {},
+    "paper": Preset(),
     # The authors' released network (MMNerModel of ddp_mmner.py in github.com/TransformersWsz/UMGF), exactly, so
-    # that their trained checkpoints load (modeling_umgf.tools.convert_original_checkpoint). Its grounding, the four
-    # general words linked to every sub-token, is the processor's (PRESET_GROUNDERS).
-    "release": {
-        "vision_backbone": "resnet152.tv_in1k",  # torchvision's ResNet-152, its weights and its crop transform
-        "num_fusion_layers": 6,
-        "intermediate_size": 256,
-        "dropout": 0.4,
-        "attention_dropout": 0.4,
-        "activation_dropout": 0.0,
-        "classifier_dropout": 0.0,
-        "layer_norm_eps": 1e-5,
-        "use_position_encoding": False,
-        "text_node_projection": "linear",
-        "visual_mlp_output_activation": True,
-        "vision_projection": True,
-        "visual_value_projection": False,
-        "gate_layer_norm": True,
-        "link_special_tokens": True,
-        "classifier_input": "concat",
-        "crf_level": "token",
-        "token_labels": list(RELEASE_TOKEN_LABELS),
-        "loss_reduction": "sum",
-        "initializer": "xavier_uniform",
-    },
+    # that their trained checkpoints load (modeling_umgf.tools.convert_original_checkpoint); their grounding (the
+    # four general words' boxes linked to every sub-token) and their recipe (train() of ddp_mmner.py): Adam, lr 1e-4
+    # for every parameter, StepLR (x0.8 every 2 epochs), 30 epochs, batch 16, no warmup, no clipping, and their data
+    # order: no shuffling (the *_authors configs are in their file order).
+    "release": Preset(
+        config={
+            "vision_backbone": "resnet152.tv_in1k",  # torchvision's ResNet-152, its weights and its crop transform
+            "num_fusion_layers": 6,
+            "intermediate_size": 256,
+            "dropout": 0.4,
+            "attention_dropout": 0.4,
+            "activation_dropout": 0.0,
+            "classifier_dropout": 0.0,
+            "layer_norm_eps": 1e-5,
+            "use_position_encoding": False,
+            "text_node_projection": "linear",
+            "visual_mlp_output_activation": True,
+            "vision_projection": True,
+            "visual_value_projection": False,
+            "gate_layer_norm": True,
+            "link_special_tokens": True,
+            "classifier_input": "concat",
+            "crf_level": "token",
+            "token_labels": list(RELEASE_TOKEN_LABELS),
+            "loss_reduction": "sum",
+            "initializer": "xavier_uniform",
+        },
+        grounder="release",
+        training=TrainingRecipe(
+            num_train_epochs=30,
+            optimizer="adam",
+            lr_scheduler_type="step",
+            warmup_ratio=0.0,
+            max_grad_norm=0.0,
+            shuffle_train=False,
+        ),
+    ),
     # Text-only baselines of the paper's Table 2.
-    "bert": {"use_visual": False, "num_fusion_layers": 0, "classifier_input": "text", "decoder_type": "softmax"},
-    "bert-crf": {"use_visual": False, "num_fusion_layers": 0, "classifier_input": "text", "decoder_type": "crf"},
+    "bert": Preset(
+        {"use_visual": False, "num_fusion_layers": 0, "classifier_input": "text", "decoder_type": "softmax"}
+    ),
+    "bert-crf": Preset(
+        {"use_visual": False, "num_fusion_layers": 0, "classifier_input": "text", "decoder_type": "crf"}
+    ),
     # UMGF without the image (every tweet has zero objects): the fusion layers become a Transformer encoder.
-    "text-only": {"use_visual": False},
+    "text-only": Preset({"use_visual": False}),
     # Ablations of the paper's Table 4.
-    "wo-vcorr": {"visual_self_attention": False},
-    "wo-ind": {"share_modality_parameters": True},
-    "wo-tar": {},  # the same network as "paper", on grid regions instead of grounded objects: PRESET_GROUNDERS
+    "wo-vcorr": Preset({"visual_self_attention": False}),
+    "wo-ind": Preset({"share_modality_parameters": True}),
+    "wo-tar": Preset(grounder="grid"),  # the same network as "paper", on grid regions instead of grounded objects
 }
 
-#: The processor's grounder of each preset's graph (the processor, not the model, owns the grounding): the
-#: "w/o Tar." ablation grounds grid cells, "release" the authors' four type-word boxes; every other preset the
-#: paper's noun phrases and general words with a zero-shot detector.
-PRESET_GROUNDERS: dict[str, str] = {"release": "release", "wo-tar": "grid"}
-DEFAULT_GROUNDER = "detector"
+#: Each preset's `UMGFConfig` fields (a view of `PRESET_RECORDS`).
+PRESETS: dict[str, dict[str, Any]] = {name: dict(record.config) for name, record in PRESET_RECORDS.items()}
+#: Each preset's grounder (a view of `PRESET_RECORDS`).
+PRESET_GROUNDERS: dict[str, str] = {name: record.grounder for name, record in PRESET_RECORDS.items()}
 
 
 class UMGFConfig(PreTrainedConfig):
@@ -223,4 +273,12 @@ class UMGFConfig(PreTrainedConfig):
         return cls(**{**PRESETS[preset], **kwargs})
 
 
-__all__ = ["DEFAULT_GROUNDER", "PRESETS", "PRESET_GROUNDERS", "UMGFConfig"]
+__all__ = [
+    "DEFAULT_GROUNDER",
+    "PRESETS",
+    "PRESET_GROUNDERS",
+    "PRESET_RECORDS",
+    "Preset",
+    "TrainingRecipe",
+    "UMGFConfig",
+]

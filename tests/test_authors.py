@@ -225,27 +225,3 @@ def test_xavier_bounds_are_theirs_per_map() -> None:
         assert weight.abs().max().item() > 0.98 * bound, name
         assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), name
     assert not layer.text.gate.w_self.bias.any()
-
-
-# ------------------------------------------------------------------------------------------------ their data order
-@pytest.mark.parametrize(
-    "extra, shuffled",
-    [(["--preset", "release"], False), ([], True), (["--preset", "release", "--shuffle_train"], True)],
-)
-def test_the_release_recipe_reads_the_data_in_order(extra, shuffled) -> None:
-    import train_umgf
-
-    args = train_umgf.with_defaults(
-        train_umgf.parse_args(
-            [
-                "--umt_data_dir",
-                str(FIXTURES),
-                "--dataset_config_name",
-                "twitter2015",
-                "--text_model_name_or_path",
-                "b",
-                *extra,
-            ]
-        )
-    )
-    assert args.shuffle_train is shuffled

@@ -20,7 +20,7 @@ from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.input_checks import finite_objects
 from modeling_umgf.model_free_grounding import GridGrounder
 from modeling_umgf.tools.cli import main as predict_main
-from modeling_umgf.tools.hub import load_saved
+from modeling_umgf.tools.loading import load_saved
 
 
 def build(**overrides) -> UMGFForTokenClassification:

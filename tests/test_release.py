@@ -343,7 +343,7 @@ def test_evaluating_a_converted_checkpoint_on_released_crops_is_one_command(tmp_
     model = UMGFForTokenClassification.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
     test, _ = attach_release_crops(
-        train_umgf.load_splits(
+        train_umgf.load_data(
             train_umgf.parse_args(
                 [
                     "--umt_data_dir",

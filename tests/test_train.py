@@ -1,4 +1,4 @@
-"""Tests of train_umgf.py and modeling_umgf.tools.metrics (CPU, offline, tiny models on the synthetic task).
+"""Tests of train_umgf.py (CPU, offline, tiny models on the synthetic task).
 
 Expected scores are counted by hand from small handmade tag sequences; the end-to-end run is checked by
 reloading what it saved and predicting again, and resumption by comparing a resumed run with an
@@ -25,67 +25,8 @@ from datasets_scripts.synthetic import SyntheticMNERConfig, build_synthetic_data
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.processing_umgf import UMGFProcessor
 from modeling_umgf.schema import GROUNDING_COLUMNS
-from modeling_umgf.tools.metrics import entity_scores, format_table2, mean_std, paired_bootstrap
-
-# ------------------------------------------------------------------------------------------------ metrics
-# Gold entities: PER(0-1), LOC(3) | ORG(0), MISC(2-3) | PER(1), which starts with I- and still counts (conlleval).
-GOLD = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "B-MISC", "I-MISC"], ["O", "I-PER", "O"]]
-# Predicted: PER(0-1) right, ORG(3) wrong type | ORG(0) right, MISC(2) wrong boundary | PER(1) right.
-PRED = [["B-PER", "I-PER", "O", "B-ORG", "O"], ["B-ORG", "O", "B-MISC", "O"], ["O", "B-PER", "O"]]
-
-
-def test_entity_scores_match_hand_counts():
-    scores = entity_scores(GOLD, PRED)
-    # 5 gold, 5 predicted, 3 correct entities.
-    assert scores["precision"] == pytest.approx(3 / 5)
-    assert scores["recall"] == pytest.approx(3 / 5)
-    assert scores["f1"] == pytest.approx(3 / 5)
-    assert scores["support"] == 5
-    per_type = scores["per_type"]
-    assert per_type["PER"] == pytest.approx({"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2})
-    assert per_type["LOC"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
-    org_p, org_r = 1 / 2, 1 / 1
-    assert per_type["ORG"] == pytest.approx(
-        {"precision": org_p, "recall": org_r, "f1": 2 * org_p * org_r / (org_p + org_r), "support": 1}
-    )
-    assert per_type["MISC"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
-
-
-def test_entity_scores_rejects_misaligned_sentences():
-    with pytest.raises(ValueError, match="sentence 1"):
-        entity_scores(GOLD, [PRED[0], PRED[1][:2], PRED[2]])
-
-
-def test_table2_layout():
-    table = format_table2({"UMGF": entity_scores(GOLD, PRED)}, title="T")
-    lines = table.splitlines()
-    assert lines[0] == "T" and "Single Type (F1)" in lines[1] and "Overall" in lines[1]
-    assert lines[2].split() == ["Model", "PER", "LOC", "ORG", "MISC", "|", "Pre.", "Rec.", "F1"]
-    assert lines[4].split() == ["UMGF", "100.00", "0.00", "66.67", "0.00", "|", "60.00", "60.00", "60.00"]
-
-
-def test_mean_std_matches_numpy():
-    runs = [entity_scores(GOLD, PRED), entity_scores(GOLD, GOLD), entity_scores(GOLD, [["O"] * len(s) for s in GOLD])]
-    summary = mean_std(runs)
-    f1s = [0.6, 1.0, 0.0]
-    assert summary["f1"]["mean"] == pytest.approx(np.mean(f1s))
-    assert summary["f1"]["std"] == pytest.approx(np.std(f1s, ddof=1))
-    assert summary["per_type"]["PER"]["f1"]["mean"] == pytest.approx(np.mean([1.0, 1.0, 0.0]))
-
-
-def test_paired_bootstrap_against_resampled_seqeval():
-    gold = GOLD * 4
-    pred_a, pred_b = GOLD * 4, PRED * 4
-    result = paired_bootstrap(gold, pred_a, pred_b, samples=200, seed=3)
-    # Same resamples, scored independently with seqeval's own f1_score.
-    draws = np.random.default_rng(3).integers(0, len(gold), size=(200, len(gold)))
-    worse = 0
-    for draw in draws:
-        g = [gold[i] for i in draw]
-        worse += f1_score(g, [pred_a[i] for i in draw]) <= f1_score(g, [pred_b[i] for i in draw])
-    assert result["p_value"] == pytest.approx(worse / 200)
-    assert result["f1_a"] == pytest.approx(1.0) and result["f1_b"] == pytest.approx(0.6)
-    assert paired_bootstrap(gold, pred_b, pred_b, samples=50)["p_value"] == 1.0  # a tie never beats
+from modeling_umgf.tools.evaluation import model_inputs
+from modeling_umgf.tools.resume import BEST_DIR
 
 
 # ------------------------------------------------------------------------------------------ script runs
@@ -134,7 +75,7 @@ def test_saved_model_reloads_with_same_predictions(trained):
     for start in range(0, len(test), 16):
         batch = collate(_examples(processor, test[start : start + 16]))
         with torch.no_grad():
-            outputs = model(**train_umgf.model_inputs(batch, processor, use_objects=True))
+            outputs = model(**model_inputs(batch, processor, use_objects=True))
         predicted += processor.decode_word_predictions(outputs.predictions, batch["num_words"])
     assert predicted == [r["pred"] for r in records]
 
@@ -211,34 +152,6 @@ def test_compare_predictions_prefers_images(trained, capsys):
         ]
     )
     assert result["delta"] > 0 and result["p_value"] < 0.05
-
-
-# ----------------------------------------------------------------------------------------- bad arguments
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--preset", "papr"], "invalid choice: 'papr'"),
-        (
-            [
-                "--umt_data_dir",
-                "/no/such/dir",
-                "--dataset_config_name",
-                "twitter2017",
-                "--text_model_name_or_path",
-                "x",
-            ],
-            "/no/such/dir/twitter2017 lacks",
-        ),
-        (["--image_dir", "/no/such/images"], "no such folder /no/such/images"),
-        (["--resume_from_checkpoint", "/no/such/ckpt"], "no such checkpoint folder"),
-        (["--config_overrides", "hiden_size=3"], "unknown UMGFConfig fields ['hiden_size']"),
-        (["--checkpointing_steps", "often"], "--checkpointing_steps must be"),
-    ],
-)
-def test_bad_arguments_fail_early(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        train_umgf.parse_args(argv)
-    assert message in capsys.readouterr().err
 
 
 def test_checkpoint_with_other_labels_is_refused(tmp_path):
@@ -350,23 +263,6 @@ print(json.dumps(scores))
     results = json.loads((trained / "all_results.json").read_text())
     assert scores["images"] == pytest.approx(results["test"]["f1"], abs=1e-9)
     assert scores["text"] == pytest.approx(results["test_without_images"]["f1"], abs=1e-9)
-
-
-def test_the_synthetic_tasks_symbols_are_found_where_they_were_drawn():
-    """The symbols grounder on the pixels gives the generator's own (gold) grounding, object for object."""
-    from datasets_scripts.synthetic import function_words
-    from modeling_umgf.symbol_grounding import SymbolGrounder
-
-    data = build_synthetic_dataset(SyntheticMNERConfig(train_size=200, validation_size=0, test_size=0))["train"]
-    rows = [row for row in data if row["image"] is not None]
-    found = SymbolGrounder(function_words()).ground(
-        [r["image"] for r in rows], [r["tokens"] for r in rows], [r["id"] for r in rows]
-    )
-    assert len(rows) > 150
-    for row, grounding in zip(rows, found):
-        assert grounding.boxes == row["object_boxes"], row["id"]
-        assert (grounding.word_starts, grounding.word_ends) == (row["object_word_start"], row["object_word_end"])
-        assert grounding.phrases == row["object_phrases"]
 
 
 # --------------------------------------------------------------------------- checkpoints, processes, flags
@@ -482,6 +378,7 @@ def test_run_ner_no_trainer_habits(tmp_path, monkeypatch):
     from conftest import save_tiny_text_encoder
 
     import train_umgf as script
+    from modeling_umgf.tools import training_args
 
     encoder = save_tiny_text_encoder(tmp_path / "bert")
     data = build_synthetic_dataset(SyntheticMNERConfig(train_size=24, validation_size=8, test_size=8))
@@ -489,32 +386,34 @@ def test_run_ner_no_trainer_habits(tmp_path, monkeypatch):
         part.rename_columns({"tokens": "words", "ner_tags": "tags"}).to_parquet(
             str(tmp_path / "dataset" / f"{split}.parquet")
         )
-    args = script.with_defaults(
-        script.parse_args(
-            [
-                "--model_name_or_path",
-                str(encoder),
-                "--dataset_name",
-                str(tmp_path / "dataset"),
-                "--text_column_name",
-                "words",
-                "--label_column_name",
-                "tags",
-                "--with_tracking",
-                "--num_warmup_steps",
-                "3",
-                "--output_dir",
-                str(tmp_path / "out"),
-            ]
-        )
+    from accelerate import PartialState
+
+    PartialState(cpu=True)  # accelerate's logger needs its state
+    args = script.parse_args(
+        [
+            "--model_name_or_path",
+            str(encoder),
+            "--dataset_name",
+            str(tmp_path / "dataset"),
+            "--text_column_name",
+            "words",
+            "--label_column_name",
+            "tags",
+            "--with_tracking",
+            "--num_warmup_steps",
+            "3",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
     )
+    script.resolve_names(args)
     assert (args.model_name_or_path, args.text_model_name_or_path) == (None, str(encoder))
     assert args.report_to == "all" and args.num_warmup_steps == 3
-    loaded = script.load_splits(args, args.dataset_config_name, None)
+    loaded = script.load_data(args, args.dataset_config_name, None)
     assert loaded["train"]["tokens"] == data["train"]["tokens"]
     assert loaded["test"]["ner_tags"] == data["test"]["ner_tags"]
     assert isinstance(loaded["train"].features["ner_tags"].feature, datasets.ClassLabel)
-    monkeypatch.setattr(script.accelerate_imports, "is_swanlab_available", lambda: False)
+    monkeypatch.setattr(training_args.accelerate_imports, "is_swanlab_available", lambda: False)
     with pytest.raises(SystemExit):
         script.parse_args(["--report_to", "swanlab"])  # not installed: one line naming the package
 
@@ -711,7 +610,7 @@ def test_all_results_has_run_ner_no_trainers_flat_keys(trained):
 def test_a_run_leaves_no_second_copy_and_its_card_tells_what_happened(trained):
     from huggingface_hub import ModelCard
 
-    assert not (trained / train_umgf.BEST_DIR).exists()  # the folder holds the best epoch's model itself
+    assert not (trained / BEST_DIR).exists()  # the folder holds the best epoch's model itself
     results = json.loads((trained / "all_results.json").read_text())
     assert results["mode"] == "train" and results["train_samples"] == 320 and results["num_train_epochs"] == 3
     card = ModelCard.load(trained / "README.md")
@@ -764,17 +663,6 @@ def test_a_model_that_tags_nothing_is_reported_loudly(trained, tmp_path, capsys)
     )
     assert results["test"]["f1"] == 0 and "predicts no entity at all" in results["warnings"][0]
     assert "WARNING: the model predicts no entity at all in the 80 test sentences" in capsys.readouterr().out
-    assert train_umgf.learning_warning(0.5, 3, 10, {}) is None
-    assert "dev F1 is 0.00" in train_umgf.learning_warning(0.0, 3, 10, {"mode": "train"})
-
-
-@pytest.mark.parametrize("name", sorted(train_umgf.PRESETS))
-def test_the_preset_of_a_saved_model_is_read_from_its_config(name):
-    from modeling_umgf import UMGFConfig
-    from modeling_umgf.configuration_umgf import DEFAULT_GROUNDER, PRESET_GROUNDERS
-
-    config = UMGFConfig.from_preset(name)
-    assert train_umgf.preset_of(config, PRESET_GROUNDERS.get(name, DEFAULT_GROUNDER)) == name
 
 
 def test_data_without_images_is_said_and_the_text_only_preset_can_be_chosen(tmp_path, caplog):
@@ -785,24 +673,24 @@ def test_data_without_images_is_said_and_the_text_only_preset_can_be_chosen(tmp_
     encoder = save_tiny_text_encoder(tmp_path / "bert")
     base = ["--umt_data_dir", str(fixtures), "--dataset_config_name", "twitter2017", "--output_dir", str(tmp_path)]
     base += ["--text_model_name_or_path", str(encoder), "--vision_backbone", "test_resnet"]
-    args = train_umgf.with_defaults(train_umgf.parse_args(base))
-    splits = dict(train_umgf.load_splits(args, args.dataset_config_name, None))
+    args = train_umgf.parse_args(base)
+    splits = dict(train_umgf.load_data(args, args.dataset_config_name, None))
     with caplog.at_level("WARNING"):
         assert train_umgf.check_images(args, splits) is False
-        train_umgf.build_model_and_processor(args, ["O", "B-PER", "I-PER"], images=False)
+        train_umgf.build_model(args, ["O", "B-PER", "I-PER"], images=False)
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "the data has no images" in said and "--preset text-only" in said
     assert "--vision_weights" not in said  # no advice about weights for images there are none of
     assert args.preset == "paper"
-    chosen = train_umgf.with_defaults(train_umgf.parse_args([*base, "--if_no_images", "text-only"]))
+    chosen = train_umgf.parse_args([*base, "--if_no_images", "text-only"])
     train_umgf.check_images(chosen, splits)
     assert chosen.preset == "text-only"
-    model, _ = train_umgf.build_model_and_processor(chosen, ["O", "B-PER", "I-PER"], images=False)
+    model, _ = train_umgf.build_model(chosen, ["O", "B-PER", "I-PER"], images=False)
     assert model.config.use_visual is False
 
 
 def test_the_closing_summary_names_every_output_and_a_ready_command(tmp_path):
-    args = train_umgf.with_defaults(train_umgf.parse_args(["--output_dir", str(tmp_path / "my run")]))
+    args = train_umgf.parse_args(["--output_dir", str(tmp_path / "my run")])
     written = [tmp_path / "my run" / "all_results.json", tmp_path / "my run" / "predictions_test.jsonl"]
     summary = train_umgf.closing_summary(args, {"mode": "train", "warnings": ["no entity"]}, written, "Hi Bob !")
     assert f"model, processor, pipeline code and model card: {tmp_path / 'my run'}" in summary

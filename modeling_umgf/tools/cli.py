@@ -37,7 +37,7 @@ from ..image_utils import load_rgb_image
 from ..pipeline_umgf import MultimodalNERPipeline
 from ..precision import PRECISIONS
 from ..processing_umgf import Post, read_post
-from .hub import load_saved
+from .loading import load_saved
 from .safe_files import unique_file_names, write_replacing
 
 
