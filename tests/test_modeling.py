@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import TINY_IMAGE, run_without_package, tiny_config, tiny_inputs
+from helpers import run_without_package
 from safetensors.torch import save_file
 from transformers import (
     AutoConfig,
@@ -30,6 +30,7 @@ from modeling_umgf.modeling_umgf import (
     first_subtoken_index,
 )
 from modeling_umgf.schema import RELEASE_TOKEN_LABELS
+from modeling_umgf.tools.tiny_models import TINY_IMAGE, tiny_config, tiny_inputs
 
 TAGS = list(RELEASE_TOKEN_LABELS)
 

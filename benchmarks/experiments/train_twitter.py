@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data"
 RESULTS_DIR = REPO / "benchmarks" / "results"
 SECTION = "## Training: Twitter text with MiniLM (train_umgf.py, paper preset)"

@@ -48,8 +48,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from bench_common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
     REPO,
     RESULTS_DIR,
     machine,
@@ -59,6 +59,10 @@ from bench_common import (
     set_threads,
     wordpiece_tokenizer,
 )
+
+# isort: split
+
+import torch
 from PIL import Image, ImageDraw
 
 WORK = REPO / "outputs" / "bench_pipeline"

@@ -24,9 +24,22 @@ import argparse
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
+    build_model,
+    machine,
+    make_batch,
+    sample_batches,
+    save_results,
+    set_threads,
+    twitter_tweets,
+)
+
+# isort: split
 
 import torch
-from bench_common import build_model, machine, make_batch, sample_batches, save_results, set_threads, twitter_tweets
 
 
 class ComponentTimer:

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from bench_common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
     RESULTS_DIR,
     build_model,
     fixed_tweets,
@@ -41,6 +41,10 @@ from bench_common import (
     start_memory_guard,
     twitter_tweets,
 )
+
+# isort: split
+
+import torch
 
 #: The measured configurations, most important first. "reference" rows run the way the authors' code does
 #: (release preset, every tweet padded to 128, NCHW tensors, inference under no_grad). Rows with a batch

@@ -23,8 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import RESULTS_DIR, gemm_gflops, machine, run_isolated, save_results, set_threads
+
+# isort: split
+
 import torch
-from bench_common import RESULTS_DIR, gemm_gflops, machine, run_isolated, save_results, set_threads
 
 REPEATS = 5
 #: variant -> the optional module it needs (None: torch alone).

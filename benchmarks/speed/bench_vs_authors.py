@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from bench_common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
     machine,
     median_time,
     peak_rss_gib,
@@ -37,6 +38,10 @@ from bench_common import (
     set_threads,
     start_memory_guard,
 )
+
+# isort: split
+
+import torch
 from check_release_equivalence import authors_model, theirs_inputs
 
 from modeling_umgf import LABELS, UMGFConfig, UMGFForTokenClassification

@@ -14,11 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import gemm_gflops, machine, sample_batches, save_results, set_threads, twitter_tweets
+
+# isort: split
 
 import torch
 import transformers
-from bench_common import gemm_gflops, machine, sample_batches, save_results, set_threads, twitter_tweets
 from transformers import BertConfig, BertModel
 
 from modeling_umgf import text_packing

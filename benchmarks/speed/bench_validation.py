@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-import torch
-from bench_common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
     build_model,
     machine,
     make_batch,
@@ -27,6 +28,10 @@ from bench_common import (
     set_threads,
     twitter_tweets,
 )
+
+# isort: split
+
+import torch
 
 from modeling_umgf.input_checks import ModelInputs, check_inputs
 

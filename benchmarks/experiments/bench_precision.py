@@ -31,9 +31,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import REPO, RESULTS_DIR, machine, set_threads
+from benchmarks.speed.bench_pipeline import (
+    BOX_THRESHOLD,
+    DETECTOR_DIR,
+    MAX_OBJECTS,
+    agreement,
+    prepare,
+    read_posts,
+    same_boxes,
+    timed,
+)
+
+# isort: split
+
 import torch
-from bench_common import REPO, RESULTS_DIR, machine, set_threads
-from bench_pipeline import BOX_THRESHOLD, DETECTOR_DIR, MAX_OBJECTS, agreement, prepare, read_posts, same_boxes, timed
 
 WORK = REPO / "outputs" / "bench_precision"
 PRECISIONS = ("fp32", "bf16", "int8")

@@ -34,15 +34,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for benchmarks.*
 
-from conftest import tiny_config  # noqa: E402
-from test_gpu_readiness import ragged_batch  # noqa: E402
+from benchmarks.bench_common import build_model, make_batch, sample_batches, twitter_tweets
+from modeling_umgf import CRF, UMGFConfig, UMGFForTokenClassification
+from modeling_umgf.tools.tiny_models import ragged_batch, tiny_config, tiny_ner_model, tiny_processor
 
-from modeling_umgf import CRF, UMGFConfig, UMGFForTokenClassification  # noqa: E402
+TWEET = "Photo of Helmut Kohl at the Brandenburg Gate #Berlin rocks!"
+
+
+def colour_image() -> Image.Image:
+    """A 120 x 90 picture of random colours (fixed seed)."""
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
 
 
 def to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
@@ -161,15 +168,15 @@ def check_mixed_precision(device: str) -> dict[str, Any]:
 
 
 def check_pipeline(device: str) -> dict[str, Any]:
-    from inference_fixtures import tiny_ner_pipeline
-    from test_pipeline import TWEET, quadrant_image
     from transformers import pipeline
+
+    from modeling_umgf.tools.tiny_models import tiny_ner_pipeline
 
     with tempfile.TemporaryDirectory() as folder:
         tiny_ner_pipeline().save_pretrained(folder)
         on_cpu = pipeline(model=folder, trust_remote_code=True, device="cpu")
         on_device = pipeline(model=folder, trust_remote_code=True, device=device)
-        inputs = [TWEET, {"text": TWEET, "image": quadrant_image()}, "Kawhi Leonard wins"]
+        inputs = [TWEET, {"text": TWEET, "image": colour_image()}, "Kawhi Leonard wins"]
         a, b = on_cpu(inputs, batch_size=3), on_device(inputs, batch_size=3)
     if [[(e["entity_group"], e["start"], e["end"]) for e in r] for r in a] != [
         [(e["entity_group"], e["start"], e["end"]) for e in r] for r in b
@@ -183,10 +190,6 @@ def check_pipeline(device: str) -> dict[str, Any]:
 
 def check_inference_precision(device: str) -> dict[str, Any]:
     import copy
-
-    from inference_fixtures import tiny_ner_model
-    from processor_fixtures import tiny_processor
-    from test_pipeline import TWEET, quadrant_image
 
     from modeling_umgf.pipeline_umgf import MultimodalNERPipeline
     from modeling_umgf.precision import resolve_precision
@@ -214,7 +217,7 @@ def check_inference_precision(device: str) -> dict[str, Any]:
         pipe = MultimodalNERPipeline(
             model=tiny_ner_model(), processor=tiny_processor("grid"), device=device, precision=precision
         )
-        tags[precision] = [w["tag"] for w in pipe(TWEET, image=quadrant_image(), return_words=True)["words"]]
+        tags[precision] = [w["tag"] for w in pipe(TWEET, image=colour_image(), return_words=True)["words"]]
     if tags["bf16"] != tags["fp32"]:
         raise AssertionError(f"pipeline tags differ: {tags}")
     report["pipeline_words"] = len(tags["fp32"])
@@ -222,8 +225,6 @@ def check_inference_precision(device: str) -> dict[str, Any]:
 
 
 def speed_table(device: str, quick: bool) -> dict[str, Any]:
-    from bench_common import build_model, make_batch, sample_batches, twitter_tweets
-
     device_type = torch.device(device).type
     pool, _ = twitter_tweets()
     rows: dict[str, Any] = {}
