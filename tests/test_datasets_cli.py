@@ -19,6 +19,7 @@ from twitter_fixtures import (
     SPLIT_FILES,
     count_entities,
     expected_rows,
+    export_fixture_text,
     parse_fixture,
     undecoded_rows,
     write_image,
@@ -85,20 +86,6 @@ def test_cli_build_round_trip_and_stats(
     tweets_row = "| Tweets | " + " | ".join(str(c[1]) for c in counts) + " |"
     assert tweets_row in table
     assert tweets_row in card_text
-
-
-def export_fixture_text(
-    out: Path, config: str, *extra: str, monkeypatch: pytest.MonkeyPatch | None = None
-) -> list[tuple[Path, str]]:
-    """`python -m datasets_scripts build` of one config of the fixture text (no images) into ``out``; with
-    ``--push_to_hub`` in ``extra``, the upload is replaced (by ``monkeypatch``) by a record of (folder, repo id)."""
-    pushed: list[tuple[Path, str]] = []
-    if monkeypatch is not None:
-        monkeypatch.setattr(
-            cli, "push_folder_to_hub", lambda folder, repo_id, private: pushed.append((folder, repo_id)) or "url"
-        )
-    cli.main(["build", "--data_dir", str(FIXTURES), "--output_dir", str(out), "--configs", config, *extra])
-    return pushed
 
 
 def test_dataset_card_names_no_local_path_records_its_repo_and_has_a_valid_licence(

@@ -1,6 +1,6 @@
-"""What the GPU needs, checked on the CPU (issue #16): few host-device syncs per step, half-precision models fed by
+"""What the GPU needs, checked on the CPU: few host-device syncs per step, half-precision models fed by
 the collator and the pipeline, the CRF in float32, masks in the queries' dtype, the attention implementations.
-`benchmarks/gpu_check.sh` runs the model tests and training steps on a real GPU."""
+`benchmarks/checks/gpu_check.sh` runs the model tests and training steps on a real GPU."""
 
 from __future__ import annotations
 

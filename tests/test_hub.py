@@ -20,8 +20,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from pathspec import GitIgnoreSpec
-from test_datasets import export_fixture_text
 from test_pipeline import TWEET, quadrant_image
+from twitter_fixtures import export_fixture_text
 
 import train_umgf
 from modeling_umgf.noun_phrases import SPACY_MODELS

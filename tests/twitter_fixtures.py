@@ -1,5 +1,6 @@
 """What the Twitter fixtures under ``fixtures/twitter`` should give, computed independently of datasets_scripts: a
-minimal parser and entity counter, the contract's features, and the plan of the Twitter-2017 images the tests write."""
+minimal parser and entity counter, the contract's features, the plan of the Twitter-2017 images the tests write, and
+an export of the fixture text through ``python -m datasets_scripts build``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import pytest
 from PIL import Image
+
+from datasets_scripts import cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "twitter"
 SPLIT_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
@@ -125,3 +129,17 @@ def expected_rows(config: str, split: str, image_dir: Path | None) -> list[dict]
 
 def undecoded_rows(dataset: datasets.Dataset) -> list[dict]:
     return dataset.cast_column("image", datasets.Image(decode=False)).to_list()
+
+
+def export_fixture_text(
+    out: Path, config: str, *extra: str, monkeypatch: pytest.MonkeyPatch | None = None
+) -> list[tuple[Path, str]]:
+    """`python -m datasets_scripts build` of one config of the fixture text (no images) into ``out``; with
+    ``--push_to_hub`` in ``extra``, the upload is replaced (by ``monkeypatch``) by a record of (folder, repo id)."""
+    pushed: list[tuple[Path, str]] = []
+    if monkeypatch is not None:
+        monkeypatch.setattr(
+            cli, "push_folder_to_hub", lambda folder, repo_id, private: pushed.append((folder, repo_id)) or "url"
+        )
+    cli.main(["build", "--data_dir", str(FIXTURES), "--output_dir", str(out), "--configs", config, *extra])
+    return pushed

@@ -1,8 +1,8 @@
-"""The GPU checks of issue #16, in one process: what must hold on CUDA, and the speed table there.
+"""The GPU checks in one process: what must hold on CUDA, and the speed table there.
 
-    python benchmarks/gpu_check.py [--device cuda] [--output results.json] [--quick]
+    python benchmarks/checks/gpu_check.py [--device cuda] [--output results.json] [--quick]
 
-Run by ``benchmarks/gpu_check.sh`` on a bare GPU machine (see there); ``--device cpu`` is a dry run of the same
+Run by ``benchmarks/checks/gpu_check.sh`` on a bare GPU machine (see there); ``--device cpu`` is a dry run of the same
 code on the CPU. Checks, each a line of the report and an entry of the JSON:
 
 1. the model and the CRF on the device equal them on the CPU (logits, loss, Viterbi, marginals, gradients), for the
@@ -40,7 +40,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for benchmarks.*
 
-from benchmarks.bench_common import build_model, make_batch, sample_batches, twitter_tweets
+from benchmarks.bench_common import build_model, make_batch, median_time, sample_batches, twitter_tweets
 from modeling_umgf import CRF, UMGFConfig, UMGFForTokenClassification
 from modeling_umgf.tools.tiny_models import ragged_batch, tiny_config, tiny_ner_model, tiny_processor
 
@@ -233,16 +233,11 @@ def speed_table(device: str, quick: bool) -> dict[str, Any]:
     repeats = 2 if quick else 5
     batches = [to(make_batch(t, objects=4), device) for t in sample_batches(pool, 16, repeats + 1)]
 
+    synchronize = torch.cuda.synchronize if device_type == "cuda" else None
+
     def timed(fn: Callable[[], None]) -> float:
-        fn()  # warm-up
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / repeats
+        """Median seconds of ``fn`` after one warm-up call, device work included."""
+        return median_time(fn, repeats, synchronize=synchronize)[0]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for precision in ("float32", "bfloat16"):

@@ -6,7 +6,7 @@ batches: paper preset at bert-base-cased / ResNet-152 shape with random weights,
 training-tweet lengths, 4 objects per tweet as cached 2048-d features (the cheapest forward, so the largest share
 the checks can take) and as 224x224 crops.
 
-Example: ``python benchmarks/bench_validation.py --repeats 5``; prints one SUMMARY line and saves
+Example: ``python benchmarks/speed/bench_validation.py --repeats 5``; prints one SUMMARY line and saves
 ``benchmarks/results/validation.json``.
 """
 

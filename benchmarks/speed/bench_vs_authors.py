@@ -1,6 +1,6 @@
 """The model alone, side by side with the authors' code: their MMNerModel against umgf's paper preset, same work.
 
-    python benchmarks/bench_vs_authors.py --authors_code DIR [--repeats 2] [--train-repeats 1]
+    python benchmarks/speed/bench_vs_authors.py --authors_code DIR [--repeats 2] [--train-repeats 1]
 
 ``DIR`` as for ``check_release_equivalence.py`` (their ``ddp_mmner.py``, ``config.py``, ``metric.py``,
 ``model/utils.py``; ``pytorch-crf`` installed). Work: 16 tweets of 32 sub-tokens (30 one-piece words between
@@ -38,11 +38,11 @@ from benchmarks.bench_common import (
     set_threads,
     start_memory_guard,
 )
+from benchmarks.checks.check_release_equivalence import authors_model, theirs_inputs
 
 # isort: split
 
 import torch
-from check_release_equivalence import authors_model, theirs_inputs
 
 from modeling_umgf import LABELS, UMGFConfig, UMGFForTokenClassification
 from modeling_umgf.precision import inference_copy
