@@ -28,7 +28,7 @@ Sub-commands (each measurement in a fresh process, so that its peak RSS is its o
   pass on CPU), and each change alone, on the same images, alternating; whether the boxes are the same; then the
   faster settings (``image_size``) with their cost and their box agreement with the default.
 - ``suite``: ``prepare``, then every row of ``SUITE`` in a fresh process; saves
-  ``benchmarks/results/<--output>.json`` after every row and prints a table and a ``SUMMARY`` line.
+  ``benchmarks/results/pipeline.json`` after every row and prints a table and a ``SUMMARY`` line.
 
 Example: ``python benchmarks/speed/bench_pipeline.py suite --only detector profile-b1``
 """
@@ -512,7 +512,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     detector.add_argument("--repeats", type=int, default=2)
     suite = sub.add_parser("suite", help="prepare, then every SUITE row in a fresh process")
     suite.add_argument("--only", nargs="*", default=None, choices=sorted(SUITE))
-    suite.add_argument("--output", default="pipeline")
     return parser.parse_args(argv)
 
 
@@ -546,7 +545,7 @@ def main(argv: list[str]) -> None:
         return
     prepare()
     names = args.only or list(SUITE)
-    path = RESULTS_DIR / f"{args.output}.json"
+    path = RESULTS_DIR / "pipeline.json"
     payload: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"results": {}}
     for name in names:
         try:
@@ -554,7 +553,7 @@ def main(argv: list[str]) -> None:
         except Exception as error:  # one failed configuration must not lose the others
             row = {"error": str(error)[-2000:]}
         payload["results"][name] = row
-        save_results(args.output, payload)
+        save_results("pipeline", payload)
         print(
             f"{name:24s} {row.get('seconds', '-'):>8} s  {row.get('posts_per_second', '-'):>8} posts/s  "
             f"peak {row.get('peak_rss_gib', '-')} GiB  load {row.get('loadavg_before', '-')}  "
