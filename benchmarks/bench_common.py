@@ -1,5 +1,6 @@
-"""Shared pieces of the UMGF benchmarks: the machine, realistic tweet lengths, model and batch builders,
-and one-configuration-per-process measurement of time and peak memory.
+"""Shared pieces of the UMGF benchmarks: the machine, realistic tweet lengths, model and batch builders, the one
+timer (`timed`, `median_time` and `StageTimer`: wall and process CPU seconds) and one-configuration-per-process
+measurement of time and peak memory.
 
 Every measured configuration runs in a fresh Python process (``run_isolated``), so its peak resident set
 size (``resource.getrusage(...).ru_maxrss``) belongs to that configuration alone. Weights are random
@@ -14,6 +15,7 @@ downloaded here; without that package, the count falls back to ``words x SUBTOKE
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -148,7 +150,8 @@ def length_stats(tweets: list[Tweet]) -> dict[str, float]:
 
 
 def fixed_tweets(num: int, subtokens: int = 32) -> list[Tweet]:
-    """The issue's reference shape: tweets of exactly ``subtokens`` sub-tokens ([CLS] + one-piece words + [SEP])."""
+    """The reference shape of the authors' code: tweets of exactly ``subtokens`` sub-tokens ([CLS] + one-piece
+    words + [SEP])."""
     return [Tweet([-1] + list(range(subtokens - 2)) + [-1]) for _ in range(num)]
 
 
@@ -211,24 +214,73 @@ def build_model(preset: str = "paper", seed: int = 0, **overrides: Any) -> UMGFF
     return UMGFForTokenClassification(UMGFConfig.from_preset(preset, **overrides))
 
 
+def timed(fn: Callable[[], Any], synchronize: Callable[[], Any] | None = None) -> tuple[Any, float, float]:
+    """``fn()``, its wall and process CPU seconds (user + system, all threads); ``synchronize`` (e.g.
+    ``torch.cuda.synchronize``) runs before and after, so that device work is counted."""
+    if synchronize is not None:
+        synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    if synchronize is not None:
+        synchronize()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
 def median_time(
-    fn: Callable[[], Any], repeats: int, warmup: int = 1
+    fn: Callable[[], Any], repeats: int, warmup: int = 1, synchronize: Callable[[], Any] | None = None
 ) -> tuple[float, list[float], list[float], list[float]]:
     """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls, the wall times and the process
-    CPU times (user + system, all threads) of the timed calls, and the wall times of the warm-up calls (they
-    include any compilation)."""
-    warmup_times = []
-    for _ in range(warmup):
-        start = time.perf_counter()
-        fn()
-        warmup_times.append(time.perf_counter() - start)
+    CPU times of the timed calls, and the wall times of the warm-up calls (they include any compilation)."""
+    warmup_times = [timed(fn, synchronize)[1] for _ in range(warmup)]
     times, cpu = [], []
     for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
+        _, wall, cpu_seconds = timed(fn, synchronize)
+        times.append(wall)
+        cpu.append(cpu_seconds)
     return statistics.median(times), times, cpu, warmup_times
+
+
+class StageTimer:
+    """Wall and CPU seconds spent in named stages of a run: module forwards (hooks) and functions (wrappers).
+
+    Times are inclusive (a stage inside another counts in both); callers subtract the nested ones.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = {}  # name -> [wall, cpu]
+        self._open: dict[str, list[tuple[float, float]]] = {}
+
+    def begin(self, name: str) -> None:
+        self._open.setdefault(name, []).append((time.perf_counter(), time.process_time()))
+
+    def end(self, name: str) -> None:
+        wall, cpu = self._open[name].pop()
+        total = self.seconds.setdefault(name, [0.0, 0.0])
+        total[0] += time.perf_counter() - wall
+        total[1] += time.process_time() - cpu
+
+    def module(self, name: str, module: torch.nn.Module) -> None:
+        module.register_forward_pre_hook(lambda *_: self.begin(name))
+        module.register_forward_hook(lambda *_: self.end(name))
+
+    def function(self, name: str, owner: Any, attribute: str) -> None:
+        original = getattr(owner, attribute)
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            self.begin(name)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.end(name)
+
+        setattr(owner, attribute, timed_call)
+
+    def get(self, name: str) -> tuple[float, float]:
+        wall, cpu = self.seconds.get(name, (0.0, 0.0))
+        return wall, cpu
+
+    def reset(self) -> None:
+        self.seconds.clear()
 
 
 def gemm_gflops(seconds: float = 0.5, size: int = 1024) -> float:
@@ -285,7 +337,7 @@ def run_isolated(
         raise RuntimeError(
             f"{script.name} {' '.join(args)} printed no result (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
         )
-    result = json.loads(lines[-1])
+    result = {"date": today(), **json.loads(lines[-1])}
     result["loadavg_before"] = [round(x, 2) for x in before]
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     if env:
@@ -293,8 +345,14 @@ def run_isolated(
     return result
 
 
+def today() -> str:
+    """Today's UTC date, ISO format: every result carries the date it was measured."""
+    return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
 def save_results(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``results/<name>.json``, the one file of that measurement, dated (``date``: when it was written)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps({**payload, "date": today()}, indent=2) + "\n")
     return path

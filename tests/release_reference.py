@@ -1,6 +1,6 @@
 """An independent, plain implementation of the authors' released UMGF network (MMNerModel of ddp_mmner.py in
 github.com/TransformersWsz/UMGF), at tiny size, with their module names, so its ``state_dict()`` has the key names
-and shapes of their checkpoints. Written from the description of their network (the review in the issue and the
+and shapes of their checkpoints. Written from the description of their network (a review of their code and the
 paper), with loops and explicit tensors instead of this package's fused layers: separate query / key / value maps,
 object attention with no value or output map, ``Linear(2d, d)`` gates on concatenations, LayerNorm after every
 residual sum, a CRF over every sub-token (forward algorithm and Viterbi written per sentence)."""

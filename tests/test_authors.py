@@ -9,10 +9,8 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import tiny_encoders
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from processor_fixtures import tiny_tokenizer
 from seqeval.metrics import classification_report
 
 from datasets_scripts.authors_format import (
@@ -26,6 +24,7 @@ from datasets_scripts.umt_format import TwitterFormatError
 from modeling_umgf import UMGFConfig, UMGFForTokenClassification
 from modeling_umgf.schema import dataset_features
 from modeling_umgf.tools.metrics import authors_chunks, authors_entity_scores
+from modeling_umgf.tools.tiny_models import tiny_encoders, tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "twitter"
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline
+from helpers import saved_tiny_ner_folder
 from PIL import Image
 from test_pipeline import TWEET, count_decodes, quadrant_image
 
 from modeling_umgf.tools.cli import main
+from modeling_umgf.tools.tiny_models import tiny_ner_pipeline
 from modeling_umgf.visualization import BOX_WIDTH, MIN_SIDE, OTHER_COLOUR, TYPE_COLOURS
 
 TEXT = "Kawhi Leonard wins the fan vote"

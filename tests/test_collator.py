@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import torch
-from conftest import TINY_IMAGE, tiny_config
 from PIL import Image
-from processor_fixtures import tiny_processor, tiny_tokenizer
 
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.image_processing_umgf import UMGFImageProcessor
 from modeling_umgf.processing_umgf import UMGFProcessor
+from modeling_umgf.tools.tiny_models import TINY_IMAGE, tiny_config, tiny_processor, tiny_tokenizer
 
 SAMPLES = [  # (words, labels, (phrase span, box) per object): different lengths and object counts
     (

@@ -1,43 +1,18 @@
-"""What the GPU needs, checked on the CPU (issue #16): few host-device syncs per step, half-precision models fed by
+"""What the GPU needs, checked on the CPU: few host-device syncs per step, half-precision models fed by
 the collator and the pipeline, the CRF in float32, masks in the queries' dtype, the attention implementations.
-`benchmarks/gpu_check.sh` runs the model tests and training steps on a real GPU."""
+`benchmarks/checks/gpu_check.sh` runs the model tests and training steps on a real GPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import transformers
-from conftest import TINY_IMAGE, tiny_config
-from inference_fixtures import saved_tiny_ner_folder
+from helpers import saved_tiny_ner_folder
 from sync_counting import SyncCounter
 from transformers import pipeline
 
 from modeling_umgf import CRF, UMGFForTokenClassification
-
-
-def ragged_batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A batch the text packing packs: one long and three short sentences, crops for three of them."""
-    g = torch.Generator().manual_seed(seed)
-    lengths, tokens = [14, 4, 5, 3], 14
-    input_ids = torch.zeros(4, tokens, dtype=torch.long)
-    word_ids = torch.full((4, tokens), -1)
-    for b, n in enumerate(lengths):
-        input_ids[b, :n] = torch.randint(5, 100, (n,), generator=g)
-        word_ids[b, 1 : n - 1] = torch.arange(n - 2)
-    attention_mask = (input_ids != 0).long()
-    labels = torch.full((4, tokens - 2), -100)
-    for b, n in enumerate(lengths):
-        labels[b, : n - 2] = torch.randint(0, 9, (n - 2,), generator=g)
-    object_mask = torch.tensor([[1, 1], [1, 0], [0, 0], [1, 1]])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "word_ids": word_ids,
-        "labels": labels,
-        "pixel_values": torch.randn(4, 2, 3, TINY_IMAGE, TINY_IMAGE, generator=g),
-        "object_mask": object_mask,
-        "inter_modal_adjacency": attention_mask.bool().unsqueeze(-1) & object_mask.bool().unsqueeze(1),
-    }
+from modeling_umgf.tools.tiny_models import ragged_batch, tiny_config
 
 
 def test_the_sync_counter_sees_syncs() -> None:

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import save_tiny_grounding_dino
 from PIL import Image
-from processor_fixtures import save_tiny_grounding_dino, tiny_processor
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 from transformers.models.grounding_dino.modeling_grounding_dino import MultiScaleDeformableAttention
 
@@ -23,6 +23,7 @@ from modeling_umgf.grounder_registry import build_grounder
 from modeling_umgf.grounding import Grounding
 from modeling_umgf.model_free_grounding import GridGrounder, PrecomputedGrounder
 from modeling_umgf.noun_phrases import NounPhraseExtractor, Phrase
+from modeling_umgf.tools.tiny_models import tiny_processor
 
 KOHL = ["Photo", "of", "Helmut", "Kohl", "at", "the", "Brandenburg", "gate"]
 LEONARD = ["Leonard", "wins"]

@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline
+from helpers import saved_tiny_ner_folder
 from test_pipeline import TWEET, quadrant_image
+
+from modeling_umgf.tools.tiny_models import tiny_ner_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,21 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import run_without_package, save_tiny_text_encoder
+from helpers import run_without_package, save_tiny_text_encoder
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import filter_repo_objects
-from inference_fixtures import tiny_ner_pipeline
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from pathspec import GitIgnoreSpec
-from test_datasets import export_fixture_text
 from test_pipeline import TWEET, quadrant_image
+from twitter_fixtures import export_fixture_text
 
 import train_umgf
 from modeling_umgf.noun_phrases import SPACY_MODELS
 from modeling_umgf.tools import hub
+from modeling_umgf.tools.tiny_models import tiny_ner_pipeline
 
 RESULTS = {
     "best_epoch": 3,
@@ -352,10 +352,8 @@ def test_the_card_counts_the_sentences_and_epochs_a_run_used(tmp_path) -> None:
 
 
 def test_a_text_only_models_card_describes_no_image_fusion_and_names_its_encoder(tmp_path) -> None:
-    from conftest import tiny_config
-    from processor_fixtures import tiny_processor
-
     from modeling_umgf import UMGFForTokenClassification
+    from modeling_umgf.tools.tiny_models import tiny_config, tiny_processor
 
     model = UMGFForTokenClassification(tiny_config(use_visual=False)).eval()
     model.config.text_config._name_or_path = str(tmp_path / "all-MiniLM-L6-v2" / "model")

@@ -11,9 +11,8 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, tiny_inputs
+from helpers import saved_tiny_ner_folder
 from hypothesis import given, settings
-from inference_fixtures import saved_tiny_ner_folder
 from PIL import Image
 
 from modeling_umgf import UMGFForTokenClassification
@@ -21,6 +20,7 @@ from modeling_umgf.input_checks import finite_objects
 from modeling_umgf.model_free_grounding import GridGrounder
 from modeling_umgf.tools.cli import main as predict_main
 from modeling_umgf.tools.loading import load_saved
+from modeling_umgf.tools.tiny_models import tiny_config, tiny_inputs
 
 
 def build(**overrides) -> UMGFForTokenClassification:
@@ -70,7 +70,7 @@ def test_non_finite_object_features_are_an_error_in_real_slots_and_ignored_in_pa
 
 
 def test_a_string_of_words_is_refused(tmp_path_factory) -> None:
-    from processor_fixtures import tiny_processor
+    from modeling_umgf.tools.tiny_models import tiny_processor
 
     with pytest.raises(ValueError, match="got the string 'Photo of Berlin': pass raw text as text="):
         tiny_processor()(words="Photo of Berlin")

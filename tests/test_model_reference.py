@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from conftest import RELEASE_SWITCHES, TINY_IMAGE, tiny_config
+from helpers import RELEASE_SWITCHES
 
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.modeling_umgf import (
@@ -24,6 +24,7 @@ from modeling_umgf.modeling_umgf import (
     sinusoidal_position_encoding,
 )
 from modeling_umgf.schema import RELEASE_TOKEN_LABELS
+from modeling_umgf.tools.tiny_models import TINY_IMAGE, tiny_config
 
 # float64 throughout, but the position encoding is computed in float32 (then cast), ~1e-8 off its formula
 TIGHT = {"rtol": 1e-7, "atol": 1e-7}

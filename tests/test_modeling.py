@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import TINY_IMAGE, run_without_package, tiny_config, tiny_inputs
+from helpers import run_without_package
 from safetensors.torch import save_file
 from transformers import (
     AutoConfig,
@@ -34,6 +34,7 @@ from modeling_umgf.modeling_umgf import (
 )
 from modeling_umgf.multimodal_graph import batch_adjacency
 from modeling_umgf.schema import RELEASE_TOKEN_LABELS
+from modeling_umgf.tools.tiny_models import TINY_IMAGE, tiny_config, tiny_inputs
 
 TAGS = list(RELEASE_TOKEN_LABELS)
 

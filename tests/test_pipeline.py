@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from inference_fixtures import QUADRANT_SIZE, saved_tiny_ner_folder, tiny_ner_pipeline
+from helpers import QUADRANT_SIZE, saved_tiny_ner_folder
 from PIL import Image
 from seqeval.metrics.sequence_labeling import get_entities
 from transformers import pipeline
@@ -17,6 +17,7 @@ from transformers import pipeline
 from modeling_umgf import CRF, LABELS, UMGFForTokenClassification
 from modeling_umgf.pipeline_umgf import MultimodalNERPipeline, register_pipeline
 from modeling_umgf.processing_umgf import word_offsets
+from modeling_umgf.tools.tiny_models import tiny_ner_pipeline
 
 TWEET = "🔥🔥 #NBA: Kawhi Leonard wins!! https://t.co/AbC 😀"
 # hand-counted code point offsets of the processor's words (emoji = 1 character each)
@@ -379,10 +380,8 @@ def test_the_result_is_always_a_list_of_entities(pipe) -> None:
 
 
 def test_a_model_without_a_visual_branch_ignores_images_with_one_warning(monkeypatch, caplog) -> None:
-    from conftest import tiny_config
-    from processor_fixtures import tiny_processor
-
     from modeling_umgf import detector_grounding, pipeline_umgf
+    from modeling_umgf.tools.tiny_models import tiny_config, tiny_processor
 
     def no_detector(*args, **kwargs):
         raise AssertionError("a text-only model must not build or run a grounder")

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_inputs
-from inference_fixtures import saved_tiny_ner_folder, tiny_ner_model, tiny_ner_pipeline
-from processor_fixtures import tiny_processor
+from helpers import saved_tiny_ner_folder
 from test_pipeline import TWEET, quadrant_image
 from torch import nn
 
@@ -24,6 +22,7 @@ from modeling_umgf.model_free_grounding import GridGrounder
 from modeling_umgf.pipeline_umgf import MultimodalNERPipeline
 from modeling_umgf.precision import PRECISIONS, inference_copy, quantize_linear_int8, resolve_precision
 from modeling_umgf.tools.cli import build_parser, load_pipeline
+from modeling_umgf.tools.tiny_models import tiny_config, tiny_inputs, tiny_ner_model, tiny_ner_pipeline, tiny_processor
 
 
 def set_cpu_flags(monkeypatch, avx512_bf16: bool, amx: bool) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_without_package
+from helpers import run_without_package
 from PIL import Image
-from processor_fixtures import VOCAB, tiny_processor, tiny_tokenizer
 
 from modeling_umgf.grounder_registry import build_grounder
+from modeling_umgf.tools.tiny_models import VOCAB, tiny_processor, tiny_tokenizer
 
 KOHL = ["Photo", "of", "Helmut", "Kohl", "at", "the", "Brandenburg", "gate"]
 KOHL_TAGS = ["O", "O", "B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"]

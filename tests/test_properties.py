@@ -20,11 +20,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-from conftest import RELEASE_SWITCHES, TINY_IMAGE, tiny_config
+from helpers import RELEASE_SWITCHES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modeling_umgf import UMGFForTokenClassification
+from modeling_umgf.tools.tiny_models import TINY_IMAGE, tiny_config
 
 PROPERTY = settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 TIGHT = {"rtol": 1e-9, "atol": 1e-9}

@@ -9,9 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_bert_config
 from PIL import Image
-from processor_fixtures import VOCAB, tiny_tokenizer
 from release_reference import TAGS, ReferenceRelease
 from transformers import AutoModelForTokenClassification, AutoProcessor, pipeline
 
@@ -19,6 +17,7 @@ from datasets_scripts.release_crops import CROP_FILES, attach_release_crops, cro
 from modeling_umgf import LABELS, UMGFConfig, UMGFForTokenClassification
 from modeling_umgf.schema import dataset_features, empty_grounding
 from modeling_umgf.tools.convert_original_checkpoint import convert, main
+from modeling_umgf.tools.tiny_models import VOCAB, tiny_bert_config, tiny_tokenizer
 
 BERT = tiny_bert_config(vocab_size=len(VOCAB))
 # three tweets: (sub-tokens of each word, their word tags); lengths differ, some words have several pieces
@@ -205,7 +204,7 @@ def test_without_a_tokenizer_the_model_is_converted_from_its_shapes(tmp_path, co
 
 def test_token_tags_are_the_authors_labels() -> None:
     """[CLS] -> CLS, a word's first piece -> its tag (MISC as OTHER), its other pieces -> X, [SEP] -> SEP."""
-    from conftest import tiny_config
+    from modeling_umgf.tools.tiny_models import tiny_config
 
     config = tiny_config(
         **{
@@ -236,7 +235,7 @@ def write_crops(folder: Path, image_id: str, seed: int, skip: str | None = None)
 
 
 def test_released_crops_become_the_tweets_objects(tmp_path) -> None:
-    from processor_fixtures import tiny_processor
+    from modeling_umgf.tools.tiny_models import tiny_processor
 
     crops = {"101": write_crops(tmp_path, "101", 0), "102": write_crops(tmp_path, "102", 10, skip="location")}
     rows = [
@@ -278,8 +277,9 @@ def test_token_level_scores_equal_brute_force_over_sub_token_paths() -> None:
     path (13^4 of them) by how the path reads at the words' first sub-tokens."""
     import itertools
 
-    from conftest import tiny_config
     from seqeval.metrics.sequence_labeling import get_entities
+
+    from modeling_umgf.tools.tiny_models import tiny_config
 
     release = UMGFConfig.from_preset("release").to_diff_dict()
     config = tiny_config(**{k: release[k] for k in ("crf_level", "token_labels", "loss_reduction")})
@@ -373,9 +373,8 @@ def test_evaluating_a_converted_checkpoint_on_released_crops_is_one_command(tmp_
 
 def test_token_level_tags_and_marginals_of_a_batch() -> None:
     """A first word of two pieces is tagged and X like any other; a batch's per-word marginals are each sentence's."""
-    from conftest import tiny_config
-
     from modeling_umgf.modeling_umgf import word_layout
+    from modeling_umgf.tools.tiny_models import tiny_config
 
     release = UMGFConfig.from_preset("release").to_diff_dict()
     torch.manual_seed(1)

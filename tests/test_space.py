@@ -13,8 +13,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queue
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from inference_fixtures import saved_tiny_ner_folder, tiny_ner_pipeline  # noqa: E402
+from helpers import saved_tiny_ner_folder  # noqa: E402
 from test_pipeline import TWEET, quadrant_image  # noqa: E402
+
+from modeling_umgf.tools.tiny_models import tiny_ner_pipeline  # noqa: E402
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 

@@ -26,7 +26,6 @@ if not (CHROMIUM and DRIVER):
 
 import json  # noqa: E402
 
-from inference_fixtures import tiny_ner_pipeline  # noqa: E402
 from PIL import Image  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -34,6 +33,7 @@ from test_pipeline import quadrant_image  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
 from modeling_umgf.tools import hub  # noqa: E402
+from modeling_umgf.tools.tiny_models import tiny_ner_pipeline  # noqa: E402
 
 
 def free_port() -> int:

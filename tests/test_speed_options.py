@@ -13,10 +13,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_inputs
 
 from modeling_umgf import UMGFForTokenClassification
 from modeling_umgf.modeling_umgf import UMGFFusionLayer
+from modeling_umgf.tools.tiny_models import tiny_config, tiny_inputs
 
 
 def build(seed: int = 0, **overrides) -> UMGFForTokenClassification:

@@ -11,7 +11,6 @@ import re
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_config, tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.version import Version
@@ -29,6 +28,7 @@ from modeling_umgf.text_packing import (
     pack_rows,
     positions_separate_sequences,
 )
+from modeling_umgf.tools.tiny_models import tiny_bert_config, tiny_config
 
 LENGTHS = [12, 3, 5, 2, 12, 4, 9]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_text_encoder
+from helpers import save_tiny_text_encoder
 from safetensors.torch import load_file
 from seqeval.metrics import f1_score
 
@@ -155,7 +155,7 @@ def test_compare_predictions_prefers_images(trained, capsys):
 
 
 def test_checkpoint_with_other_labels_is_refused(tmp_path):
-    from conftest import tiny_config
+    from modeling_umgf.tools.tiny_models import tiny_config
 
     labels = ["O", "B-X", "I-X"]
     UMGFForTokenClassification(
@@ -228,7 +228,7 @@ def test_the_saved_model_reads_raw_test_images_in_a_clean_process(trained, tmp_p
     """The main job's model, given the test images as pixels (no grounding) through
     pipeline(model=folder, trust_remote_code=True) where umgf cannot be imported, scores what the run scored: its
     symbols grounder finds the same objects at inference as in training."""
-    from conftest import run_without_package
+    from helpers import run_without_package
 
     processor = UMGFProcessor.from_pretrained(trained)
     assert processor.grounder == "symbols" and "look" in processor.grounder_kwargs["function_words"]
@@ -375,7 +375,7 @@ def test_run_ner_no_trainer_habits(tmp_path, monkeypatch):
     """A plain encoder as --model_name_or_path is the text encoder; a one-config dataset needs no config name;
     other column names come with --text_column_name / --label_column_name; --with_tracking, --num_warmup_steps."""
     import datasets
-    from conftest import save_tiny_text_encoder
+    from helpers import save_tiny_text_encoder
 
     import train_umgf as script
     from modeling_umgf.tools import training_args

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# The GPU check of issue #16: one prepared script, at most 5 minutes, for a bare GPU machine whose python3 already
+# The GPU check: one prepared script, at most 5 minutes, for a bare GPU machine whose python3 already
 # has torch, transformers, timm and accelerate (and nothing can be downloaded there).
 #
-#   bash benchmarks/gpu_check.sh --wheels   # here, with the package registry: the pure-Python packages the check
+#   bash benchmarks/checks/gpu_check.sh --wheels   # here, with the package registry: the pure-Python packages the check
 #                                           # needs that such a machine lacks, as wheels in .whl/ (git-ignored)
-#   bash benchmarks/gpu_check.sh            # there: installs .whl/ into /tmp/site, then runs
-#                                           # benchmarks/gpu_check.py (model and CRF on CUDA vs CPU, syncs per
+#   bash benchmarks/checks/gpu_check.sh            # there: installs .whl/ into /tmp/site, then runs
+#                                           # benchmarks/checks/gpu_check.py (model and CRF on CUDA vs CPU, syncs per
 #                                           # step, bf16/fp16 training steps, the pipeline, the inference precision
 #                                           # switch, the speed table)
 #
 # The report goes to $OUT/gpu_check.json when $OUT is set (the device tool's output folder), else to
 # benchmarks/results/gpu_check.json. Record figures in BENCHMARKS.md only when measured on a GPU.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 # Not on the GPU image (checked against its package list in the device tool's KINDS.md): datasets and what it
 # needs beyond that image, seqeval. Versions as installed here.
 WHEELS=(datasets dill multiprocess seqeval)
@@ -40,4 +40,4 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 report="${OUT:-benchmarks/results}/gpu_check.json"
 mkdir -p "$(dirname "$report")"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 290 python3 benchmarks/gpu_check.py --device cuda --output "$report"
+timeout 290 python3 benchmarks/checks/gpu_check.py --device cuda --output "$report"

@@ -8,7 +8,7 @@ folded into the convolutions (``torch.fx`` fuse), TorchInductor with frozen weig
 plus OpenVINO fp32. A path whose library is not installed is reported as skipped. Each runs in a fresh
 process; the time is the best of 5 after one warm-up call, and ``max_abs_diff`` is against eager NCHW.
 
-Usage: ``python benchmarks/bench_backbone.py [--crops 16] [--only NAME ...]``; results go to
+Usage: ``python benchmarks/speed/bench_backbone.py [--crops 16] [--only NAME ...]``; results go to
 ``benchmarks/results/backbone.json``.
 """
 
@@ -18,13 +18,16 @@ import argparse
 import importlib.util
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import RESULTS_DIR, gemm_gflops, machine, run_isolated, save_results, set_threads, timed
+
+# isort: split
+
 import torch
-from bench_common import RESULTS_DIR, gemm_gflops, machine, run_isolated, save_results, set_threads
 
 REPEATS = 5
 #: variant -> the optional module it needs (None: torch alone).
@@ -102,16 +105,14 @@ def measure(variant: str, crops: int) -> dict[str, Any]:
     with torch.no_grad():  # not inference_mode: PT2E's quantised convolutions cannot be traced under it
         reference = model(example)
     gflops = gemm_gflops()
-    start = time.perf_counter()
     with torch.no_grad():
-        fn, x = build(variant, model, example)
-        out = fn(x)  # warm-up (and compilation, for compiled paths)
-        prepare = time.perf_counter() - start
+        (fn, x), build_seconds, _ = timed(lambda: build(variant, model, example))
+        out, warmup_seconds, _ = timed(lambda: fn(x))  # warm-up (and compilation, for compiled paths)
+        prepare = build_seconds + warmup_seconds
         times = []
         for _ in range(REPEATS):
-            start = time.perf_counter()
-            out = fn(x)
-            times.append(time.perf_counter() - start)
+            out, seconds, _ = timed(lambda: fn(x))
+            times.append(seconds)
     best = min(times)
     return {
         "variant": variant,

@@ -28,9 +28,9 @@ Sub-commands (each measurement in a fresh process, so that its peak RSS is its o
   pass on CPU), and each change alone, on the same images, alternating; whether the boxes are the same; then the
   faster settings (``image_size``) with their cost and their box agreement with the default.
 - ``suite``: ``prepare``, then every row of ``SUITE`` in a fresh process; saves
-  ``benchmarks/results/<--output>.json`` after every row and prints a table and a ``SUMMARY`` line.
+  ``benchmarks/results/pipeline.json`` after every row and prints a table and a ``SUMMARY`` line.
 
-Example: ``python benchmarks/bench_pipeline.py suite --only detector profile-b1``
+Example: ``python benchmarks/speed/bench_pipeline.py suite --only detector profile-b1``
 """
 
 from __future__ import annotations
@@ -43,22 +43,27 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from bench_common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
     REPO,
     RESULTS_DIR,
+    StageTimer,
     machine,
     peak_rss_gib,
     run_isolated,
     save_results,
     set_threads,
+    timed,
     wordpiece_tokenizer,
 )
+
+# isort: split
+
+import torch
 from PIL import Image, ImageDraw
 
 WORK = REPO / "outputs" / "bench_pipeline"
@@ -183,13 +188,6 @@ def read_posts(count: int) -> list[dict[str, Any]]:
     return [{**post, "image": str(WORK / post["image"])} for post in posts]
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """``fn()``, its wall and process CPU seconds."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
-
-
 def load_pipeline(precision: str = "auto"):
     """The model folder's pipeline, loaded the way ``umgf-predict`` loads it, at inference ``precision``."""
     from modeling_umgf.tools.cli import load_pipeline as cli_load_pipeline
@@ -246,49 +244,6 @@ def measure_run(args: argparse.Namespace) -> dict[str, Any]:
         entities=sum(len(result["entities"]) for result in results),
     )
     return row
-
-
-class StageTimer:
-    """Wall and CPU seconds spent in named stages of a run: module forwards (hooks) and functions (wrappers).
-
-    Times are inclusive (a stage inside another counts in both); `profile` subtracts the nested ones.
-    """
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, list[float]] = {}  # name -> [wall, cpu]
-        self._open: dict[str, list[tuple[float, float]]] = {}
-
-    def begin(self, name: str) -> None:
-        self._open.setdefault(name, []).append((time.perf_counter(), time.process_time()))
-
-    def end(self, name: str) -> None:
-        wall, cpu = self._open[name].pop()
-        total = self.seconds.setdefault(name, [0.0, 0.0])
-        total[0] += time.perf_counter() - wall
-        total[1] += time.process_time() - cpu
-
-    def module(self, name: str, module: torch.nn.Module) -> None:
-        module.register_forward_pre_hook(lambda *_: self.begin(name))
-        module.register_forward_hook(lambda *_: self.end(name))
-
-    def function(self, name: str, owner: Any, attribute: str) -> None:
-        original = getattr(owner, attribute)
-
-        def timed_call(*args: Any, **kwargs: Any) -> Any:
-            self.begin(name)
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.end(name)
-
-        setattr(owner, attribute, timed_call)
-
-    def get(self, name: str) -> tuple[float, float]:
-        wall, cpu = self.seconds.get(name, (0.0, 0.0))
-        return wall, cpu
-
-    def reset(self) -> None:
-        self.seconds.clear()
 
 
 class Recorder:
@@ -557,7 +512,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     detector.add_argument("--repeats", type=int, default=2)
     suite = sub.add_parser("suite", help="prepare, then every SUITE row in a fresh process")
     suite.add_argument("--only", nargs="*", default=None, choices=sorted(SUITE))
-    suite.add_argument("--output", default="pipeline")
     return parser.parse_args(argv)
 
 
@@ -591,7 +545,7 @@ def main(argv: list[str]) -> None:
         return
     prepare()
     names = args.only or list(SUITE)
-    path = RESULTS_DIR / f"{args.output}.json"
+    path = RESULTS_DIR / "pipeline.json"
     payload: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"results": {}}
     for name in names:
         try:
@@ -599,7 +553,7 @@ def main(argv: list[str]) -> None:
         except Exception as error:  # one failed configuration must not lose the others
             row = {"error": str(error)[-2000:]}
         payload["results"][name] = row
-        save_results(args.output, payload)
+        save_results("pipeline", payload)
         print(
             f"{name:24s} {row.get('seconds', '-'):>8} s  {row.get('posts_per_second', '-'):>8} posts/s  "
             f"peak {row.get('peak_rss_gib', '-')} GiB  load {row.get('loadavg_before', '-')}  "

@@ -1,8 +1,8 @@
-"""The GPU checks of issue #16, in one process: what must hold on CUDA, and the speed table there.
+"""The GPU checks in one process: what must hold on CUDA, and the speed table there.
 
-    python benchmarks/gpu_check.py [--device cuda] [--output results.json] [--quick]
+    python benchmarks/checks/gpu_check.py [--device cuda] [--output results.json] [--quick]
 
-Run by ``benchmarks/gpu_check.sh`` on a bare GPU machine (see there); ``--device cpu`` is a dry run of the same
+Run by ``benchmarks/checks/gpu_check.sh`` on a bare GPU machine (see there); ``--device cpu`` is a dry run of the same
 code on the CPU. Checks, each a line of the report and an entry of the JSON:
 
 1. the model and the CRF on the device equal them on the CPU (logits, loss, Viterbi, marginals, gradients), for the
@@ -34,15 +34,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for benchmarks.*
 
-from conftest import tiny_config  # noqa: E402
-from test_gpu_readiness import ragged_batch  # noqa: E402
+from benchmarks.bench_common import build_model, make_batch, median_time, sample_batches, twitter_tweets
+from modeling_umgf import CRF, UMGFConfig, UMGFForTokenClassification
+from modeling_umgf.tools.tiny_models import ragged_batch, tiny_config, tiny_ner_model, tiny_processor
 
-from modeling_umgf import CRF, UMGFConfig, UMGFForTokenClassification  # noqa: E402
+TWEET = "Photo of Helmut Kohl at the Brandenburg Gate #Berlin rocks!"
+
+
+def colour_image() -> Image.Image:
+    """A 120 x 90 picture of random colours (fixed seed)."""
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
 
 
 def to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
@@ -161,15 +168,15 @@ def check_mixed_precision(device: str) -> dict[str, Any]:
 
 
 def check_pipeline(device: str) -> dict[str, Any]:
-    from inference_fixtures import tiny_ner_pipeline
-    from test_pipeline import TWEET, quadrant_image
     from transformers import pipeline
+
+    from modeling_umgf.tools.tiny_models import tiny_ner_pipeline
 
     with tempfile.TemporaryDirectory() as folder:
         tiny_ner_pipeline().save_pretrained(folder)
         on_cpu = pipeline(model=folder, trust_remote_code=True, device="cpu")
         on_device = pipeline(model=folder, trust_remote_code=True, device=device)
-        inputs = [TWEET, {"text": TWEET, "image": quadrant_image()}, "Kawhi Leonard wins"]
+        inputs = [TWEET, {"text": TWEET, "image": colour_image()}, "Kawhi Leonard wins"]
         a, b = on_cpu(inputs, batch_size=3), on_device(inputs, batch_size=3)
     if [[(e["entity_group"], e["start"], e["end"]) for e in r] for r in a] != [
         [(e["entity_group"], e["start"], e["end"]) for e in r] for r in b
@@ -183,10 +190,6 @@ def check_pipeline(device: str) -> dict[str, Any]:
 
 def check_inference_precision(device: str) -> dict[str, Any]:
     import copy
-
-    from inference_fixtures import tiny_ner_model
-    from processor_fixtures import tiny_processor
-    from test_pipeline import TWEET, quadrant_image
 
     from modeling_umgf.pipeline_umgf import MultimodalNERPipeline
     from modeling_umgf.precision import resolve_precision
@@ -214,7 +217,7 @@ def check_inference_precision(device: str) -> dict[str, Any]:
         pipe = MultimodalNERPipeline(
             model=tiny_ner_model(), processor=tiny_processor("grid"), device=device, precision=precision
         )
-        tags[precision] = [w["tag"] for w in pipe(TWEET, image=quadrant_image(), return_words=True)["words"]]
+        tags[precision] = [w["tag"] for w in pipe(TWEET, image=colour_image(), return_words=True)["words"]]
     if tags["bf16"] != tags["fp32"]:
         raise AssertionError(f"pipeline tags differ: {tags}")
     report["pipeline_words"] = len(tags["fp32"])
@@ -222,8 +225,6 @@ def check_inference_precision(device: str) -> dict[str, Any]:
 
 
 def speed_table(device: str, quick: bool) -> dict[str, Any]:
-    from bench_common import build_model, make_batch, sample_batches, twitter_tweets
-
     device_type = torch.device(device).type
     pool, _ = twitter_tweets()
     rows: dict[str, Any] = {}
@@ -232,16 +233,11 @@ def speed_table(device: str, quick: bool) -> dict[str, Any]:
     repeats = 2 if quick else 5
     batches = [to(make_batch(t, objects=4), device) for t in sample_batches(pool, 16, repeats + 1)]
 
+    synchronize = torch.cuda.synchronize if device_type == "cuda" else None
+
     def timed(fn: Callable[[], None]) -> float:
-        fn()  # warm-up
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / repeats
+        """Median seconds of ``fn`` after one warm-up call, device work included."""
+        return median_time(fn, repeats, synchronize=synchronize)[0]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for precision in ("float32", "bfloat16"):

@@ -22,60 +22,47 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
+    StageTimer,
+    build_model,
+    machine,
+    make_batch,
+    sample_batches,
+    save_results,
+    set_threads,
+    timed,
+    twitter_tweets,
+)
+
+# isort: split
 
 import torch
-from bench_common import build_model, machine, make_batch, sample_batches, save_results, set_threads, twitter_tweets
 
 
-class ComponentTimer:
-    """Accumulates wall time per named component of a UMGF model."""
-
-    def __init__(self, model) -> None:
-        self.totals: dict[str, float] = defaultdict(float)  # CPU seconds
-        self.wall: dict[str, float] = defaultdict(float)
-        self._start: dict[str, tuple[float, float]] = {}
-        umgf = model.umgf
-        modules = {"text encoder (BERT)": umgf.text_encoder, "text MLP": umgf.text_mlp, "classifier": model.classifier}
-        if umgf.config.use_visual:
-            modules["vision backbone (ResNet)"] = umgf.vision_backbone
-            modules["visual MLP"] = umgf.visual_mlp
-        for i, layer in enumerate(umgf.layers):
-            modules[f"fusion layer {i + 1}"] = layer
-        for name, module in modules.items():
-            module.register_forward_pre_hook(lambda *_, name=name: self._begin(name))
-            module.register_forward_hook(lambda *_, name=name: self._end(name))
-        if model.crf is not None:
-            for method in ("decode", "log_likelihood"):
-                setattr(model.crf, method, self._wrap("CRF", getattr(model.crf, method)))
-
-    def _begin(self, name: str) -> None:
-        self._start[name] = (time.process_time(), time.perf_counter())
-
-    def _end(self, name: str) -> None:
-        cpu, wall = self._start.pop(name)
-        self.totals[name] += time.process_time() - cpu
-        self.wall[name] += time.perf_counter() - wall
-
-    def _wrap(self, name, fn):
-        def timed(*args, **kwargs):
-            self._begin(name)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._end(name)
-
-        return timed
-
-    def reset(self) -> None:
-        self.totals.clear()
-        self.wall.clear()
+def component_timer(model) -> StageTimer:
+    """A stage timer on each component of ``model``: encoders, MLPs, fusion layers, classifier and the CRF."""
+    timer = StageTimer()
+    umgf = model.umgf
+    modules = {"text encoder (BERT)": umgf.text_encoder, "text MLP": umgf.text_mlp, "classifier": model.classifier}
+    if umgf.config.use_visual:
+        modules["vision backbone (ResNet)"] = umgf.vision_backbone
+        modules["visual MLP"] = umgf.visual_mlp
+    for i, layer in enumerate(umgf.layers):
+        modules[f"fusion layer {i + 1}"] = layer
+    for name, module in modules.items():
+        timer.module(name, module)
+    if model.crf is not None:
+        for method in ("decode", "log_likelihood"):
+            timer.function("CRF", model.crf, method)
+    return timer
 
 
 def profile(scenario: str, batch_size: int) -> dict:
     model = build_model("paper")
-    timer = ComponentTimer(model)
+    timer = component_timer(model)
     features = scenario == "train-cached"
     if scenario != "train-cached":
         model.umgf.vision_backbone.to(memory_format=torch.channels_last)
@@ -94,9 +81,7 @@ def profile(scenario: str, batch_size: int) -> dict:
         with torch.inference_mode():
             model(**warm)
             timer.reset()
-            start, wall = time.process_time(), time.perf_counter()
-            model(**batch)
-            total, total_wall = time.process_time() - start, time.perf_counter() - wall
+            _, total_wall, total = timed(lambda: model(**batch))
     else:
         model.train()
         if features:
@@ -105,22 +90,18 @@ def profile(scenario: str, batch_size: int) -> dict:
 
         def step(inputs):
             optimizer.zero_grad(set_to_none=True)
-            t0 = time.process_time()
-            loss = model(**inputs).loss
-            t1 = time.process_time()
-            loss.backward()
-            t2 = time.process_time()
-            optimizer.step()
-            return t1 - t0, t2 - t1, time.process_time() - t2
+            loss, _, forward = timed(lambda: model(**inputs).loss)
+            _, _, backward = timed(loss.backward)
+            _, _, adam = timed(optimizer.step)
+            return forward, backward, adam
 
         step(warm)
         timer.reset()
-        wall = time.perf_counter()
-        forward, backward, adam = step(batch)
-        total, total_wall = forward + backward + adam, time.perf_counter() - wall
+        (forward, backward, adam), total_wall, _ = timed(lambda: step(batch))
+        total = forward + backward + adam
         rows["backward pass (all components)"] = backward
         rows["Adam step"] = adam
-    rows.update(timer.totals)
+    rows.update({name: cpu for name, (_, cpu) in timer.seconds.items()})
     rows["other (checks, gathers, position encoding)"] = total - sum(rows.values())
     return {
         "scenario": scenario,
@@ -128,7 +109,7 @@ def profile(scenario: str, batch_size: int) -> dict:
         "total_cpu_s": round(total, 3),
         "total_wall_s": round(total_wall, 3),
         "cpu_seconds": {k: round(v, 4) for k, v in rows.items()},
-        "module_wall_seconds": {k: round(v, 4) for k, v in timer.wall.items()},
+        "module_wall_seconds": {k: round(wall, 4) for k, (wall, _) in timer.seconds.items()},
         "share_percent": {k: round(100 * v / total, 2) for k, v in rows.items()},
     }
 

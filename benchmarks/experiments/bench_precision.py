@@ -1,9 +1,9 @@
 """Agreement of each inference precision with fp32 at the same weights (modeling_umgf/precision.py).
 
-    python benchmarks/bench_precision.py words --name main --model outputs/umgf
-    python benchmarks/bench_precision.py words --name minilm-twitter2017 --model DIR -- \\
+    python benchmarks/experiments/bench_precision.py words --name main --model outputs/umgf
+    python benchmarks/experiments/bench_precision.py words --name minilm-twitter2017 --model DIR -- \\
         --umt_data_dir ../shared/data --dataset_config_name twitter2017
-    python benchmarks/bench_precision.py detector --images 16
+    python benchmarks/experiments/bench_precision.py detector --images 16
 
 ``words``: the trained UMGF model ``--model`` is evaluated by ``train_umgf.py --num_train_epochs 0
 --inference_precision P`` (the test split the way training tests it; the arguments after ``--`` name the data) once per
@@ -15,7 +15,7 @@ it for ``precision="bf16"``) and with its linear layers quantised to int8 (measu
 detector in float32 for int8); against fp32: the share of fp32's boxes found again for the same phrase with
 IoU >= 0.5, mean IoU, images with identical boxes, and seconds per image.
 
-One timer (``bench_pipeline.timed``: wall and CPU seconds), one result file: ``benchmarks/results/precision.json``
+One timer (``bench_common.timed``: wall and CPU seconds), one result file: ``benchmarks/results/precision.json``
 (each sub-command replaces its own entry). On a CPU without bfloat16 units (no AVX512-BF16 / AMX) PyTorch emulates
 bfloat16, so its agreement is what native hardware gives but its time is not.
 """
@@ -31,9 +31,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import REPO, RESULTS_DIR, machine, set_threads, timed, today
+from benchmarks.speed.bench_pipeline import (
+    BOX_THRESHOLD,
+    DETECTOR_DIR,
+    MAX_OBJECTS,
+    agreement,
+    prepare,
+    read_posts,
+    same_boxes,
+)
+
+# isort: split
+
 import torch
-from bench_common import REPO, RESULTS_DIR, machine, set_threads
-from bench_pipeline import BOX_THRESHOLD, DETECTOR_DIR, MAX_OBJECTS, agreement, prepare, read_posts, same_boxes, timed
 
 WORK = REPO / "outputs" / "bench_precision"
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -166,7 +178,8 @@ def main(argv: list[str]) -> None:
         name, row = "detector", measure_detector(args)
     path = RESULTS_DIR / "precision.json"
     payload = json.loads(path.read_text()) if path.exists() else {}
-    payload[name] = {**row, "machine": {**machine(), "cpu_flags": cpu_flags()}, "loadavg": os.getloadavg()}
+    machine_row = {**machine(), "cpu_flags": cpu_flags()}
+    payload[name] = {"date": today(), **row, "machine": machine_row, "loadavg": os.getloadavg()}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(json.dumps(row, indent=1, default=str))

@@ -21,9 +21,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import RESULTS_DIR, machine, median_time, save_results, set_threads
+
+# isort: split
 
 import torch
-from bench_common import RESULTS_DIR, machine, median_time, save_results, set_threads  # first: sets OpenMP env
 
 from modeling_umgf import UMGFConfig
 from modeling_umgf.modeling_umgf import UMGFCrossModalGate, UMGFFusionLayer

@@ -6,7 +6,7 @@ BERT-base shape (random weights), batches of 16 real Twitter-2017 tweets (sub-to
 each repeat, so load from other processes on the shared cores falls on all of them alike; the outputs of the
 three are compared on every batch. Prints one JSON line and writes ``results/text_packing.json``.
 
-    python benchmarks/bench_text_packing.py [--repeats 10] [--batch-size 16] [--layers 12]
+    python benchmarks/speed/bench_text_packing.py [--repeats 10] [--batch-size 16] [--layers 12]
 """
 
 from __future__ import annotations
@@ -14,11 +14,24 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
+    gemm_gflops,
+    machine,
+    sample_batches,
+    save_results,
+    set_threads,
+    timed,
+    twitter_tweets,
+)
+
+# isort: split
 
 import torch
 import transformers
-from bench_common import gemm_gflops, machine, sample_batches, save_results, set_threads, twitter_tweets
 from transformers import BertConfig, BertModel
 
 from modeling_umgf import text_packing
@@ -68,15 +81,11 @@ def main() -> None:
         outputs = {}
         for mode in MODES:
             with torch.no_grad():
-                start = time.perf_counter()
-                outputs[mode] = encode(model, batch, mode)
-                elapsed = time.perf_counter() - start
+                outputs[mode], elapsed, _ = timed(lambda mode=mode, batch=batch: encode(model, batch, mode))
             if i:
                 times[f"{mode} forward"].append(elapsed)
             model.zero_grad(set_to_none=True)
-            start = time.perf_counter()
-            encode(model, batch, mode).square().mean().backward()
-            elapsed = time.perf_counter() - start
+            _, elapsed, _ = timed(lambda mode=mode, batch=batch: encode(model, batch, mode).square().mean().backward())
             if i:
                 times[f"{mode} forward+backward"].append(elapsed)
         for mode in ("block", "library"):

@@ -8,10 +8,10 @@ Sub-commands:
 
 Shapes: batch 16, 4 object crops of 224x224 per tweet through ResNet-152 (or 4 cached 2048-d features),
 bert-base-cased shape, Adam (lr 1e-4), random weights, torch threads fixed to 2. Tweet lengths are
-real Twitter-2017 training tweets (see ``bench_common``) or the issue's reference shape (32 sub-tokens
+real Twitter-2017 training tweets (see ``bench_common``) or the reference shape of the authors' code (32 sub-tokens
 padded to 128, "as their code does").
 
-Example: ``python benchmarks/bench_speed.py suite --only infer-optimised train-cached``
+Example: ``python benchmarks/speed/bench_speed.py suite --only infer-optimised train-cached``
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from bench_common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
     RESULTS_DIR,
     build_model,
     fixed_tweets,
@@ -41,6 +41,10 @@ from bench_common import (
     start_memory_guard,
     twitter_tweets,
 )
+
+# isort: split
+
+import torch
 
 #: The measured configurations, most important first. "reference" rows run the way the authors' code does
 #: (release preset, every tweet padded to 128, NCHW tensors, inference under no_grad). Rows with a batch
@@ -141,7 +145,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--memory-guard-gib", type=float, default=None)
     suite = sub.add_parser("suite", help="measure the SUITE configurations, each in a fresh process")
     suite.add_argument("--only", nargs="*", default=None, choices=sorted(SUITE))
-    suite.add_argument("--output", default="speed")
     return parser.parse_args(argv)
 
 
@@ -245,7 +248,7 @@ def main(argv: list[str]) -> None:
         "lengths": {"twitter2017_train": length_stats(tweets), "counted_with": how},
         "results": {},
     }
-    path = RESULTS_DIR / f"{args.output}.json"
+    path = RESULTS_DIR / "speed.json"
     if path.exists():  # keep the rows of earlier runs that this one does not measure again
         payload["results"] = json.loads(path.read_text()).get("results", {})
     for name in names:
@@ -255,7 +258,7 @@ def main(argv: list[str]) -> None:
         except Exception as error:  # one failed configuration must not lose the others
             row = {"error": str(error)[-2000:]}
         payload["results"][name] = row
-        save_results(args.output, payload)  # after every row: a long suite may be stopped
+        save_results("speed", payload)  # after every row: a long suite may be stopped
         print(
             f"{name:32s} {row.get('seconds_per_batch', '-'):>9} s/batch  {row.get('tweets_per_second', '-'):>8} "
             f"tweets/s  cpu {row.get('cpu_seconds', '-')} s  peak {row.get('peak_rss_gib', '-')} GiB  "

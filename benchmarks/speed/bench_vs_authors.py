@@ -1,6 +1,6 @@
 """The model alone, side by side with the authors' code: their MMNerModel against umgf's paper preset, same work.
 
-    python benchmarks/bench_vs_authors.py --authors_code DIR [--repeats 2] [--train-repeats 1]
+    python benchmarks/speed/bench_vs_authors.py --authors_code DIR [--repeats 2] [--train-repeats 1]
 
 ``DIR`` as for ``check_release_equivalence.py`` (their ``ddp_mmner.py``, ``config.py``, ``metric.py``,
 ``model/utils.py``; ``pytorch-crf`` installed). Work: 16 tweets of 32 sub-tokens (30 one-piece words between
@@ -23,12 +23,15 @@ times 16).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import torch
-from bench_common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
     machine,
     median_time,
     peak_rss_gib,
@@ -37,12 +40,64 @@ from bench_common import (
     set_threads,
     start_memory_guard,
 )
-from check_release_equivalence import authors_model, theirs_inputs
+
+# isort: split
+
+import torch
 
 from modeling_umgf import LABELS, UMGFConfig, UMGFForTokenClassification
 from modeling_umgf.precision import inference_copy
 
 TWEETS, WORDS, CROPS = 16, 30, 4
+
+
+def authors_model(code: Path, seed: int):
+    """Their MMNerModel at random weights (BERT-base-cased and ResNet-152 shapes), and their module."""
+    import torchvision
+    from transformers import BertConfig, BertModel
+
+    sys.path.insert(0, str(code))
+    module = importlib.import_module("ddp_mmner")
+    module.BertModel = SimpleNamespace(from_pretrained=lambda name: BertModel(BertConfig(vocab_size=28996)))
+    module.models = SimpleNamespace(resnet152=lambda pretrained=True: torchvision.models.resnet152(weights=None))
+    torch.manual_seed(seed)
+    model = module.MMNerModel().eval()
+    with torch.no_grad():  # random, non-trivial batch-norm statistics (a fresh ResNet's are 0 / 1)
+        for layer in model.resnet.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.1, 0.1)
+                layer.running_var.uniform_(0.5, 1.5)
+    return model, module
+
+
+def theirs_inputs(batch: list[dict], tag2idx: dict[str, int], max_len: int, max_node: int, seed: int) -> dict:
+    """Their dataset's tensors: [CLS] + pieces + [SEP] padded to max_len, CLS / X / SEP token tags, the matrix
+    linking every real token (CLS and SEP too) to every crop, and the crops."""
+    ids, masks, labels, matrices = [], [], [], []
+    for tweet in batch:
+        tokens, tags = [101], [tag2idx["CLS"]]
+        for pieces, tag in zip(tweet["pieces"], tweet["tags"]):
+            tokens += pieces
+            tags += [tag2idx[tag]] + [tag2idx["X"]] * (len(pieces) - 1)
+        tokens, tags = tokens[: max_len - 1] + [102], tags[: max_len - 1] + [tag2idx["SEP"]]
+        matrix = torch.zeros(max_len, max_node)
+        matrix[: len(tokens)] = 1.0
+        pad = max_len - len(tokens)
+        ids.append(tokens + [0] * pad)
+        masks.append([1] * len(tokens) + [0] * pad)
+        labels.append(tags + [0] * pad)
+        matrices.append(matrix)
+    g = torch.Generator().manual_seed(seed + 1)
+    return {
+        "x": {
+            "input_ids": torch.tensor(ids),
+            "token_type_ids": torch.zeros(len(batch), max_len, dtype=torch.long),
+            "attention_mask": torch.tensor(masks, dtype=torch.uint8),
+        },
+        "b_img": torch.randn(len(batch) * max_node, 3, 224, 224, generator=g),
+        "b_matrix": torch.stack(matrices),
+        "y": torch.tensor(labels),
+    }
 
 
 def the_work(tag2idx: dict[str, int], tweets: int = TWEETS) -> list[dict]:

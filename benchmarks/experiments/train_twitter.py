@@ -7,11 +7,11 @@ cannot be downloaded here). Everything else is the paper preset: d=512, 8 heads,
 batch 16, max length 128; 3 epochs; best epoch on dev F1, then test.
 
 Each dataset is trained in its own process by the command this script prints; test P/R/F1 per type are
-written to ``benchmarks/results/train_twitter_<config>.json`` and to the "Training: Twitter text with
-MiniLM" section of BENCHMARKS.md (only that section is replaced; other sections are kept)::
+written to ``benchmarks/results/train_twitter_<config>.json`` and to the "Twitter text with MiniLM" section of
+BENCHMARKS.md (only that section is replaced; other sections are kept)::
 
-    python benchmarks/train_twitter.py                      # both datasets, ~15-30 min on 2 CPU cores
-    python benchmarks/train_twitter.py --configs twitter2017 --epochs 1
+    python benchmarks/experiments/train_twitter.py                      # both datasets, ~15-30 min on 2 CPU cores
+    python benchmarks/experiments/train_twitter.py --configs twitter2017 --epochs 1
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data"
 RESULTS_DIR = REPO / "benchmarks" / "results"
-SECTION = "## Training: Twitter text with MiniLM (train_umgf.py, paper preset)"
+SECTION = "#### Twitter text with MiniLM (train_umgf.py, paper preset)"
 REFERENCE = "a plain MiniLM + softmax token classifier reaches about 79.6 F1 on the Twitter-2017 test set in 3 epochs"
 
 
@@ -95,7 +96,7 @@ def write_section(results: dict[str, dict], commands: dict[str, list[str]], epoc
         "",
         f"Reference: {REFERENCE}.",
         "",
-        f"Commands (run by `python benchmarks/train_twitter.py`, with OMP_NUM_THREADS={threads}):",
+        f"Commands (run by `python benchmarks/experiments/train_twitter.py`, with OMP_NUM_THREADS={threads}):",
         "",
         "```bash",
         *(
@@ -110,8 +111,9 @@ def write_section(results: dict[str, dict], commands: dict[str, list[str]], epoc
     section = "\n".join(lines)
     if SECTION in text:
         start = text.index(SECTION)
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+        following = re.search(r"\n#{1,4} ", text[start + len(SECTION) :])  # the next heading, at most as deep
+        end = start + len(SECTION) + following.start() if following else -1
+        text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text, encoding="utf-8")
@@ -154,7 +156,8 @@ def main() -> None:
             }
             subprocess.run(commands[config], check=True, env=env)
         results[config] = json.loads((output_dir / "all_results.json").read_text())
-        (RESULTS_DIR / f"train_twitter_{config}.json").write_text(json.dumps(results[config], indent=2))
+        dated = {**results[config], "date": datetime.date.today().isoformat()}
+        (RESULTS_DIR / f"train_twitter_{config}.json").write_text(json.dumps(dated, indent=2))
         if not args.no_markdown:  # after every config, so a stopped run still records what it finished
             write_section(results, commands, args.epochs, args.threads)
     print("\n".join(table_rows(results)))

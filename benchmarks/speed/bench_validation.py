@@ -6,7 +6,7 @@ batches: paper preset at bert-base-cased / ResNet-152 shape with random weights,
 training-tweet lengths, 4 objects per tweet as cached 2048-d features (the cheapest forward, so the largest share
 the checks can take) and as 224x224 crops.
 
-Example: ``python benchmarks/bench_validation.py --repeats 5``; prints one SUMMARY line and saves
+Example: ``python benchmarks/speed/bench_validation.py --repeats 5``; prints one SUMMARY line and saves
 ``benchmarks/results/validation.json``.
 """
 
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-import torch
-from bench_common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository; bench_common before torch (OpenMP)
+from benchmarks.bench_common import (
     build_model,
     machine,
     make_batch,
@@ -27,6 +28,10 @@ from bench_common import (
     set_threads,
     twitter_tweets,
 )
+
+# isort: split
+
+import torch
 
 from modeling_umgf.input_checks import ModelInputs, check_inputs
 
