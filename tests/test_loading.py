@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from inference_fixtures import tiny_ner_pipeline
 
 from modeling_umgf.tools.loading import load_saved
+from modeling_umgf.tools.tiny_models import tiny_ner_pipeline
 
 
 def edited_copy(source: Path, target: Path, file: str, edit) -> Path:
