@@ -77,6 +77,7 @@ PRESET_RECORDS: dict[str, Preset] = {
             "token_labels": list(RELEASE_TOKEN_LABELS),
             "loss_reduction": "sum",
             "initializer": "xavier_uniform",
+            "backbone_channels_last_in_training": False,
         },
         grounder="release",
         training=TrainingRecipe(
@@ -167,6 +168,10 @@ class UMGFConfig(PreTrainedConfig):
             paper's and most BERT taggers' choice, good with a pretrained encoder, whose first sub-token already
             carries the word) or the "mean" over its sub-tokens (an encoder trained from scratch learns slowly to move
             what a later sub-token says onto the first; see BENCHMARKS.md, "Synthetic task").
+        backbone_channels_last_in_training: feed the vision backbone channels-last crops in training too (faster
+            convolutions; always in eval mode). False: NCHW crops in training, as the authors' code, so that a
+            training step computes as theirs (a train-mode ResNet's gradient moves by percents with the rounding
+            of the memory layout; BENCHMARKS.md).
     """
 
     model_type = "umgf"
@@ -206,6 +211,7 @@ class UMGFConfig(PreTrainedConfig):
     loss_reduction: Literal["mean", "sum"] = "mean"
     initializer: Literal["normal", "xavier_uniform"] = "normal"
     word_readout: Literal["first", "mean"] = "first"
+    backbone_channels_last_in_training: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.id2label is None and kwargs.get("num_labels") is None:

@@ -504,8 +504,11 @@ class UMGFModel(UMGFPreTrainedModel):
                 crops = crops[first]
             else:
                 inverse = None
-        # NHWC crops let oneDNN / cuDNN pick their channels-last convolutions (BENCHMARKS.md)
-        encoded = self.vision_backbone(crops.contiguous(memory_format=torch.channels_last))
+        # NHWC crops let oneDNN / cuDNN pick their channels-last convolutions (BENCHMARKS.md); in training, the
+        # "release" preset keeps the authors' NCHW crops (config.backbone_channels_last_in_training)
+        nhwc = self.config.backbone_channels_last_in_training or not self.vision_backbone.training
+        layout = torch.channels_last if nhwc else torch.contiguous_format
+        encoded = self.vision_backbone(crops.contiguous(memory_format=layout))
         features[real] = (encoded if inverse is None else encoded[inverse]).to(features.dtype)
         return features
 

@@ -1,6 +1,6 @@
 """Inference precision (modeling_umgf/precision.py): what "auto" picks, what bf16 and int8 change and what they keep.
 
-Agreement with fp32 on trained models is measured in BENCHMARKS.md (benchmarks/bench_precision.py); here the
+Agreement with fp32 on trained models is measured in BENCHMARKS.md (benchmarks/experiments/bench_precision.py); here the
 tiny models check the mechanics against the float32 model on the same weights.
 """
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import datasets
@@ -133,6 +134,26 @@ def test_converted_checkpoint_computes_what_the_authors_network_computes(convert
         read = [TAGS[path[f]] for f in firsts]
         read = ["O" if t in ("PAD", "X", "CLS", "SEP") else t.replace("OTHER", "MISC") for t in read]
         assert [LABELS[int(t)] for t in predictions[b] if t != -100] == read
+
+
+def test_a_training_step_of_the_backbone_computes_as_the_authors(converted) -> None:
+    """In train mode (batch norm on batch statistics) the converted model's backbone gives their features and
+    gradients bit for bit: the crops go in as their ``resnet(b_img)`` takes them (NCHW), not channels-last."""
+    reference, folder = converted
+    theirs = copy.deepcopy(reference).train()
+    model = UMGFForTokenClassification.from_pretrained(folder).train()
+    crops = batch_of(TWEETS, None)["pixel_values"]
+    upstream = torch.randn(*crops.shape[:2], 96, generator=torch.Generator().manual_seed(3))
+    expected = theirs.resnet(crops.flatten(0, 1)).view(*crops.shape[:2], -1)
+    features = model.umgf.encode_objects(crops, torch.ones(crops.shape[:2], dtype=torch.bool))
+    (expected * upstream).sum().backward()
+    (features * upstream).sum().backward()
+    assert torch.equal(features, expected)
+    backbone = model.umgf.vision_backbone
+    for name, parameter in theirs.resnet.named_parameters():
+        assert torch.equal(backbone.get_parameter(name).grad, parameter.grad), name
+    for name, buffer in theirs.resnet.named_buffers():  # the running statistics after the step
+        assert torch.equal(backbone.get_buffer(name), buffer), name
 
 
 def test_converted_folder_loads_as_processor_and_pipeline(converted) -> None:
