@@ -42,6 +42,9 @@ class ModelInputs:
 # ``input_ids`` that no processor builds).
 MODEL_INPUT_NAMES: tuple[str, ...] = tuple(field.name for field in fields(ModelInputs) if field.name != "inputs_embeds")
 
+# The model inputs that carry the image: without them the model tags a post text-only.
+VISUAL_INPUTS: tuple[str, ...] = ("pixel_values", "object_features", "object_mask", "inter_modal_adjacency")
+
 
 def word_numbering_errors(word_ids: torch.Tensor) -> torch.Tensor:
     """``[B, T]`` bool: sub-tokens whose word id breaks the numbering (words 0..n-1 in order, each word's

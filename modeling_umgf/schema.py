@@ -71,8 +71,6 @@ METADATA_KEYS: tuple[str, ...] = (
 )
 """Per-sample information the processor returns beside the model inputs (pop them before calling the model)."""
 
-VISUAL_INPUTS: tuple[str, ...] = ("pixel_values", "object_features", "object_mask", "inter_modal_adjacency")
-"""The model inputs that carry the image: without them the model tags a post text-only."""
 
 LABEL_PAD_VALUE = -100
 """Label of padded word slots (ignored by the loss, as in transformers' token classification)."""
@@ -207,7 +205,6 @@ __all__ = [
     "METADATA_KEYS",
     "RELEASE_TOKEN_LABELS",
     "TYPE_ALIASES",
-    "VISUAL_INPUTS",
     "chunk_entities",
     "dataset_features",
     "empty_grounding",

@@ -19,7 +19,6 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForTokenClassification,
-    BertConfig,
     BertModel,
     DistilBertConfig,
 )
@@ -34,7 +33,7 @@ from modeling_umgf.modeling_umgf import (
 )
 from modeling_umgf.multimodal_graph import batch_adjacency
 from modeling_umgf.schema import RELEASE_TOKEN_LABELS
-from modeling_umgf.tools.tiny_models import TINY_IMAGE, tiny_config, tiny_inputs
+from modeling_umgf.tools.tiny_models import TINY_IMAGE, tiny_bert_config, tiny_config, tiny_inputs
 
 TAGS = list(RELEASE_TOKEN_LABELS)
 
@@ -283,10 +282,7 @@ def test_remote_code_loads_in_a_clean_process(tmp_path: Path) -> None:
 
 def test_composing_pretrained_parts_keeps_their_weights(tmp_path: Path) -> None:
     torch.manual_seed(5)
-    bert = BertModel(
-        BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-        add_pooling_layer=False,
-    )
+    bert = BertModel(tiny_bert_config(), add_pooling_layer=False)
     bert.save_pretrained(tmp_path / "bert")
     backbone = timm.create_model("test_resnet")  # with its classifier, as published checkpoints are
     save_file(backbone.state_dict(), tmp_path / "resnet.safetensors")

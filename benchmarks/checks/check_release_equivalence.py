@@ -1,6 +1,6 @@
 """Check that the "release" preset is the authors' network, from their files: their MMNerModel vs a converted model.
 
-    PYTHONPATH=.:DIR_WITH_PYTORCH_CRF python benchmarks/check_release_equivalence.py \\
+    PYTHONPATH=.:DIR_WITH_PYTORCH_CRF python benchmarks/checks/check_release_equivalence.py \\
         --authors_code AUTHORS_CHECKOUT --my_data AUTHORS_CHECKOUT/my_data [--tweets 6] [--swap layer_norms]
 
 ``AUTHORS_CHECKOUT`` is a local copy of github.com/TransformersWsz/UMGF (their ``ddp_mmner.py``, ``config.py``,
@@ -31,9 +31,10 @@ gradients there) can move either way: they are counted apart, and every other we
 The step is taken with the ResNet's batch norm on batch statistics, as their ``train()`` does (the preset's crops go
 into the backbone in their NCHW layout in training: channels-last crops moved the first convolution's gradient by
 2 % of the model's largest; BENCHMARKS.md); ``--frozen_batch_norm`` takes it on the running statistics in both.
-The train-mode ResNet's backward magnifies float32 rounding of the gradient it receives (the first convolution's
-gradient can move by 1e-4 of the largest); ``--float64`` runs both models in float64, where the step's gradients
-agree to rounding (BENCHMARKS.md). The last line is the verdict.
+The train-mode ResNet's backward magnifies float32 rounding of the gradient it receives: the first convolution's
+gradient can move by a few 1e-4 of the largest (a real difference, the crop layout, moved it by 2e-2), so gradients
+must agree within 1e-3 of the largest and the updated weights, the issue's criterion, within 1e-5; ``--float64`` runs
+both models in float64, where the step's gradients agree to rounding (BENCHMARKS.md). The last line is the verdict.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ from check_release_reproduction import (  # noqa: E402  (the shared set-up of th
     save_text_encoder,
     write_crops,
 )
+
+# float32 rounding magnified by the train-mode ResNet's backward stays a few 1e-4 of the largest gradient
+GRADIENT_TOLERANCE = 1e-3
 
 
 def their_files(source: Path, target: Path, tweets: int) -> None:
@@ -281,14 +285,14 @@ def main() -> None:
         and emission_difference < 1e-4
         and report["same_word_predictions"]
         and report["nll_difference"] < 1e-3
-        and report["max_relative_gradient_difference"] < 1e-4
+        and report["max_relative_gradient_difference"] < GRADIENT_TOLERANCE
         and report["max_updated_weight_difference"] < 1e-5
     )
     print(json.dumps(report, indent=2))
     print(
         f"release preset vs the authors' MMNerModel, from their files ({len(test)} tweets, converter swap: "
         f"{args.swap}): {'EQUAL' if ok else 'DIFFERENT'} (input ids, emissions < 1e-4, word predictions, "
-        "NLL < 1e-3, gradients < 1e-4 of the largest, weights after one Adam step < 1e-5)"
+        f"NLL < 1e-3, gradients < {GRADIENT_TOLERANCE:g} of the largest, weights after one Adam step < 1e-5)"
     )
     sys.exit(0 if ok else 1)
 

@@ -1,6 +1,6 @@
 """Check the reproduction path end to end against the authors' own ``test()``: same word predictions, same F1.
 
-    PYTHONPATH=.:DIR_WITH_PYTORCH_CRF python benchmarks/check_release_reproduction.py \\
+    PYTHONPATH=.:DIR_WITH_PYTORCH_CRF python benchmarks/checks/check_release_reproduction.py \\
         --authors_code AUTHORS_CHECKOUT --my_data AUTHORS_CHECKOUT/my_data [--dataset twitter2015] [--tweets 24]
 
 ``AUTHORS_CHECKOUT`` is a local copy of github.com/TransformersWsz/UMGF (their ``ddp_mmner.py``, ``config.py``,

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from datasets_scripts.authors_format import authors_split_scores
 
+from ..input_checks import VISUAL_INPUTS
 from ..processing_umgf import UMGFProcessor
-from ..schema import VISUAL_INPUTS
 from .metrics import entity_scores, format_table2, sentence_counts
 
 #: Display names of the test evaluations in the printed tables.
