@@ -19,9 +19,8 @@ images (with a warning).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
+from collections.abc import Callable
 from typing import Any
 
 from transformers import pipeline
@@ -45,21 +44,21 @@ def urls_allowed() -> bool:
     return os.environ.get(ALLOW_URLS_VARIABLE, "").strip().lower() in ("1", "true", "yes")
 
 
-def request_image_bytes(image: str) -> bytes | str:
-    """The encoded image a request carries (base64 or a data URI), or the URL when URLs are enabled; a ValueError
-    for anything else. Never looks at the server's files, so its errors cannot tell whether a path exists."""
+def request_image_bytes(image: str, decode: Callable[[str], bytes | None]) -> bytes | str:
+    """The encoded image a request carries (base64 or a data URI, read by ``decode``), or the URL when URLs are
+    enabled; a ValueError for anything else. Never looks at the server's files, so its errors cannot tell whether a
+    path exists."""
     if image.startswith(("http://", "https://")):
         if not urls_allowed():
             raise ValueError(f"image URLs are disabled on this endpoint (set {ALLOW_URLS_VARIABLE}=1 to allow them)")
         return image
-    data = image.split(",", 1)[1] if image.startswith("data:") and "," in image else image
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
+    encoded = decode(image)
+    if encoded is None:
         raise ValueError(
             "'image' must be base64 image data or a data:image/...;base64, URI"
             + (" (or an http(s) URL)" if urls_allowed() else "")
-        ) from None
+        )
+    return encoded
 
 
 def request_parameters(parameters: Any) -> dict[str, Any]:
@@ -92,14 +91,13 @@ class EndpointHandler:
         precision = os.environ.get("UMGF_PRECISION", "auto")
         self.pipeline = pipeline(model=path or ".", trust_remote_code=True, precision=precision)
 
-    @staticmethod
-    def _image(image: Any) -> Any:
+    def _image(self, image: Any) -> Any:
         """The encoded image a request carries (`request_image_bytes`), not decoded yet, or a ValueError."""
         if image is None:
             return None
         if not isinstance(image, str):
             raise ValueError(f"'image' must be a base64 string, got {json_type(image)}")
-        return request_image_bytes(image)
+        return request_image_bytes(image, self.pipeline.encoded_image_bytes)
 
     def __call__(self, data: dict[str, Any]) -> list[Any]:
         if not isinstance(data, dict) or "inputs" not in data:

@@ -83,13 +83,19 @@ def _read_string(source: str, timeout: float | None) -> bytes | str:
         return response.content
     if os.path.isfile(source):
         return source
-    data = source.split(",", 1)[1] if source.startswith("data:image/") and "," in source else source
+    encoded = encoded_image_bytes(source)
+    if encoded is None:
+        raise UnreadableImageError(f"image file not found (nor an http(s) URL or base64 image data): {source[:200]}")
+    return encoded
+
+
+def encoded_image_bytes(source: str) -> bytes | None:
+    """The bytes of a base64 string or a ``data:`` URI's base64 payload; None when ``source`` is neither."""
+    data = source.split(",", 1)[1] if source.startswith("data:") and "," in source else source
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise UnreadableImageError(
-            f"image file not found (nor an http(s) URL or base64 image data): {source[:200]}"
-        ) from None
+        return None
 
 
 def _open(source: Any, timeout: float | None = None) -> Image.Image:

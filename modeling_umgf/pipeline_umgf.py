@@ -39,7 +39,7 @@ from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from .detector_grounding import DEFAULT_DETECTOR
 from .grounder_registry import GROUNDERS, build_grounder
 from .grounding import Grounder
-from .image_utils import load_rgb_image
+from .image_utils import encoded_image_bytes, load_rgb_image
 from .input_checks import check_label_maps
 from .precision import autocast
 from .processing_umgf import Post, read_post, with_extras
@@ -299,6 +299,9 @@ class MultimodalNERPipeline(Pipeline):
         return TaggedPost(items, **{**post, "entities": entities})
 
     load_image = staticmethod(load_rgb_image)
+    encoded_image_bytes = staticmethod(encoded_image_bytes)
+    """Bytes of a base64 string or data URI, else None (`image_utils.encoded_image_bytes`): for servers that must
+    never read a path."""
     """The pipeline's image loader (path, URL, base64, data URI, ...): raises a ValueError naming what is wrong."""
 
     with_extras = staticmethod(with_extras)
