@@ -7,8 +7,9 @@ This is the one place that registers them.
 
 Where things happen: a word becomes a node in the processor (`processing_umgf`: tokens) and the model
 (`modeling_umgf`: text MLP); a box becomes a node in a grounder (`grounder_registry`: boxes), the processor
-(crops) and the model (visual MLP), and an edge in `multimodal_graph`; a tag becomes an entity in the pipeline
-(`pipeline_umgf`, seqeval's chunks) scored by the model's CRF (`crf`). Names shared by all: `schema`.
+(crops) and the model (visual MLP), and an edge in `multimodal_graph`; a tag becomes an entity in the processor's
+post-processing (`UMGFProcessor.post_process_entities`, `schema.chunk_entities`) scored by the model's CRF (`crf`);
+the pipeline (`pipeline_umgf`) runs the three. Names shared by all: `schema`.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForTokenClassification, AutoProcessor
