@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 from datasets.info import DatasetInfosDict
@@ -181,6 +182,12 @@ def write_dataset_card(folder: Path, configs: Mapping[str, ExportedConfig], repo
     (config name -> :class:`ExportedConfig`, in the order the card lists them). ``repo_id``: the Hub repo the folder
     is pushed to, recorded in the metadata (``DATASET_REPO_KEY``) so that a model trained on the local folder can
     name it in its card."""
+    extra: dict[str, Any] = {
+        **({DATASET_REPO_KEY: repo_id} if repo_id else {}),
+        BUILD_REPORTS: {
+            name: {"text": config.text_source, "images": config.image_summaries} for name, config in configs.items()
+        },
+    }
     card_data = DatasetCardData(
         language=["en"],
         license="other",
@@ -190,12 +197,7 @@ def write_dataset_card(folder: Path, configs: Mapping[str, ExportedConfig], repo
         task_categories=["token-classification"],
         task_ids=["named-entity-recognition"],
         tags=["multimodal", "image-text", "twitter", "mner"],
-        **({DATASET_REPO_KEY: repo_id} if repo_id else {}),
-        **{
-            BUILD_REPORTS: {
-                name: {"text": config.text_source, "images": config.image_summaries} for name, config in configs.items()
-            }
-        },
+        **extra,
     )
     MetadataConfigs({name: config.data_files for name, config in configs.items()}).to_dataset_card_data(card_data)
     DatasetInfosDict({name: config.info for name, config in configs.items()}).to_dataset_card_data(card_data)

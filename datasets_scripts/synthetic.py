@@ -95,9 +95,9 @@ def vocabulary() -> list[str]:
 def build_tokenizer(save_directory: str | os.PathLike | None = None, model_max_length: int | None = None):
     """A lower-casing BERT WordPiece tokenizer over `vocabulary` (built offline, nothing downloaded);
     ``model_max_length``: the text encoder's positions (what the tokenizer truncates to)."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer  # the fast (tokenizers) one in transformers 5
 
-    tokenizer = BertTokenizerFast(vocab={piece: i for i, piece in enumerate(vocabulary())}, do_lower_case=True)
+    tokenizer = BertTokenizer(vocab={piece: i for i, piece in enumerate(vocabulary())}, do_lower_case=True)
     if model_max_length is not None:
         tokenizer.model_max_length = model_max_length
     if save_directory is not None:

@@ -315,7 +315,7 @@ class TwitterMNER(datasets.GeneratorBasedBuilder):
             raise FileNotFoundError(f"image folder {image_dir} does not exist.\n{IMAGE_INSTRUCTIONS}")
         return image_dir
 
-    def _generate_examples(  # type: ignore[override]
+    def _generate_examples(
         self, path: str | Path, split: str, image_dir: Path | None
     ) -> Iterator[tuple[int, dict[str, Any]]]:
         report = self.image_reports[split] = ImageReport(image_dir=None if image_dir is None else str(image_dir))
