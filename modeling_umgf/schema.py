@@ -136,8 +136,9 @@ def _seqeval_parts(tag: str) -> tuple[str, str]:
     return tag[0], tag[1:].split("-", maxsplit=1)[-1] or "_"
 
 
-_BEFORE, _AFTER = ("O", ""), _seqeval_parts("O")
-"""What seqeval reads before the first word and after the last one."""
+_OUTSIDE = _seqeval_parts("O")
+"""What seqeval reads before the first word and after the last one: after it every typed tag starts a chunk, and
+every typed tag ends a chunk before it."""
 
 
 def _starts(previous: tuple[str, str], current: tuple[str, str]) -> bool:
@@ -166,12 +167,9 @@ def entity_tag_masks(
     each of those conditions constrains one neighbouring word, so there is one mask per way to tag the entity.
     """
     parts = {label: _seqeval_parts(label) for label in label2id}
-    before = list(parts.values()) if start > 0 else [_BEFORE]
-    after = list(parts.values()) if end < num_words else [_AFTER]
+    # the first tag must start a chunk after some neighbour: O (or the sentence start) is the most permissive one
     ways: list[list[str]] = [
-        [label]
-        for label, part in parts.items()
-        if part[1] == entity_type and any(_starts(previous, part) for previous in before)
+        [label] for label, part in parts.items() if part[1] == entity_type and _starts(_OUTSIDE, part)
     ]
     for _ in range(start + 1, end):
         ways = [
@@ -181,9 +179,7 @@ def entity_tag_masks(
             if not _starts(parts[way[-1]], part) and not _ends(parts[way[-1]], part)
         ]
     masks = []
-    for way in ways:
-        if not any(_ends(parts[way[-1]], following) for following in after):
-            continue
+    for way in ways:  # every way can end: an O (or the sentence end) after it ends any typed chunk
         allowed = torch.ones(num_slots, len(label2id), dtype=torch.bool)
         for position, label in enumerate(way, start):
             allowed[position] = False
