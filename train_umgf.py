@@ -561,8 +561,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if evaluate_only:  # results and predictions, not another copy of the model it evaluated
                     (folder / "all_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
                     return
-                repo_id = args.hub_model_id or args.output_dir.resolve().name
-                hub.save_for_hub(accelerator.unwrap_model(model), processor, folder, results, repo_id=repo_id, **card)
+                hub.save_for_hub(
+                    accelerator.unwrap_model(model), processor, folder, results, repo_id=hub_model_id, **card
+                )
                 if examples:
                     hub.write_examples(folder, examples)
 

@@ -72,6 +72,11 @@ class Post:
     id: str | None = None
 
 
+def as_post_mapping(sample: Any) -> Any:
+    """A post given as a bare string is its ``{"text": ...}``; anything else is returned as it is."""
+    return {"text": sample} if isinstance(sample, str) else sample
+
+
 def read_post(
     sample: Any,
     where: str = "input",
@@ -84,7 +89,7 @@ def read_post(
     Errors name ``where``. An image that cannot be read is an error with ``strict`` (which also refuses unknown
     keys), else a warning and the post is read text-only.
     """
-    sample = {"text": sample} if isinstance(sample, str) else sample
+    sample = as_post_mapping(sample)
     if not isinstance(sample, Mapping) or ("text" in sample) == ("words" in sample):
         raise ValueError(f'{where} must have "text" (or "words"), got {sample!r:.200}')
     unknown = sorted(set(sample) - set(POST_KEYS))
@@ -120,8 +125,7 @@ def with_extras(inputs: Any, image: Any, grounding: Any) -> Any:
     """Posts of ``inputs`` (a text or a post mapping, or a list of them) with ``image`` and ``grounding``: one
     each for one post, lists as long as ``inputs`` (or None) for a list."""
     if isinstance(inputs, (str, Mapping)):
-        sample = {"text": inputs} if isinstance(inputs, str) else dict(inputs)
-        return {**sample, "image": image, "grounding": grounding}
+        return {**as_post_mapping(inputs), "image": image, "grounding": grounding}
     if not isinstance(inputs, list):
         raise ValueError(f'"image" and "grounding" go with a text or a list of texts, got {type(inputs).__name__}')
     extras = []
@@ -130,9 +134,7 @@ def with_extras(inputs: Any, image: Any, grounding: Any) -> Any:
         if not isinstance(values, list) or len(values) != len(inputs):
             raise ValueError(f'with {len(inputs)} texts, "{name}" must be a list of {len(inputs)} (or None)')
         extras.append(values)
-    return [
-        {**({"text": x} if isinstance(x, str) else x), "image": i, "grounding": g} for x, i, g in zip(inputs, *extras)
-    ]
+    return [{**as_post_mapping(x), "image": i, "grounding": g} for x, i, g in zip(inputs, *extras)]
 
 
 def word_offsets(text: str, words: Sequence[str]) -> list[tuple[int, int]]:

@@ -94,11 +94,14 @@ def run_signature(arguments: Mapping[str, Any], num_processes: int, data: str) -
     return {**settings, "num_processes": num_processes, "data": data}
 
 
+def is_complete(checkpoint: Path) -> bool:
+    """Whether the checkpoint was saved to the end (its trainer state is written last)."""
+    return (checkpoint / STATE_FILE).is_file()
+
+
 def latest_checkpoint(output_dir: Path) -> Path:
     """The complete checkpoint of ``output_dir`` with the most optimizer steps."""
-    checkpoints = [
-        p for p in output_dir.glob("checkpoints/*") if checkpoint_number(p) is not None and (p / STATE_FILE).is_file()
-    ]
+    checkpoints = [p for p in output_dir.glob("checkpoints/*") if checkpoint_number(p) is not None and is_complete(p)]
     if not checkpoints:
         raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir / 'checkpoints'}")
     return max(checkpoints, key=lambda p: json.loads((p / STATE_FILE).read_text())["global_step"])
@@ -107,7 +110,7 @@ def latest_checkpoint(output_dir: Path) -> Path:
 def resume_state(checkpoint: Path, run: dict[str, Any], force: bool) -> TrainerState:
     """The trainer state of ``checkpoint`` for a run of signature ``run``; a checkpoint of another run (another
     signature) is refused, naming what changed, unless ``force`` (then the change is logged)."""
-    if not (checkpoint / STATE_FILE).is_file():
+    if not is_complete(checkpoint):
         raise FileNotFoundError(f"{checkpoint} is not a checkpoint of this script (no {STATE_FILE})")
     before = json.loads((checkpoint / STATE_FILE).read_text()).get("run", {})
     changed = {key: (before.get(key), now) for key, now in run.items() if before.get(key) != now}
@@ -123,11 +126,6 @@ def resume_state(checkpoint: Path, run: dict[str, Any], force: bool) -> TrainerS
             "optimizer and scheduler states (learning rates included) are restored as they were saved"
         )
     return TrainerState.load(checkpoint, run)
-
-
-def is_complete(checkpoint: Path) -> bool:
-    """Whether the checkpoint was saved to the end (its trainer state is written last)."""
-    return (checkpoint / STATE_FILE).is_file()
 
 
 def save_checkpoint(
